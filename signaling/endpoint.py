@@ -1,0 +1,276 @@
+"""The WebSocket endpoint: parse, validate, call the hub, deliver what it returns.
+
+Only the handler task reads a socket; every socket has one writer task draining a bounded
+queue, and a client that cannot keep up is closed rather than allowed to stall its room
+(Galène's writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from signaling import protocol as p
+from signaling.hub import HubEvent, Outbox, RoomHub
+from telehealth import rooms
+from telehealth.config import Config
+from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
+from telehealth.store import Store
+from telehealth.tokens import check_link, hash_token, well_formed
+
+log = logging.getLogger("telehealth.signaling")
+
+# The hard cap at which aiohttp drops the socket; between max_message_bytes and this a
+# message gets a `too_large` error and the socket stays open.
+HARD_CAP_FACTOR = 4
+
+StatsSink = Callable[[Any, Any, p.Stats, float], None]
+EventSink = Callable[[HubEvent], None]
+ErrorSink = Callable[[ErrorCode], None]
+
+
+@dataclass
+class Signaling:
+    """Everything the endpoint needs; lives in the app under SIGNALING."""
+
+    config: Config
+    store: Store
+    hub: RoomHub
+    clock: Callable[[], float]
+    stats_sinks: list[StatsSink] = field(default_factory=list)
+    event_sinks: list[EventSink] = field(default_factory=list)
+    error_sinks: list[ErrorSink] = field(default_factory=list)
+    sockets: set[ClientSocket] = field(default_factory=set)
+
+    def deliver(self, out: Outbox) -> None:
+        encoded: dict[int, bytes] = {}
+        for conn, msg in out.sends:
+            data = encoded.get(id(msg))
+            if data is None:
+                data = encoded[id(msg)] = p.encode(msg)
+            if not conn.send(data):  # type: ignore[attr-defined]
+                self._drop_slow(conn)
+        for conn, reason in out.closes:
+            conn.close_after_flush(reason)  # type: ignore[attr-defined]
+        for event in out.events:
+            for sink in self.event_sinks:
+                sink(event)
+
+    def _drop_slow(self, conn: ClientSocket) -> None:
+        log.warning("closing a socket that cannot keep up", extra={"room_id": conn.room_id})
+        conn.abort(p.CloseReason.TOO_SLOW)
+        self.deliver(self.hub.disconnect(conn, self.clock()))
+
+
+_CLOSE = object()
+
+
+class ClientSocket:
+    """One participant's socket: a bounded send queue and the writer that drains it."""
+
+    __slots__ = ("ws", "queue", "room_id", "closing", "__weakref__")
+
+    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(limit)
+        self.room_id: str | None = None
+        self.closing = False
+
+    def send(self, data: bytes) -> bool:
+        if self.closing:
+            return True
+        try:
+            self.queue.put_nowait(data)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def close_after_flush(self, reason: p.CloseReason) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._put_close(reason)
+
+    def abort(self, reason: p.CloseReason) -> None:
+        self.closing = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self._put_close(reason)
+
+    def _put_close(self, reason: p.CloseReason) -> None:
+        try:
+            self.queue.put_nowait((_CLOSE, reason))
+        except asyncio.QueueFull:
+            self.queue.get_nowait()
+            self.queue.put_nowait((_CLOSE, reason))
+
+    async def run_writer(self) -> None:
+        ws = self.ws
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                await ws.close(code=p.CLOSE_CODES[item[1]], message=item[1].value.encode())
+                return
+            try:
+                await ws.send_frame(item, WSMsgType.TEXT)
+            except (ConnectionError, RuntimeError):
+                return
+
+    def stop_writer(self) -> None:
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+SIGNALING = web.AppKey("signaling", Signaling)
+
+
+def origin_allowed(request: web.Request, config: Config) -> bool:
+    """Browsers always send Origin; it must be our own site. Programs may omit it."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    own = {config.public_base_url, f"{request.scheme}://{request.host}"}
+    return origin.rstrip("/") in own
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    sig = request.app[SIGNALING]
+    if not origin_allowed(request, sig.config):
+        log.warning("websocket refused: foreign origin")
+        raise web.HTTPForbidden(text="This page may only be used from its own site.")
+    ws = web.WebSocketResponse(
+        heartbeat=15.0,
+        max_msg_size=sig.config.max_message_bytes * HARD_CAP_FACTOR,
+        compress=False,
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    sock = ClientSocket(ws, sig.config.send_queue_limit)
+    sig.sockets.add(sock)
+    writer = asyncio.create_task(sock.run_writer())
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                _handle(sig, sock, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+            if sock.closing:
+                break
+    finally:
+        sig.deliver(sig.hub.disconnect(sock, sig.clock()))
+        sig.sockets.discard(sock)
+        if not sock.closing:
+            sock.stop_writer()
+        try:
+            await asyncio.wait_for(writer, timeout=5.0)
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.cancel()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:
+    ref: str | None = None
+    try:
+        msg = p.parse_client(data, sig.config.max_message_bytes)
+        ref = type(msg).__struct_config__.tag  # type: ignore[attr-defined]
+        _dispatch(sig, sock, msg)
+    except LinkError as exc:
+        _refuse(sig, sock, exc, ref)
+        sock.close_after_flush(p.CloseReason.LINK_REFUSED)
+    except ProtocolError as exc:
+        _refuse(sig, sock, exc, ref)
+        if exc.close:
+            sock.close_after_flush(p.CloseReason.PROTOCOL)
+    except TelehealthError as exc:
+        _refuse(sig, sock, exc, ref)
+    except Exception:
+        log.exception("internal error handling a %s message", ref or "client",
+                      extra={"room_id": sock.room_id})
+        _refuse(sig, sock, TelehealthError(ErrorCode.INTERNAL), ref)
+        sock.close_after_flush(p.CloseReason.INTERNAL)
+
+
+def _refuse(sig: Signaling, sock: ClientSocket, exc: TelehealthError, ref: str | None) -> None:
+    log.info("refused %s: %s", ref or "message", exc.code.value, extra={"room_id": sock.room_id})
+    for sink in sig.error_sinks:
+        sink(exc.code)
+    sock.send(p.encode(p.error_message(exc, ref)))
+
+
+def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
+    hub = sig.hub
+    if isinstance(msg, (p.ClientSdp, p.ClientCandidate, p.ClientRestart)):
+        sig.deliver(hub.relay(sock, msg))
+    elif isinstance(msg, p.Stats):
+        room, member = hub.seat_of(sock)
+        now = sig.clock()
+        for sink in sig.stats_sinks:
+            sink(room, member, msg, now)
+    elif isinstance(msg, p.Ping):
+        sock.send(p.encode(p.Pong(t=msg.t, server_time=sig.clock())))
+    elif isinstance(msg, p.Join):
+        _join(sig, sock, msg)
+    elif isinstance(msg, p.MediaState):
+        sig.deliver(hub.set_media(sock, msg))
+    elif isinstance(msg, p.Leave):
+        sig.deliver(hub.leave(sock, sig.clock()))
+    elif isinstance(msg, p.Admit):
+        sig.deliver(hub.admit(sock, msg.participant, sig.clock()))
+    elif isinstance(msg, p.Remove):
+        sig.deliver(hub.remove(sock, msg.participant, sig.clock()))
+    elif isinstance(msg, p.Mute):
+        sig.deliver(hub.mute(sock, msg.participant, msg.kind))
+    elif isinstance(msg, p.Lock):
+        sig.deliver(hub.lock(sock, msg.locked, sig.clock()))
+    elif isinstance(msg, p.End):
+        room_id = hub.require_therapist(sock)
+        now = sig.clock()
+        rooms.end_room(sig.store, room_id, now=now)
+        sig.deliver(hub.end_room(room_id, now))
+
+
+def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
+    if msg.v != p.VERSION:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, close=True)
+    if sock in sig.hub.seats:
+        raise ProtocolError(ErrorCode.ALREADY_JOINED)
+    now = sig.clock()
+    link = check_link(sig.store.find_link(hash_token(msg.token)) if well_formed(msg.token) else None, now)
+    record = sig.store.get_room(link.room_id)
+    person = next((x for x in record.people if x.id == link.person_id), None) if record else None
+    if record is None or person is None:
+        raise LinkError(ErrorCode.BAD_LINK)
+    sock.room_id = record.id
+    sig.deliver(sig.hub.join(sock, record, person, now))
+    if person.role == "therapist" and record.started_at is None:
+        sig.store.mark_started(record.id, now)
+
+
+async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
+    """End grace windows on time, and notice rooms ended by another process."""
+    version = sig.store.data_version()
+    poll = sig.config.store_poll_seconds
+    next_expire = 0.0
+    while True:
+        await asyncio.sleep(poll)
+        now = sig.clock()
+        if now >= next_expire:
+            sig.deliver(sig.hub.expire(now))
+            next_expire = now + interval
+        current = sig.store.data_version()
+        if current != version:
+            version = current
+            for room_id in sig.store.ended_among(sig.hub.rooms):
+                sig.deliver(sig.hub.end_room(room_id, now))

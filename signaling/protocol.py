@@ -1,0 +1,347 @@
+"""The signaling protocol, version 1: every message type defined once.
+
+JSON text frames over one WebSocket per participant. Each message is an object with a
+``type`` tag. ``ClientMessage`` is what a participant may send, ``ServerMessage`` what the
+server sends. ``parse_client`` is the single place where input is decoded and validated;
+it raises ProtocolError with a stable code. docs/protocol.md documents each message.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+from telehealth.errors import ErrorCode, ProtocolError, TelehealthError
+
+VERSION = 1
+
+PeerState = Literal["waiting", "in_call", "reconnecting"]
+Presence = Literal["reconnecting", "back", "left"]
+MediaKind = Literal["audio", "video"]
+
+# Ids are opaque and short; anything longer is not an id of ours.
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class CloseReason(str, enum.Enum):
+    """Why the server closes a socket; sent in ``bye`` and as the close code."""
+
+    ROOM_ENDED = "room_ended"
+    REMOVED = "removed"
+    REPLACED = "replaced"
+    LEFT = "left"
+    LINK_REFUSED = "link_refused"
+    TOO_SLOW = "too_slow"
+    PROTOCOL = "protocol"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal"
+
+
+class RecoveryAction(str, enum.Enum):
+    """What the client should do after ``bye``."""
+
+    NONE = "none"  # the session is over for you; show the goodbye
+    RESUME = "resume"  # reconnect the socket with the same link (server restart)
+    REJOIN = "rejoin"  # reopen the link from the start
+
+
+CLOSE_CODES: dict[CloseReason, int] = {
+    CloseReason.ROOM_ENDED: 4001,
+    CloseReason.REMOVED: 4002,
+    CloseReason.REPLACED: 4003,
+    CloseReason.LEFT: 4004,
+    CloseReason.LINK_REFUSED: 4005,
+    CloseReason.TOO_SLOW: 4006,
+    CloseReason.PROTOCOL: 4007,
+    CloseReason.SHUTDOWN: 4008,
+    CloseReason.INTERNAL: 4011,
+}
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
+    pass
+
+
+# -- shared parts -------------------------------------------------------------------------
+
+
+class Description(msgspec.Struct):
+    type: Literal["offer", "answer"]
+    sdp: str
+
+
+class IceCandidate(msgspec.Struct, omit_defaults=True):
+    candidate: str
+    sdpMid: str | None = None
+    sdpMLineIndex: int | None = None
+    usernameFragment: str | None = None
+
+
+class LinkStats(msgspec.Struct, omit_defaults=True):
+    """One participant's view of its link to one peer, sampled about once a second.
+
+    Counters are cumulative since the peer connection started; rates are over the last
+    interval. Units: milliseconds, fractions 0..1, bits per second.
+    """
+
+    peer: str
+    pc: str | None = None
+    rtt_ms: float | None = None
+    jitter_ms: float | None = None
+    loss: float | None = None
+    packets_in: int | None = None
+    bytes_in: int | None = None
+    frames_decoded: int | None = None
+    frames_dropped: int | None = None
+    fps: float | None = None
+    concealed: float | None = None
+    out_bitrate: float | None = None
+    in_bitrate: float | None = None
+    candidate: Literal["host", "srflx", "prflx", "relay"] | None = None
+    video: bool = True
+
+
+class IceServer(msgspec.Struct, omit_defaults=True):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Me(msgspec.Struct):
+    id: str
+    role: Literal["therapist", "partner"]
+    name: str
+
+
+class PeerInfo(msgspec.Struct):
+    id: str
+    role: Literal["therapist", "partner"]
+    name: str
+    state: PeerState
+    # True: you make the offers on this pair (and are the impolite side).
+    offer: bool
+
+
+class WaitingPerson(msgspec.Struct):
+    id: str
+    name: str
+
+
+class RoomInfo(msgspec.Struct):
+    id: str
+    locked: bool
+
+
+class FallbackPlan(msgspec.Struct, omit_defaults=True):
+    """What a participant's page does on its own if it loses the server and its peers."""
+
+    rejoin_window_s: float
+    # Partners: the masked number the therapist will call, e.g. "(•••) •••-0102".
+    phone_hint: str | None = None
+    # Therapist: who to call, per partner id: {"name": ..., "phone": ...}.
+    call_list: list[dict[str, str]] | None = None
+
+
+# -- client to server ---------------------------------------------------------------------
+
+
+class Join(_Msg, tag="join"):
+    token: Token
+    v: int = VERSION
+
+
+class ClientSdp(_Msg, tag="sdp"):
+    to: Ref
+    pc: Ref
+    description: Description
+
+
+class ClientCandidate(_Msg, tag="candidate"):
+    to: Ref
+    pc: Ref
+    candidate: IceCandidate | None = None
+
+
+class ClientRestart(_Msg, tag="restart"):
+    """Ask the offerer of a pair for a fresh peer connection (yours is gone or failed)."""
+
+    to: Ref
+    pc: Ref | None = None
+
+
+class Ping(_Msg, tag="ping"):
+    t: float | None = None
+
+
+class Leave(_Msg, tag="leave"):
+    pass
+
+
+class MediaState(_Msg, tag="media"):
+    audio: bool
+    video: bool
+
+
+class Stats(_Msg, tag="stats"):
+    links: Annotated[list[LinkStats], msgspec.Meta(max_length=8)]
+
+
+class Admit(_Msg, tag="admit"):
+    participant: Ref
+
+
+class Remove(_Msg, tag="remove"):
+    participant: Ref
+
+
+class Mute(_Msg, tag="mute"):
+    participant: Ref
+    kind: MediaKind = "audio"
+
+
+class Lock(_Msg, tag="lock"):
+    locked: bool
+
+
+class End(_Msg, tag="end"):
+    pass
+
+
+ClientMessage = Union[
+    Join, ClientSdp, ClientCandidate, ClientRestart, Ping, Leave, MediaState, Stats,
+    Admit, Remove, Mute, Lock, End,
+]
+CLIENT_TYPES = frozenset(
+    t.__struct_config__.tag for t in ClientMessage.__args__  # type: ignore[attr-defined]
+)
+THERAPIST_ONLY = frozenset({"admit", "remove", "mute", "lock", "end"})
+
+
+# -- server to client ---------------------------------------------------------------------
+
+
+class Welcome(_Msg, tag="welcome"):
+    v: int
+    you: Me
+    room: RoomInfo
+    peers: list[PeerInfo]
+    resumed: bool
+    ice_servers: list[IceServer]
+    grace_s: float
+    fallback: FallbackPlan | None = None
+
+
+class Waiting(_Msg, tag="waiting"):
+    you: Me
+    resumed: bool = False
+
+
+class Lobby(_Msg, tag="lobby"):
+    waiting: list[WaitingPerson]
+
+
+class PeerJoined(_Msg, tag="peer_joined"):
+    peer: PeerInfo
+
+
+class PresenceChanged(_Msg, tag="presence"):
+    peer: str
+    state: Presence
+
+
+class ServerSdp(_Msg, tag="sdp"):
+    from_: str = msgspec.field(name="from")
+    pc: str = ""
+    description: Description | None = None
+
+
+class ServerCandidate(_Msg, tag="candidate"):
+    from_: str = msgspec.field(name="from")
+    pc: str = ""
+    candidate: IceCandidate | None = None
+
+
+class ServerRestart(_Msg, tag="restart"):
+    from_: str = msgspec.field(name="from")
+    pc: str | None = None
+
+
+class Pong(_Msg, tag="pong"):
+    t: float | None = None
+    server_time: float = 0.0
+
+
+class PeerMedia(_Msg, tag="peer_media"):
+    peer: str
+    audio: bool
+    video: bool
+
+
+class MuteRequest(_Msg, tag="mute_request"):
+    kind: MediaKind
+
+
+class RoomChanged(_Msg, tag="room"):
+    room: RoomInfo
+
+
+class Error(_Msg, tag="error"):
+    code: ErrorCode
+    message: str
+    ref: str | None = None
+
+
+class Bye(_Msg, tag="bye"):
+    reason: CloseReason
+    action: RecoveryAction
+    message: str = ""
+
+
+ServerMessage = Union[
+    Welcome, Waiting, Lobby, PeerJoined, PresenceChanged, ServerSdp, ServerCandidate,
+    ServerRestart, Pong, PeerMedia, MuteRequest, RoomChanged, Error, Bye,
+]
+
+
+# -- codec --------------------------------------------------------------------------------
+
+_decoder = msgspec.json.Decoder(ClientMessage)
+_encoder = msgspec.json.Encoder()
+_peek = msgspec.json.Decoder(dict)
+
+
+def parse_client(data: bytes | str, max_bytes: int) -> ClientMessage:
+    """Decode and validate one client message, or raise ProtocolError with a stable code."""
+    if len(data) > max_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"Messages are limited to {max_bytes} bytes.")
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _classify(data, exc) from None
+    except msgspec.DecodeError:
+        raise ProtocolError(ErrorCode.BAD_JSON) from None
+
+
+def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
+    # Slow path, only for bad input: tell an unknown type from a bad field.
+    try:
+        obj = _peek.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, "A message must be a JSON object.")
+    kind = obj.get("type")
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        return ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type {str(kind)[:32]!r}.")
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc))
+
+
+def encode(msg: ServerMessage | ClientMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def error_message(exc: Exception, ref: str | None = None) -> Error:
+    if isinstance(exc, TelehealthError):
+        return Error(code=exc.code, message=exc.detail, ref=ref)
+    return Error(code=ErrorCode.INTERNAL, message="Something went wrong on the server.", ref=ref)

@@ -1,0 +1,106 @@
+"""Server configuration: one frozen dataclass holding every default.
+
+The CLI and the ``TELEHEALTH_*`` environment variables only map onto this class
+(uvicorn's config/CLI split); nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "telehealth"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=default_data_dir)
+    # Public base URL used in join links; defaults to the listening address.
+    base_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Generate a self-signed certificate in the data dir (LAN demos only).
+    tls_self_signed: bool = False
+    # Join links stop working after this long.
+    link_ttl_seconds: float = 7 * 24 * 3600
+    # A participant whose signaling drops stays "reconnecting" this long before "left".
+    grace_seconds: float = 45.0
+    # Rejoin window of the fallback flow before the phone step.
+    rejoin_window_seconds: float = 45.0
+    # Signaling messages are small; anything above this gets `too_large`.
+    max_message_bytes: int = 64 * 1024
+    # A socket whose outbound queue holds this many messages is too slow and is closed.
+    send_queue_limit: int = 256
+    # How often the server looks for rooms ended by another process (the CLI).
+    store_poll_seconds: float = 0.25
+    log_level: str = "INFO"
+    # STUN/TURN for participants. TURN credentials are derived from turn_secret.
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_credential_ttl_seconds: float = 3600.0
+    # Key for personal data at rest; defaults to <data_dir>/telehealth.key.
+    key_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if (self.tls_cert or self.tls_self_signed) else "http"
+
+    @property
+    def public_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "telehealth.sqlite3"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or (self.data_dir / "telehealth.key")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = str(f.type)
+    if kind.startswith("bool"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if "Path" in kind:
+        return Path(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build a Config from ``TELEHEALTH_<FIELD>`` variables, then explicit overrides.
+
+    Overrides whose value is None are ignored so that unset CLI flags fall through.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        raw = env.get(f"TELEHEALTH_{f.name.upper()}")
+        if raw is not None and raw != "":
+            try:
+                values[f.name] = _coerce(f, raw)
+            except ValueError as exc:
+                raise ValueError(f"TELEHEALTH_{f.name.upper()}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)

@@ -1,0 +1,244 @@
+"""The SQLite store: rooms, the people in them, and their join links.
+
+One file in the data dir, in WAL mode so the CLI can write while the server runs. Names and
+phone numbers are encrypted with the FieldCipher before they reach SQLite; join tokens are
+stored only as SHA-256 hashes. Calls are synchronous and short: they run on joins and
+commands, never per signaling message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from telehealth.crypto import FieldCipher, load_or_create_key
+from telehealth.tokens import JoinLink, PersonId, Role, RoomId
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    starts_at REAL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS people (
+    id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL REFERENCES rooms(id),
+    role TEXT NOT NULL CHECK (role IN ('therapist', 'partner')),
+    ordinal INTEGER NOT NULL,
+    name BLOB,
+    phone BLOB
+);
+CREATE INDEX IF NOT EXISTS people_room ON people(room_id);
+CREATE TABLE IF NOT EXISTS links (
+    token_hash TEXT PRIMARY KEY,
+    person_id TEXT NOT NULL REFERENCES people(id),
+    room_id TEXT NOT NULL REFERENCES rooms(id),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS links_person ON links(person_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    id: PersonId
+    room_id: RoomId
+    role: Role
+    ordinal: int
+    name: str
+    phone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    id: RoomId
+    created_at: float
+    starts_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    people: tuple[Person, ...]
+
+    @property
+    def therapist(self) -> Person:
+        return next(p for p in self.people if p.role == "therapist")
+
+    @property
+    def partners(self) -> tuple[Person, ...]:
+        return tuple(p for p in self.people if p.role == "partner")
+
+
+@dataclass(frozen=True, slots=True)
+class NewLink:
+    token_hash: str
+    person_id: PersonId
+    expires_at: float
+
+
+class Store:
+    def __init__(self, path: Path, cipher: FieldCipher) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.cipher = cipher
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, data_dir: Path, key_path: Path | None = None) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(key_path or data_dir / "telehealth.key")
+        return cls(data_dir / "telehealth.sqlite3", FieldCipher(key))
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for feature modules that keep tables of their own here."""
+        return self._db
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the CLI) commits to the file."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def check_writable(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("ROLLBACK")
+
+    # -- personal fields ---------------------------------------------------------------
+
+    def _seal(self, value: str | None, person_id: str, column: str) -> bytes | None:
+        return None if value is None else self.cipher.encrypt(value, f"people.{column}:{person_id}")
+
+    def _open(self, blob: bytes | None, person_id: str, column: str) -> str | None:
+        return None if blob is None else self.cipher.decrypt(blob, f"people.{column}:{person_id}")
+
+    # -- rooms -----------------------------------------------------------------------
+
+    def insert_room(self, room: RoomRecord, links: Sequence[NewLink]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO rooms (id, created_at, starts_at, started_at, ended_at) VALUES (?,?,?,?,?)",
+                (room.id, room.created_at, room.starts_at, room.started_at, room.ended_at),
+            )
+            self._db.executemany(
+                "INSERT INTO people (id, room_id, role, ordinal, name, phone) VALUES (?,?,?,?,?,?)",
+                [
+                    (p.id, room.id, p.role, p.ordinal, self._seal(p.name, p.id, "name"),
+                     self._seal(p.phone, p.id, "phone"))
+                    for p in room.people
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO links (token_hash, person_id, room_id, created_at, expires_at)"
+                " VALUES (?,?,?,?,?)",
+                [(l.token_hash, l.person_id, room.id, room.created_at, l.expires_at) for l in links],
+            )
+
+    def get_room(self, room_id: str) -> RoomRecord | None:
+        row = self._db.execute(
+            "SELECT id, created_at, starts_at, started_at, ended_at FROM rooms WHERE id = ?", (room_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._room_from_row(row)
+
+    def list_rooms(self, *, since: float | None = None) -> list[RoomRecord]:
+        rows = self._db.execute(
+            "SELECT id, created_at, starts_at, started_at, ended_at FROM rooms"
+            " WHERE created_at >= ? ORDER BY created_at",
+            (since or 0.0,),
+        ).fetchall()
+        return [self._room_from_row(r) for r in rows]
+
+    def _room_from_row(self, row: tuple) -> RoomRecord:
+        people = tuple(
+            Person(
+                id=PersonId(pid), room_id=RoomId(row[0]), role=role, ordinal=ordinal,
+                name=self._open(name, pid, "name") or "", phone=self._open(phone, pid, "phone"),
+            )
+            for pid, role, ordinal, name, phone in self._db.execute(
+                "SELECT id, role, ordinal, name, phone FROM people WHERE room_id = ? ORDER BY ordinal",
+                (row[0],),
+            )
+        )
+        return RoomRecord(RoomId(row[0]), row[1], row[2], row[3], row[4], people)
+
+    def mark_started(self, room_id: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE rooms SET started_at = ? WHERE id = ? AND started_at IS NULL", (now, room_id)
+        )
+
+    def end_room(self, room_id: str, now: float) -> bool:
+        """End the room and revoke its links. False if it was unknown or already ended."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE rooms SET ended_at = ? WHERE id = ? AND ended_at IS NULL", (now, room_id)
+            )
+            if cur.rowcount == 0:
+                return False
+            self._db.execute(
+                "UPDATE links SET revoked_at = ? WHERE room_id = ? AND revoked_at IS NULL", (now, room_id)
+            )
+        return True
+
+    def ended_among(self, room_ids: Iterable[str]) -> set[RoomId]:
+        ids = list(room_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT id FROM rooms WHERE ended_at IS NOT NULL AND id IN ({marks})", ids
+        ).fetchall()
+        return {RoomId(r[0]) for r in rows}
+
+    # -- links -----------------------------------------------------------------------
+
+    def find_link(self, token_hash: str) -> JoinLink | None:
+        row = self._db.execute(
+            "SELECT l.token_hash, l.room_id, l.person_id, p.role, l.expires_at, l.revoked_at,"
+            " r.ended_at FROM links l JOIN people p ON p.id = l.person_id"
+            " JOIN rooms r ON r.id = l.room_id WHERE l.token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return JoinLink(row[0], RoomId(row[1]), PersonId(row[2]), row[3], row[4], row[5], row[6])
+
+    def replace_link(self, person_id: str, link: NewLink, now: float) -> None:
+        """Revoke a person's links and issue a new one (a lost or leaked link)."""
+        with self._transaction():
+            room_id = self._db.execute(
+                "SELECT room_id FROM people WHERE id = ?", (person_id,)
+            ).fetchone()[0]
+            self._db.execute(
+                "UPDATE links SET revoked_at = ? WHERE person_id = ? AND revoked_at IS NULL",
+                (now, person_id),
+            )
+            self._db.execute(
+                "INSERT INTO links (token_hash, person_id, room_id, created_at, expires_at)"
+                " VALUES (?,?,?,?,?)",
+                (link.token_hash, person_id, room_id, now, link.expires_at),
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
