@@ -199,7 +199,7 @@ class SyntheticParticipant:
                 await self._notify(state="disconnected" if self.bye is None else "closed")
 
     async def _on_message(self, m: dict[str, Any]) -> None:
-        kind = m["type"]
+        kind = m.get("type")
         if kind == "welcome":
             self.me = m["you"]
             self.ice_servers = m.get("ice_servers", [])

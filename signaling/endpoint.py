@@ -188,18 +188,23 @@ def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:
         _dispatch(sig, sock, msg)
     except LinkError as exc:
         _refuse(sig, sock, exc, ref)
-        sock.close_after_flush(p.CloseReason.LINK_REFUSED)
+        _say_bye(sock, p.CloseReason.LINK_REFUSED, p.RecoveryAction.NONE, exc.detail)
     except ProtocolError as exc:
         _refuse(sig, sock, exc, ref)
         if exc.close:
-            sock.close_after_flush(p.CloseReason.PROTOCOL)
+            _say_bye(sock, p.CloseReason.PROTOCOL, p.RecoveryAction.NONE, exc.detail)
     except TelehealthError as exc:
         _refuse(sig, sock, exc, ref)
     except Exception:
         log.exception("internal error handling a %s message", ref or "client",
                       extra={"room_id": sock.room_id})
         _refuse(sig, sock, TelehealthError(ErrorCode.INTERNAL), ref)
-        sock.close_after_flush(p.CloseReason.INTERNAL)
+        _say_bye(sock, p.CloseReason.INTERNAL, p.RecoveryAction.RESUME, "")
+
+
+def _say_bye(sock: ClientSocket, reason: p.CloseReason, action: p.RecoveryAction, text: str) -> None:
+    sock.send(p.encode(p.Bye(reason=reason, action=action, message=text)))
+    sock.close_after_flush(reason)
 
 
 def _refuse(sig: Signaling, sock: ClientSocket, exc: TelehealthError, ref: str | None) -> None:

@@ -84,6 +84,7 @@ async def not_found(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    app[aiohttp_jinja2.static_root_key] = "/static"
     app.router.add_get("/", home)
     app.router.add_get("/j/{token}", join_page)
     app.router.add_static("/static/", HERE / "static", append_version=True)

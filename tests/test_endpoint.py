@@ -1,0 +1,166 @@
+"""Bad input through the real server: a clear error, a stable code, and nothing changed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from media.participant import SyntheticParticipant
+from signaling.endpoint import SIGNALING
+from tests.conftest import RunningServer, start_server
+from tests.test_hub import snapshot
+
+
+async def seated(server: RunningServer) -> tuple[SyntheticParticipant, SyntheticParticipant, SyntheticParticipant]:
+    room = server.create_room()
+    people = (SyntheticParticipant(room.therapist_link, auto_admit=True),
+              SyntheticParticipant(room.partner_links[0]), SyntheticParticipant(room.partner_links[1]))
+    for person in people:
+        await person.join()
+    for person in people:
+        await person.wait_for(lambda person=person: person.state == "in_call", 5)
+    return people
+
+
+async def last_error(person: SyntheticParticipant, count: int) -> dict[str, Any]:
+    await person.wait_for(lambda: len(person.errors) >= count, 5)
+    return person.errors[count - 1]
+
+
+BAD_FRAMES = [
+    ("{not json", "bad_json"),
+    ('{"type": "teleport"}', "unknown_type"),
+    ('{"type": "sdp", "to": "x"}', "invalid_message"),
+    (json.dumps({"type": "sdp", "to": "x", "pc": "1", "description": {"type": "offer", "sdp": "x" * 70_000}}),
+     "too_large"),
+    ('{"type": "admit", "participant": "p_123"}', "forbidden"),
+    ('{"type": "end"}', "forbidden"),
+    ('{"type": "join", "token": "again"}', "already_joined"),
+]
+
+
+async def test_bad_frames_get_their_code_and_change_nothing(server: RunningServer) -> None:
+    therapist, a, b = await seated(server)
+    other_room = await seated(server)
+    hub = server.app[SIGNALING].hub
+    try:
+        before = snapshot(hub)
+        for i, (frame, code) in enumerate(BAD_FRAMES, 1):
+            await a.send_raw(frame)
+            error = await last_error(a, i)
+            assert error["code"] == code, frame[:40]
+            assert error["message"]
+        # A target in another room is refused, and nothing reaches that room.
+        stranger = other_room[0].me["id"]
+        await a.send({"type": "sdp", "to": stranger, "pc": "1", "description": {"type": "offer", "sdp": "v=0"}})
+        assert (await last_error(a, len(BAD_FRAMES) + 1))["code"] == "unknown_target"
+        assert snapshot(hub) == before
+        assert a.bye is None and a._ws is not None  # the socket stays usable
+        await a.send({"type": "ping", "t": 1})
+        await a.wait_message("pong")
+        assert not [m for m in other_room[0].received if m.get("from") == a.me["id"]]
+    finally:
+        for person in (therapist, a, b, *other_room):
+            await person.close()
+
+
+async def test_message_over_the_hard_cap_closes_only_that_socket(server: RunningServer) -> None:
+    therapist, a, b = await seated(server)
+    try:
+        await a.send_raw("x" * (server.config.max_message_bytes * 4 + 1))
+        await a.wait_for(lambda: a.state == "disconnected", 5)
+        await therapist.wait_message("presence", peer=a.me["id"], state="reconnecting")
+        await a.join()  # and it can come back
+        await a.wait_message("welcome", resumed=True)
+    finally:
+        for person in (therapist, a, b):
+            await person.close()
+
+
+async def test_messages_before_join_are_refused(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{server.base_url}/ws") as ws:
+            await ws.send_str('{"type": "restart", "to": "p_1"}')
+            reply = json.loads((await ws.receive()).data)
+            assert reply["code"] == "not_joined"
+
+
+@pytest.mark.parametrize("kind", ["forged", "malformed", "expired", "revoked"])
+async def test_refused_links_over_signaling_and_http(make_config: Any, kind: str) -> None:
+    server = await start_server(make_config())
+    try:
+        room = server.create_room(link_ttl=0.0 if kind == "expired" else 3600.0)
+        link = room.partner_links[0]
+        expected = {"forged": "bad_link", "malformed": "bad_link", "expired": "link_expired",
+                    "revoked": "room_ended"}[kind]
+        if kind == "forged":
+            link = link[:-5] + ("AAAAA" if not link.endswith("AAAAA") else "BBBBB")
+        elif kind == "malformed":
+            link = link + "'<script>"
+        elif kind == "revoked":
+            server.store.end_room(room.room_id, time.time())
+        person = SyntheticParticipant(link)
+        try:
+            await person.join()
+            error = await last_error(person, 1)
+            assert error["code"] == expected
+            await person.wait_for(lambda: person.bye is not None, 5)
+            assert person.bye["reason"] == "link_refused"
+        finally:
+            await person.close()
+        assert server.app[SIGNALING].hub.rooms == {}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(link) as response:
+                body = await response.text()
+                assert response.status in (404, 410)
+                assert "Traceback" not in body and "<script>" not in body
+                assert "ask your therapist" in body or "session has ended" in body
+                assert response.headers["Cache-Control"] == "no-store"
+                assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    finally:
+        await server.runner.cleanup()
+
+
+async def test_a_foreign_origin_cannot_open_the_socket(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(f"{server.base_url}/ws", headers={"Origin": "https://evil.example"})
+        assert caught.value.status == 403
+        async with session.ws_connect(f"{server.base_url}/ws", headers={"Origin": server.base_url}) as ws:
+            await ws.send_str('{"type": "ping"}')
+            assert json.loads((await ws.receive()).data)["type"] == "pong"
+
+
+async def test_a_slow_reader_is_closed_without_stalling_the_room(make_config: Any) -> None:
+    server = await start_server(make_config(send_queue_limit=8))
+    room = server.create_room()
+    therapist = SyntheticParticipant(room.therapist_link, auto_admit=True)
+    a = SyntheticParticipant(room.partner_links[0])
+    try:
+        await therapist.join()
+        await a.join()
+        await a.wait_for(lambda: a.state == "in_call", 5)
+        async with aiohttp.ClientSession() as session:
+            # b joins and is admitted, then stops reading, as a frozen tab would.
+            b = await session.ws_connect(f"{server.base_url}/ws")
+            await b.send_str(json.dumps({"type": "join", "token": room.partner_links[1].rsplit("/", 1)[1]}))
+            await therapist.wait_for(lambda: len([m for m in therapist.received if m["type"] == "peer_joined"]) == 2, 5)
+            b_id = [m for m in therapist.received if m["type"] == "peer_joined"][-1]["peer"]["id"]
+            big = {"type": "sdp", "to": b_id, "pc": "1", "description": {"type": "offer", "sdp": "x" * 60_000}}
+            for _ in range(400):
+                await a.send(big)
+                if any(m["type"] == "presence" and m["peer"] == b_id for m in therapist.received):
+                    break
+            await therapist.wait_message("presence", peer=b_id, state="reconnecting")
+            # The room goes on for everyone else.
+            await a.send({"type": "ping"})
+            await a.wait_message("pong")
+            await b.close()
+    finally:
+        await therapist.close()
+        await a.close()
+        await server.runner.cleanup()
