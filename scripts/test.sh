@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh Debian machine, then runs them.
+# System packages: Chromium (browser tests), coturn (TURN relay), iproute2/nftables/iptables
+# (network namespaces and faults). Python packages go into .venv. Extra pytest arguments pass through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(chromium coturn iproute2 nftables iptables procps)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The package starts a system coturn on 3478; tests run their own on free ports.
+systemctl stop coturn >/dev/null 2>&1 || true
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+echo "==> installing telehealth and test dependencies into .venv"
+.venv/bin/pip install -q --upgrade pip
+# A regular (not editable) install: the tests check that the distribution is complete.
+.venv/bin/pip install -q ".[test,fast]"
+
+if [ -f package-lock.json ]; then
+  echo "==> installing axe-core (npm)"
+  npm ci --no-audit --no-fund --silent
+fi
+
+mkdir -p test-artifacts
+echo "==> running the tests"
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider -q "$@"

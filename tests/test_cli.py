@@ -1,0 +1,175 @@
+"""The command line as an operator uses it: a real `telehealth serve` process and room commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from media.participant import SyntheticParticipant
+from tests.conftest import free_port
+
+TELEHEALTH = [sys.executable, "-m", "telehealth.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TELEHEALTH, *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+def create(data_dir: Path, *extra: str) -> dict:
+    result = run("room", "create", "--data-dir", str(data_dir), "--therapist", "Dr Ada Lovelace",
+                 "--partner", "Sam Rivera", "--phone", "+1 555 555 0102", "--partner", "Alex Kim", *extra, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_room_create_prints_the_stable_json_contract(tmp_path: Path) -> None:
+    room = create(tmp_path, "--base-url", "https://video.clinic.example")
+    assert room["room_id"].startswith("r_")
+    assert room["therapist_link"].startswith("https://video.clinic.example/j/")
+    assert len(room["partner_links"]) == 2
+    assert len({room["therapist_link"], *room["partner_links"]}) == 3
+    listed = json.loads(run("room", "list", "--data-dir", str(tmp_path), "--json").stdout)
+    assert [r["room_id"] for r in listed] == [room["room_id"]]
+    # Personal data is not in the database file in clear text, and neither are the links.
+    raw = (tmp_path / "telehealth.sqlite3").read_bytes()
+    for secret in (b"Sam Rivera", b"Alex Kim", b"Ada Lovelace", b"555 0102",
+                   room["partner_links"][0].rsplit("/", 1)[1].encode()):
+        assert secret not in raw
+    assert (tmp_path / "telehealth.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--therapist", "T", "--phone", "123456789", "--partner", "A"], "--phone must follow"),
+        (["--therapist", "T", "--partner", "A", "--partner", "B", "--partner", "C"], "one or two partners"),
+        (["--therapist", "T", "--partner", "A", "--phone", "call me maybe"], "phone number"),
+        (["--therapist", " ", "--partner", "A"], "name is required"),
+    ],
+)
+def test_room_create_refuses_bad_input_and_stores_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run("room", "create", "--data-dir", str(tmp_path), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    listed = run("room", "list", "--data-dir", str(tmp_path), "--json")
+    assert json.loads(listed.stdout or "[]") == []
+
+
+def test_ending_an_unknown_or_ended_room_is_a_clear_error(tmp_path: Path) -> None:
+    room = create(tmp_path)
+    assert run("room", "end", "--data-dir", str(tmp_path), room["room_id"]).returncode == 0
+    again = run("room", "end", "--data-dir", str(tmp_path), room["room_id"])
+    assert again.returncode == 2 and "already ended" in again.stderr
+    unknown = run("room", "end", "--data-dir", str(tmp_path), "r_nope")
+    assert unknown.returncode == 2 and "No room" in unknown.stderr
+
+
+class Served:
+    def __init__(self, proc: asyncio.subprocess.Process, base_url: str) -> None:
+        self.proc = proc
+        self.base_url = base_url
+
+
+async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "http") -> Served:
+    env = {**os.environ, "TELEHEALTH_PORT": str(port)}  # configured through the environment
+    proc = await asyncio.create_subprocess_exec(
+        *TELEHEALTH, "serve", "--data-dir", str(data_dir), *extra, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    base_url = f"{scheme}://127.0.0.1:{port}"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(base_url + "/", ssl=ctx if scheme == "https" else True) as r:
+                    if r.status == 200:
+                        return Served(proc, base_url)
+            except aiohttp.ClientError:
+                if proc.returncode is not None:
+                    raise RuntimeError((await proc.stderr.read()).decode())  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+    raise TimeoutError("server did not start")
+
+
+async def stop_serve(served: Served) -> tuple[int, str]:
+    served.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    await asyncio.wait_for(served.proc.wait(), 10)
+    err = (await served.proc.stderr.read()).decode()  # type: ignore[union-attr]
+    return served.proc.returncode or 0, err
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    s = await start_serve(tmp_path / "data", free_port())
+    yield s
+    if s.proc.returncode is None:
+        await stop_serve(s)
+
+
+async def test_serve_restart_keeps_rooms_and_links_and_ctrl_c_is_clean(tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    served = await start_serve(data, port)
+    room = create(data, "--base-url", served.base_url)
+    code, err = await stop_serve(served)
+    assert code == 0, err
+    assert "Traceback" not in err
+    served = await start_serve(data, port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(room["partner_links"][0]) as r:
+                assert r.status == 200
+        person = SyntheticParticipant(room["therapist_link"])
+        await person.join()
+        await person.wait_message("welcome")
+        await person.close()
+    finally:
+        code, err = await stop_serve(served)
+    assert code == 0
+    # Logs are JSON lines without names or numbers.
+    for line in err.splitlines():
+        entry = json.loads(line)
+        assert "Ada" not in line and "Sam" not in line and "0102" not in line, entry
+
+
+async def test_a_room_ended_from_the_cli_is_refused_at_once_by_the_running_server(served: Served, tmp_path: Path) -> None:
+    room = create(tmp_path / "data", "--base-url", served.base_url)
+    therapist = SyntheticParticipant(room["therapist_link"])
+    try:
+        await therapist.join()
+        await therapist.wait_message("welcome")
+        assert run("room", "end", "--data-dir", str(tmp_path / "data"), room["room_id"]).returncode == 0
+        await therapist.wait_for(lambda: therapist.bye is not None, 3)
+        assert therapist.bye["reason"] == "room_ended"
+    finally:
+        await therapist.close()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(room["partner_links"][1]) as r:
+            assert r.status == 410
+            assert "session has ended" in await r.text()
+
+
+async def test_self_signed_tls_for_a_lan_demo(tmp_path: Path) -> None:
+    served = await start_serve(tmp_path / "data", free_port(), "--tls-self-signed", scheme="https")
+    try:
+        room = create(tmp_path / "data", "--base-url", served.base_url)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        person = SyntheticParticipant(room["therapist_link"], ssl_context=ctx)
+        await person.join()
+        await person.wait_message("welcome")
+        await person.close()
+        assert (tmp_path / "data" / "tls" / "self-signed.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        await stop_serve(served)
