@@ -1,0 +1,73 @@
+"""Token-bucket rate limits keyed by a string (a hashed address, a link hash, a login name).
+
+Pure: no I/O, no clock of its own; callers pass ``now`` (seconds, any monotonic origin).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Each key starts with ``capacity`` tokens; an attempt spends one; tokens come back at
+    ``refill_per_second`` up to ``capacity``.
+
+    Memory stays bounded. A key idle long enough to be full again is forgotten, since a full
+    bucket and no bucket behave the same, so only keys that spent tokens recently are held.
+    Beyond ``max_keys`` the least recently used key is dropped and starts full next time: a
+    flood of distinct keys softens the limit for the oldest ones rather than growing memory.
+    """
+
+    def __init__(self, capacity: int, refill_per_second: float, *, max_keys: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if refill_per_second <= 0:
+            raise ValueError("refill_per_second must be positive")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.capacity = capacity
+        self.refill_per_second = refill_per_second
+        self.max_keys = max_keys
+        # Ordered by last update, oldest first, so idle keys are found at the front.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        """Spend a token for ``key`` if one is there; False means refuse the attempt."""
+        self._forget_idle(now)
+        tokens = self._tokens(key, now)
+        allowed = tokens >= 1.0
+        self._buckets[key] = _Bucket(tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until ``key`` has a token again; 0.0 if it has one now."""
+        missing = 1.0 - self._tokens(key, now)
+        return max(0.0, missing / self.refill_per_second)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, key: str, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return float(self.capacity)
+        # A clock that steps back must not drain a bucket.
+        elapsed = max(0.0, now - bucket.updated)
+        return min(float(self.capacity), bucket.tokens + elapsed * self.refill_per_second)
+
+    def _forget_idle(self, now: float) -> None:
+        while self._buckets:
+            key, bucket = next(iter(self._buckets.items()))
+            if bucket.tokens + (now - bucket.updated) * self.refill_per_second < self.capacity:
+                return
+            del self._buckets[key]
