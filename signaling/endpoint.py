@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ class Signaling:
     event_sinks: list[EventSink] = field(default_factory=list)
     error_sinks: list[ErrorSink] = field(default_factory=list)
     sockets: set[ClientSocket] = field(default_factory=set)
+    # time.monotonic() of the background loop's last pass, for /readyz.
+    last_tick: float = field(default_factory=time.monotonic)
 
     def deliver(self, out: Outbox) -> None:
         encoded: dict[int, bytes] = {}
@@ -270,6 +273,7 @@ async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
     next_expire = 0.0
     while True:
         await asyncio.sleep(poll)
+        sig.last_tick = time.monotonic()
         now = sig.clock()
         if now >= next_expire:
             sig.deliver(sig.hub.expire(now))

@@ -21,6 +21,8 @@ log = logging.getLogger("telehealth")
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
+# /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
+READY_STALE_SECONDS = 5.0
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -35,7 +37,23 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     sig = Signaling(config=config, store=store, hub=RoomHub(grace_seconds=config.grace_seconds), clock=clock)
     app[SIGNALING] = sig
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = []
+        try:
+            store.check_writable()
+        except Exception:
+            problems.append("store not writable")
+        if time.monotonic() - sig.last_tick > READY_STALE_SECONDS:
+            problems.append("background loop stale")
+        return web.json_response({"status": "not ready" if problems else "ready", "problems": problems},
+                                 status=503 if problems else 200)
+
     app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     pages.setup(app)
 
     async def background(app: web.Application) -> AsyncIterator[None]:

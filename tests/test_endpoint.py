@@ -164,3 +164,16 @@ async def test_a_slow_reader_is_closed_without_stalling_the_room(make_config: An
         await therapist.close()
         await a.close()
         await server.runner.cleanup()
+
+
+async def test_health_and_readiness(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.base_url}/healthz") as r:
+            assert r.status == 200
+        async with session.get(f"{server.base_url}/readyz") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ready"
+        # A stalled background loop makes the server not ready.
+        server.app[SIGNALING].last_tick -= 60
+        async with session.get(f"{server.base_url}/readyz") as r:
+            body = await r.json()
+            assert r.status == 503 and "background loop stale" in body["problems"]

@@ -1,0 +1,96 @@
+"""Shared pieces for the benchmarks: a real `telehealth serve` process and its readings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from telehealth import rooms
+from telehealth.store import Store
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    base_url: str
+    data_dir: Path
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def create_room(self, partners: int = 2) -> rooms.CreatedRoom:
+        store = Store.open(self.data_dir)
+        try:
+            return rooms.create_room(
+                store, therapist="Bench Therapist",
+                partners=[rooms.PartnerSpec(f"Bench Partner {i}", None) for i in range(partners)],
+                base_url=self.base_url, link_ttl=3600, now=time.time(),
+            )
+        finally:
+            store.close()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+
+async def start_server(*extra: str, env: dict[str, str] | None = None, cpu: int | None = None) -> ServerProcess:
+    data_dir = Path(tempfile.mkdtemp(prefix="telehealth-bench-"))
+    port = free_port()
+    argv = [sys.executable, "-m", "telehealth.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
+            "--log-level", "WARNING", *extra]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    proc = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **(env or {})},
+                                                stderr=asyncio.subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(400):
+            try:
+                async with session.get(base_url + "/readyz") as r:
+                    if r.status == 200:
+                        return ServerProcess(proc, base_url, data_dir)
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.025)
+    raise TimeoutError("server did not start")
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 4), "worst": round(max(values), 4),
+            "best": round(min(values), 4), "n": len(values)}
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return path
