@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
 from telehealth import rooms
+from telehealth.audit import AuditEvent, AuditLog, LinkRejectReason
 from telehealth.config import Config
 from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
 from telehealth.store import Store
@@ -43,6 +44,7 @@ class Signaling:
     store: Store
     hub: RoomHub
     clock: Callable[[], float]
+    audit: AuditLog | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
     event_sinks: list[EventSink] = field(default_factory=list)
     error_sinks: list[ErrorSink] = field(default_factory=list)
@@ -245,8 +247,17 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.End):
         room_id = hub.require_therapist(sock)
         now = sig.clock()
-        rooms.end_room(sig.store, room_id, now=now)
+        rooms.end_room(sig.store, room_id, now=now, actor="therapist")
         sig.deliver(hub.end_room(room_id, now))
+
+
+LINK_REJECT_REASONS = {
+    ErrorCode.BAD_LINK: LinkRejectReason.FORGED,
+    ErrorCode.LINK_EXPIRED: LinkRejectReason.EXPIRED,
+    ErrorCode.LINK_REVOKED: LinkRejectReason.REVOKED,
+    ErrorCode.ROOM_ENDED: LinkRejectReason.ROOM_ENDED,
+    ErrorCode.RATE_LIMITED: LinkRejectReason.RATE_LIMITED,
+}
 
 
 def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
@@ -255,12 +266,20 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     if sock in sig.hub.seats:
         raise ProtocolError(ErrorCode.ALREADY_JOINED)
     now = sig.clock()
-    link = check_link(sig.store.find_link(hash_token(msg.token)) if well_formed(msg.token) else None, now)
-    record = sig.store.get_room(link.room_id)
-    person = next((x for x in record.people if x.id == link.person_id), None) if record else None
-    if record is None or person is None:
-        raise LinkError(ErrorCode.BAD_LINK)
+    try:
+        link = check_link(sig.store.find_link(hash_token(msg.token)) if well_formed(msg.token) else None, now)
+        record = sig.store.get_room(link.room_id)
+        person = next((x for x in record.people if x.id == link.person_id), None) if record else None
+        if record is None or person is None:
+            raise LinkError(ErrorCode.BAD_LINK)
+    except LinkError as exc:
+        if sig.audit is not None:
+            sig.audit.append(AuditEvent.LINK_REJECTED, actor="signaling",
+                             detail={"reason": LINK_REJECT_REASONS[exc.code].value})
+        raise
     sock.room_id = record.id
+    if sig.audit is not None:
+        sig.audit.append(AuditEvent.LINK_OPENED, room_id=record.id, person_id=person.id, actor=person.role)
     sig.deliver(sig.hub.join(sock, record, person, now))
     if person.role == "therapist" and record.started_at is None:
         sig.store.mark_started(record.id, now)

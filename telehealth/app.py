@@ -14,28 +14,42 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from telehealth import retention
+from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
+from telehealth.keys import key_in_use
 from telehealth.store import Store
 
 log = logging.getLogger("telehealth")
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
+AUDIT = web.AppKey("audit", AuditLog)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     from signaling.endpoint import SIGNALING, Signaling, expire_loop, websocket_handler
-    from signaling.hub import RoomHub
+    from signaling.hub import HubEvent, MemberEvent, RoomHub
     from web import pages
 
     store = Store.open(config.data_dir, config.key_path)
+    audit = store.audit
     app = web.Application(middlewares=[pages.security_headers])
     app[CONFIG] = config
     app[STORE] = store
-    sig = Signaling(config=config, store=store, hub=RoomHub(grace_seconds=config.grace_seconds), clock=clock)
+    app[AUDIT] = audit
+    sig = Signaling(config=config, store=store, hub=RoomHub(grace_seconds=config.grace_seconds),
+                    clock=clock, audit=audit)
     app[SIGNALING] = sig
+
+    def audit_hub_event(event: HubEvent) -> None:
+        if isinstance(event, MemberEvent) and event.kind in ("admitted", "removed"):
+            kind = AuditEvent.PARTICIPANT_ADMITTED if event.kind == "admitted" else AuditEvent.PARTICIPANT_REMOVED
+            audit.append(kind, room_id=event.room_id, person_id=event.person_id, actor="therapist")
+
+    sig.event_sinks.append(audit_hub_event)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -56,12 +70,24 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/readyz", readyz)
     pages.setup(app)
 
+    async def purge_loop() -> None:
+        while True:
+            try:
+                retention.purge(store, audit, older_than=config.retention_seconds, now=clock(), actor="server")
+            except Exception:
+                log.exception("retention purge failed")
+            await asyncio.sleep(config.purge_interval_seconds)
+
     async def background(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(expire_loop(sig))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # While we run, no key rotation may swap the key we hold in memory.
+        with key_in_use(config.key_path):
+            tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(purge_loop())]
+            yield
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def on_shutdown(app: web.Application) -> None:
         # Tell every participant to resume once we are back; give the writers a moment.

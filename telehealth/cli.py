@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telehealth import rooms
+from telehealth import keys, retention, rooms
+from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
+from telehealth.crypto import KeyFileError
 from telehealth.errors import TelehealthError
 from telehealth.store import Store
 
@@ -71,7 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     end = room.add_parser("end", help="end a room for everyone and revoke its links")
     _common(end)
     end.add_argument("room_id")
+
+    audit = sub.add_parser("audit", help="check or export the tamper-evident audit log").add_subparsers(
+        dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the hash chain; names the first broken entry")
+    _common(verify)
+    export = audit.add_parser("export", help="write entries as JSON lines")
+    _common(export)
+    export.add_argument("--since", help="from this time, ISO 8601 (inclusive)")
+    export.add_argument("--until", help="up to this time, ISO 8601 (exclusive)")
+
+    purge = sub.add_parser("purge", help="erase personal data and links of rooms ended long ago")
+    _common(purge)
+    purge.add_argument("--older-than", type=_duration,
+                       help="e.g. 30d, 12h, 90m, 600s (default: the retention setting, 30d)")
+
+    key = sub.add_parser("key", help="manage the key for personal data").add_subparsers(
+        dest="key_command", required=True)
+    rotate = key.add_parser("rotate", help="re-encrypt all personal data under a new key (server stopped)")
+    _common(rotate)
     return parser
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30d, 12h, 600s)") from None
+
+
+def _timestamp(text: str | None) -> float | None:
+    return datetime.datetime.fromisoformat(text).timestamp() if text else None
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -141,14 +175,73 @@ def cmd_room(args: argparse.Namespace, config: Config) -> int:
         store.close()
 
 
+def _audit_db(config: Config) -> sqlite3.Connection:
+    # The audit log needs no key: reading it must not create one.
+    if not config.db_path.exists():
+        raise ValueError(f"no database at {config.db_path}")
+    db = sqlite3.connect(config.db_path, isolation_level=None)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    db = _audit_db(config)
+    try:
+        log = AuditLog(db, time.time)
+        if args.audit_command == "verify":
+            result = log.verify()
+            print(f"{'OK' if result.ok else 'BROKEN'}: {result.reason} ({result.checked} entries checked)")
+            if result.first_broken_id is not None:
+                print(f"first broken entry: {result.first_broken_id}")
+            print(f"head hash: {result.head_hash}")
+            return 0 if result.ok else 1
+        for line in log.export(_timestamp(args.since), _timestamp(args.until)):
+            print(line)
+        return 0
+    finally:
+        db.close()
+
+
+def cmd_purge(args: argparse.Namespace, config: Config) -> int:
+    store = Store.open(config.data_dir, config.key_path)
+    try:
+        older_than = args.older_than if args.older_than is not None else config.retention_seconds
+        result = retention.purge(store, AuditLog(store.db, time.time), older_than=older_than,
+                                 now=time.time(), actor="cli")
+        print(f"Purged {result.rooms} rooms: {result.people} people's names and numbers, {result.links} links.")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_key(args: argparse.Namespace, config: Config) -> int:
+    store = Store.open(config.data_dir, config.key_path)
+    try:
+        count = keys.rotate_key(store, config.key_path, audit=AuditLog(store.db, time.time), actor="cli")
+    finally:
+        store.close()
+    print(f"Re-encrypted {count} values under a new key in {config.key_path}.")
+    print(f"The previous key was kept next to it as {config.key_path.name}.old-<time>: database backups "
+          "made before now need it. Delete it once those backups are gone.")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from(args)
         if args.command == "serve":
             return cmd_serve(config)
-        return cmd_room(args, config)
-    except (TelehealthError, ValueError) as exc:
+        if args.command == "audit":
+            return cmd_audit(args, config)
+        if args.command == "purge":
+            return cmd_purge(args, config)
+        if args.command == "key":
+            return cmd_key(args, config)
+        # Holding the key's shared lock keeps a rotation from running under our feet.
+        with keys.key_in_use(config.key_path):
+            return cmd_room(args, config)
+    except (TelehealthError, ValueError, KeyFileError) as exc:
         detail = exc.detail if isinstance(exc, TelehealthError) else str(exc)
         print(f"telehealth: {detail}", file=sys.stderr)
         return 2

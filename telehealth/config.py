@@ -49,6 +49,10 @@ class Config:
     turn_credential_ttl_seconds: float = 3600.0
     # Key for personal data at rest; defaults to <data_dir>/telehealth.key.
     key_file: Path | None = None
+    # Ended rooms lose their names, phone numbers and links after this long.
+    retention_seconds: float = 30 * 24 * 3600
+    # How often the server runs the retention purge by itself.
+    purge_interval_seconds: float = 24 * 3600
 
     @property
     def scheme(self) -> str:

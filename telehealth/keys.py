@@ -189,6 +189,7 @@ def _aad(column: str, person_id: str) -> str:
 def _locked(key_path: Path, mode: int, busy: str) -> Iterator[None]:
     # flock, not a pid file: the kernel drops it when its holder dies, so a crash leaves no
     # stale lock. The lock file itself is never deleted (that would race with a new holder).
+    key_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(_sibling(key_path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

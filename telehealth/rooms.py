@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, StateError, UserError
 from telehealth.store import NewLink, Person, RoomRecord, Store
 from telehealth.tokens import PersonId, RoomId, hash_token, new_person_id, new_room_id, new_token
@@ -88,6 +89,9 @@ def create_room(
         RoomRecord(room_id, now, starts_at, None, None, tuple(people)),
         [NewLink(hash_token(t), p.id, expires_at) for t, p in zip(tokens, people)],
     )
+    store.audit.append(AuditEvent.ROOM_CREATED, room_id=room_id, detail={"people": len(people)})
+    for person in people:
+        store.audit.append(AuditEvent.LINK_ISSUED, room_id=room_id, person_id=person.id, actor=person.role)
     urls = [link_url(base_url, t) for t in tokens]
     return CreatedRoom(room_id, urls[0], tuple(urls[1:]), expires_at)
 
@@ -96,13 +100,14 @@ def list_rooms(store: Store, *, since: float | None = None) -> list[RoomRecord]:
     return store.list_rooms(since=since)
 
 
-def end_room(store: Store, room_id: str, *, now: float) -> None:
+def end_room(store: Store, room_id: str, *, now: float, actor: str = "cli") -> None:
     """End a room for everyone and revoke its links; a running server notices at once."""
     room = store.get_room(room_id)
     if room is None:
         raise UserError(ErrorCode.UNKNOWN_TARGET, f"No room {room_id}.")
     if not store.end_room(room_id, now):
         raise StateError(ErrorCode.ROOM_ENDED, f"Room {room_id} has already ended.")
+    store.audit.append(AuditEvent.ROOM_ENDED, room_id=room_id, actor=actor)
 
 
 def reissue_link(
@@ -110,4 +115,5 @@ def reissue_link(
 ) -> str:
     token = new_token()
     store.replace_link(person_id, NewLink(hash_token(token), person_id, now + link_ttl), now)
+    store.audit.append(AuditEvent.LINK_ISSUED, person_id=person_id, detail={"reason": "reissued"})
     return link_url(base_url, token)

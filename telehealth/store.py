@@ -9,11 +9,14 @@ commands, never per signaling message.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from telehealth.audit import AuditLog
 from telehealth.crypto import FieldCipher, load_or_create_key
+from telehealth.keys import finish_interrupted_rotation
 from telehealth.tokens import JoinLink, PersonId, Role, RoomId
 
 SCHEMA = """
@@ -89,13 +92,20 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Deleted personal data is zeroed in the file, not left in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        # The tamper-evident log of security events lives in the same file.
+        self.audit = AuditLog(self._db, time.time)
 
     @classmethod
     def open(cls, data_dir: Path, key_path: Path | None = None) -> Store:
         data_dir.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_key(key_path or data_dir / "telehealth.key")
-        return cls(data_dir / "telehealth.sqlite3", FieldCipher(key))
+        key_path = key_path or data_dir / "telehealth.key"
+        db_path = data_dir / "telehealth.sqlite3"
+        # A key rotation stopped by a crash is settled before the key is read.
+        finish_interrupted_rotation(db_path, key_path)
+        return cls(db_path, FieldCipher(load_or_create_key(key_path)))
 
     def close(self) -> None:
         self._db.close()

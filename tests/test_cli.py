@@ -173,3 +173,32 @@ async def test_self_signed_tls_for_a_lan_demo(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "tls" / "self-signed.key").stat().st_mode & 0o777 == 0o600
     finally:
         await stop_serve(served)
+
+
+def test_audit_verify_export_purge_and_key_rotation_from_the_command_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    room = create(tmp_path)
+    assert run("room", "end", "--data-dir", str(tmp_path), room["room_id"]).returncode == 0
+    verified = run("audit", "verify", "--data-dir", str(tmp_path))
+    assert verified.returncode == 0 and verified.stdout.startswith("OK")
+    lines = [json.loads(x) for x in run("audit", "export", "--data-dir", str(tmp_path)).stdout.splitlines()]
+    assert [e["event"] for e in lines] == ["room_created", "link_issued", "link_issued", "link_issued", "room_ended"]
+    assert "Sam" not in json.dumps(lines)
+
+    rotated = run("key", "rotate", "--data-dir", str(tmp_path))
+    assert rotated.returncode == 0 and "Re-encrypted 4 values" in rotated.stdout  # three names, one phone
+    # Names still read back under the new key; the room was ended just now, so a 0 s purge erases them.
+    purged = run("purge", "--data-dir", str(tmp_path), "--older-than", "0s")
+    assert purged.returncode == 0 and "Purged 1 rooms" in purged.stdout
+
+    # Someone edits history behind our back: verify names the entry and fails.
+    db = sqlite3.connect(tmp_path / "telehealth.sqlite3")
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE audit SET actor = 'ops' WHERE id = 2")
+    db.commit()
+    db.close()
+    broken = run("audit", "verify", "--data-dir", str(tmp_path))
+    assert broken.returncode == 1
+    assert "first broken entry: 2" in broken.stdout

@@ -125,7 +125,7 @@ def test_every_run_is_audited_with_counts_only(
     again = purge(store, audit, older_than=KEEP, now=NOW + DAY, actor="server")
 
     assert (again.rooms, again.people, again.links) == (0, 0, 0)
-    entries = [json.loads(line) for line in audit.export()]
+    entries = [e for e in map(json.loads, audit.export()) if e["event"] == "purge"]
     assert [(e["event"], e["actor"], e["room_id"], e["person_id"]) for e in entries] == [
         ("purge", "cli", None, None), ("purge", "server", None, None),
     ]
@@ -141,13 +141,14 @@ def test_the_purge_and_its_audit_entry_commit_together(
     store: Store, audit: AuditLog, three_rooms: dict[str, str]
 ) -> None:
     # An actor the audit log refuses makes the append fail inside the purge's transaction.
+    before = audit.verify().checked
     with pytest.raises(ValueError):
         purge(store, audit, older_than=KEEP, now=NOW, actor="Ops Person")
 
     old = store.get_room(three_rooms["old"])
     assert old is not None and old.therapist.name == "Dr Oldroom Therapist"
     assert len(link_hashes(store, three_rooms["old"])) == 3
-    assert audit.verify().checked == 0
+    assert audit.verify().checked == before
 
 
 def test_a_room_ended_just_after_the_cutoff_is_kept(store: Store, audit: AuditLog) -> None:
