@@ -1,0 +1,355 @@
+"""Table tests of the quality scorer, with plain numbers for the clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from fallback.scoring import (
+    Attribution,
+    Cause,
+    LinkSample,
+    Quality,
+    QualityMonitor,
+    ScoringThresholds,
+    audio_mos,
+    mos_from_r,
+    r_factor,
+    video_score,
+    window_level,
+)
+from signaling.protocol import LinkStats
+from telehealth.tokens import PersonId
+
+T, A, B = PersonId("therapist"), PersonId("alex"), PersonId("blake")
+LIMITS = ScoringThresholds()
+PACKETS_PER_S = 50  # Opus at 20 ms: what an audio-only link delivers
+
+
+def sample(t: float, packets: int, *, loss: float = 0.0, rtt: float = 40.0,
+           fps: float | None = 30.0, bitrate: float | None = 1_000_000, video: bool = True,
+           pc: str = "pc1") -> LinkSample:
+    return LinkSample(t=t, rtt_ms=rtt, jitter_ms=5.0, loss=loss, packets_in=packets, fps=fps,
+                      out_bitrate=bitrate, video=video, pc=pc)
+
+
+def ticks(start: float, end: float, every: float) -> list[float]:
+    return [round(start + i * every, 6) for i in range(round((end - start) / every))]
+
+
+# Link kinds for room scenarios: what a directed link does after the scenario starts.
+GOOD, POOR, LOST, SILENT = "good", "poor", "lost", "silent"
+
+
+def play(links: dict[tuple[PersonId, PersonId], str], *, start: float = 5.0, end: float = 12.0,
+         every: float = 0.5) -> QualityMonitor:
+    """Every link is good until ``start``, then does its kind until ``end``."""
+    monitor = QualityMonitor()
+    for t in ticks(0.0, end, every):
+        for (reporter, peer), kind in links.items():
+            if t >= start and kind == SILENT:
+                continue
+            flowing_until = start if (t >= start and kind == LOST) else t
+            loss = 0.15 if (t >= start and kind == POOR) else 0.0
+            packets = int(PACKETS_PER_S * flowing_until) + 1
+            monitor.ingest(reporter, peer, sample(t, packets, loss=loss))
+    return monitor
+
+
+def mesh(kinds: dict[frozenset[PersonId], str], silent: frozenset[PersonId] = frozenset()):
+    """Both directions of each pair get the pair's kind; a silent person reports nothing."""
+    links: dict[tuple[PersonId, PersonId], str] = {}
+    for pair, kind in kinds.items():
+        x, y = sorted(pair)
+        links[(x, y)] = SILENT if x in silent else kind
+        links[(y, x)] = SILENT if y in silent else kind
+    return links
+
+
+# -- formulas -----------------------------------------------------------------------------
+
+
+def test_r_factor_of_a_perfect_line_is_the_default_minus_packet_delay() -> None:
+    assert r_factor(0, 0, 0) == pytest.approx(93.2 - 0.024 * 20)
+
+
+@pytest.mark.parametrize(("r", "mos"), [(-5, 1.0), (0, 1.0), (50, 2.58), (70, 3.6), (80, 4.02),
+                                        (93.2, 4.41), (100, 4.5), (120, 4.5)])
+def test_mos_from_r_follows_g107(r: float, mos: float) -> None:
+    assert mos_from_r(r) == pytest.approx(mos, abs=0.01)
+
+
+@pytest.mark.parametrize(("rtt", "jitter", "loss", "level"), [
+    (40, 5, 0.00, Quality.GOOD),
+    (40, 5, 0.02, Quality.GOOD),
+    (40, 5, 0.05, Quality.FAIR),
+    (40, 5, 0.10, Quality.POOR),
+    (40, 5, 0.30, Quality.POOR),
+    (300, 20, 0.00, Quality.GOOD),
+    (400, 20, 0.00, Quality.FAIR),
+    (600, 30, 0.00, Quality.POOR),
+    (40, 5, 7.0, Quality.POOR),  # nonsense loss is clamped, not trusted as a bonus
+])
+def test_audio_level_from_delay_jitter_and_loss(rtt: float, jitter: float, loss: float,
+                                                level: Quality) -> None:
+    window = [LinkSample(t=0.0, rtt_ms=rtt, jitter_ms=jitter, loss=loss, video=False)]
+    assert window_level(window, LIMITS) == level
+
+
+def test_mos_only_falls_as_loss_and_delay_grow() -> None:
+    by_loss = [audio_mos(40, 5, loss / 100) for loss in range(50)]
+    by_rtt = [audio_mos(rtt, 5, 0) for rtt in range(0, 2000, 50)]
+    assert by_loss == sorted(by_loss, reverse=True)
+    assert by_rtt == sorted(by_rtt, reverse=True)
+
+
+@pytest.mark.parametrize(("fps", "bitrate", "score"), [
+    (30, 1_000_000, 1.0),
+    (24, 500_000, 1.0),
+    (12, 1_000_000, 0.5),
+    (30, 170_000, 0.34),  # 30 % loss in Chromium: video falls to ~170 kbit/s
+    (None, 250_000, 0.5),
+    (12, None, 0.5),
+    (None, None, None),
+])
+def test_video_score_is_the_weaker_of_frame_rate_and_bandwidth(
+    fps: float | None, bitrate: float | None, score: float | None
+) -> None:
+    expected = pytest.approx(score) if score is not None else None
+    assert video_score(fps, bitrate, LIMITS) == expected
+
+
+@pytest.mark.parametrize(("window", "level"), [
+    ([sample(0, 1)], Quality.GOOD),
+    ([sample(0, 1, fps=14)], Quality.FAIR),
+    ([sample(0, 1, fps=5)], Quality.POOR),
+    ([sample(0, 1, bitrate=150_000)], Quality.POOR),
+    # Audio only: the missing video is not a fault.
+    ([sample(0, 1, fps=None, bitrate=None, video=False)], Quality.GOOD),
+    ([sample(0, 1, fps=2, bitrate=10_000, video=False)], Quality.GOOD),
+    # Concealed audio counts as lost audio even when the network reports no loss.
+    ([LinkSample(t=0, rtt_ms=40, concealed=0.2, video=False)], Quality.POOR),
+    # Frame rate from the decoded-frames counter when the page sends no fps.
+    ([LinkSample(t=0, frames_decoded=0, out_bitrate=1e6),
+      LinkSample(t=1, frames_decoded=30, out_bitrate=1e6)], Quality.GOOD),
+    ([LinkSample(t=0, frames_decoded=0, out_bitrate=1e6),
+      LinkSample(t=1, frames_decoded=8, out_bitrate=1e6)], Quality.POOR),
+    # A single bad sample in a window of good ones is diluted: the window is the unit.
+    ([sample(0, 1), sample(0.5, 2), sample(1, 3, loss=0.08), sample(1.5, 4)], Quality.GOOD),
+])
+def test_window_level(window: list[LinkSample], level: Quality) -> None:
+    assert window_level(window, LIMITS) == level
+
+
+def test_from_stats_keeps_every_field_and_takes_the_server_time() -> None:
+    stats = LinkStats(peer="alex", pc="pc9", rtt_ms=80, jitter_ms=4, loss=0.01, packets_in=900,
+                      bytes_in=90_000, frames_decoded=300, frames_dropped=2, fps=29.5,
+                      concealed=0.002, out_bitrate=1.2e6, in_bitrate=9e5, candidate="relay",
+                      video=False)
+    got = LinkSample.from_stats(stats, t=12.5)
+    assert got == LinkSample(t=12.5, rtt_ms=80, jitter_ms=4, loss=0.01, packets_in=900,
+                             bytes_in=90_000, frames_decoded=300, frames_dropped=2, fps=29.5,
+                             concealed=0.002, out_bitrate=1.2e6, in_bitrate=9e5,
+                             candidate="relay", video=False, pc="pc9")
+
+
+# -- one link over time ---------------------------------------------------------------------
+
+
+def level(
+    monitor: QualityMonitor, now: float, link: tuple[PersonId, PersonId] = (T, A)
+) -> Quality | None:
+    return monitor.evaluate(now).links.get(link)
+
+
+@pytest.mark.parametrize("every", [0.25, 0.5])
+@pytest.mark.parametrize("phase", [0.0, 0.07, 0.19, 0.33, 0.41])
+@pytest.mark.parametrize("cut", [10.0, 10.13, 10.49])
+def test_a_path_that_stops_is_lost_within_two_seconds(
+    every: float, phase: float, cut: float
+) -> None:
+    monitor = QualityMonitor()
+    detected = None
+    for t in ticks(phase, 20.0, every):
+        monitor.ingest(T, A, sample(t, int(PACKETS_PER_S * min(t, cut))))
+        if level(monitor, t) == Quality.LOST:
+            detected = t
+            break
+    assert detected is not None
+    assert cut < detected <= cut + 2.0
+
+
+def test_a_connection_that_has_not_carried_media_yet_is_not_judged() -> None:
+    monitor = QualityMonitor()
+    for t in ticks(0, 6, 0.5):
+        monitor.ingest(T, A, sample(t, 0))
+    quality = monitor.evaluate(6.0)
+    assert quality.links == {} and quality.participants == {}
+
+
+def test_lost_recovers_only_after_packets_flow_steadily_for_a_second() -> None:
+    monitor = QualityMonitor()
+    packets = 0
+    seen: list[tuple[float, Quality | None]] = []
+    for t in ticks(0, 20, 0.25):
+        down = 5 <= t < 10
+        packets += 0 if down else 12
+        monitor.ingest(T, A, sample(t, packets))
+        seen.append((t, level(monitor, t)))
+    back = next(t for t, q in seen if t >= 10 and q != Quality.LOST)
+    assert Quality.LOST in dict(seen).values()
+    assert 10 + LIMITS.recover_from_lost_s <= back <= 10 + LIMITS.recover_from_lost_s + 0.5
+    assert dict(seen)[back] == Quality.GOOD
+
+
+def test_a_network_that_flaps_every_second_stays_lost_instead_of_flickering() -> None:
+    monitor = QualityMonitor()
+    packets, levels = 0, []
+    for t in ticks(0, 30, 0.25):
+        up = t < 5 or int(t) % 2 == 0
+        packets += 12 if up else 0
+        monitor.ingest(T, A, sample(t, packets))
+        levels.append(level(monitor, t))
+    after_first_cut = levels[levels.index(Quality.LOST):]
+    assert set(after_first_cut) == {Quality.LOST}
+
+
+def test_falls_at_once_and_recovers_only_after_the_hold() -> None:
+    monitor = QualityMonitor()
+    timeline: dict[float, Quality | None] = {}
+    for i, t in enumerate(ticks(0, 20, 0.5)):
+        loss = 0.3 if 5 <= t < 8 else 0.0
+        monitor.ingest(T, A, sample(t, i + 1, loss=loss))
+        timeline[t] = level(monitor, t)
+    assert timeline[4.5] == Quality.GOOD
+    # The first lossy sample already pulls the window down; the second makes it poor.
+    assert timeline[5.0] == Quality.FAIR
+    assert timeline[5.5] == Quality.POOR
+    # Loss leaves the 2 s window by 10.0. Each step up (poor -> fair -> good) holds 3 s.
+    fair = min(t for t, q in timeline.items() if t > 8 and q == Quality.FAIR)
+    good = min(t for t, q in timeline.items() if t > 8 and q == Quality.GOOD)
+    assert 8 + LIMITS.upgrade_hold_s <= fair < good
+    assert good <= 8 + LIMITS.window_s + 2 * LIMITS.upgrade_hold_s
+    assert all(q == Quality.GOOD for t, q in timeline.items() if t >= good)
+
+
+@pytest.mark.parametrize("period", [0.5, 1.0, 2.0, 5.0, 10.0])
+def test_alternating_good_and_bad_samples_never_flap(period: float) -> None:
+    monitor = QualityMonitor()
+    rises, last = 0, Quality.GOOD
+    for i, t in enumerate(ticks(0, 180, 0.5)):
+        bad = int(t / period) % 2 == 1
+        monitor.ingest(T, A, sample(t, i + 1, loss=0.2 if bad else 0.0))
+        now = level(monitor, t)
+        assert now is not None
+        rises += now.rank > last.rank
+        last = now
+    # Down at once; back up at most twice before the growing hold keeps it down.
+    assert rises <= 2
+    assert last == Quality.POOR
+
+
+def test_a_network_that_settles_after_flapping_recovers_within_the_longest_hold() -> None:
+    monitor = QualityMonitor()
+    for i, t in enumerate(ticks(0, 200, 0.5)):
+        bad = t < 120 and int(t / 5) % 2 == 1
+        monitor.ingest(T, A, sample(t, i + 1, loss=0.2 if bad else 0.0))
+        if t >= 120 + LIMITS.window_s + LIMITS.upgrade_hold_max_s:
+            assert level(monitor, t) == Quality.GOOD
+
+
+def test_a_new_peer_connection_starts_unjudged_and_a_dead_one_is_forgotten() -> None:
+    monitor = QualityMonitor()
+    for t in ticks(0, 3, 0.5):
+        monitor.ingest(T, A, sample(t, int(50 * t) + 1))
+    for t in ticks(3, 6, 0.5):
+        monitor.ingest(T, A, sample(t, 0, pc="pc2"))
+    assert level(monitor, 6.0) is None
+    monitor.ingest(T, A, sample(6.0, 40, pc="pc2"))
+    assert level(monitor, 6.0) == Quality.GOOD
+
+
+def test_an_out_of_order_sample_is_ignored() -> None:
+    monitor = QualityMonitor()
+    for t in ticks(0, 3, 0.5):
+        monitor.ingest(T, A, sample(t, int(50 * t) + 1))
+    monitor.ingest(T, A, sample(1.0, 1, loss=0.5))
+    assert level(monitor, 3.0) == Quality.GOOD
+
+
+def test_a_link_not_reported_for_a_while_is_unknown() -> None:
+    monitor = QualityMonitor()
+    for t in ticks(0, 3, 0.5):
+        monitor.ingest(T, A, sample(t, int(50 * t) + 1))
+    assert level(monitor, 2.5 + LIMITS.stale_after_s - 0.01) == Quality.GOOD
+    assert level(monitor, 2.5 + LIMITS.stale_after_s) is None
+
+
+# -- the room: attribution ------------------------------------------------------------------
+
+TA, TB, AB = frozenset((T, A)), frozenset((T, B)), frozenset((A, B))
+
+
+@pytest.mark.parametrize(("name", "links", "attributions", "participants"), [
+    ("all fine", mesh({TA: GOOD, TB: GOOD, AB: GOOD}), (),
+     {T: Quality.GOOD, A: Quality.GOOD, B: Quality.GOOD}),
+    ("alex's network is weak", mesh({TA: POOR, TB: GOOD, AB: POOR}),
+     (Attribution(Cause.OWN_NETWORK, Quality.POOR, person=A),),
+     {T: Quality.GOOD, A: Quality.POOR, B: Quality.GOOD}),
+    ("alex is cut off but still signals", mesh({TA: LOST, TB: GOOD, AB: LOST}),
+     (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=A),),
+     {T: Quality.GOOD, A: Quality.LOST, B: Quality.GOOD}),
+    ("alex is cut off and silent", mesh({TA: LOST, TB: GOOD, AB: LOST}, silent=frozenset({A})),
+     (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=A),),
+     {T: Quality.GOOD, A: Quality.LOST, B: Quality.GOOD}),
+    ("the therapist is cut off", mesh({TA: LOST, TB: LOST, AB: GOOD}, silent=frozenset({T})),
+     (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=T),),
+     {T: Quality.LOST, A: Quality.GOOD, B: Quality.GOOD}),
+    ("both partners cut off at once",
+     mesh({TA: LOST, TB: LOST, AB: LOST}, silent=frozenset({A, B})),
+     (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=A),
+      Attribution(Cause.OWN_NETWORK, Quality.LOST, person=B)),
+     {T: Quality.GOOD, A: Quality.LOST, B: Quality.LOST}),
+    ("everyone is poor", mesh({TA: POOR, TB: POOR, AB: POOR}),
+     (Attribution(Cause.EVERYONE, Quality.POOR),),
+     {T: Quality.POOR, A: Quality.POOR, B: Quality.POOR}),
+    ("one path only", mesh({TA: GOOD, TB: GOOD, AB: POOR}),
+     (Attribution(Cause.LINK, Quality.POOR, pair=AB),),
+     {T: Quality.GOOD, A: Quality.GOOD, B: Quality.GOOD}),
+    ("two of us, cannot tell whose", mesh({TA: LOST}),
+     (Attribution(Cause.LINK, Quality.LOST, pair=TA),),
+     {T: Quality.LOST, A: Quality.LOST}),
+    ("two of us, alex silent", mesh({TA: LOST}, silent=frozenset({A})),
+     (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=A),),
+     {T: Quality.GOOD, A: Quality.LOST}),
+    # Signaling gone quiet while media flows: the media is what counts.
+    ("alex silent, media fine", mesh({TA: GOOD, TB: GOOD, AB: GOOD}, silent=frozenset({A})), (),
+     {T: Quality.GOOD, A: Quality.GOOD, B: Quality.GOOD}),
+])
+def test_attribution(name: str, links: dict[tuple[PersonId, PersonId], str],
+                     attributions: tuple[Attribution, ...],
+                     participants: dict[PersonId, Quality]) -> None:
+    quality = play(links).evaluate(12.0)
+    assert quality.attributions == attributions, name
+    assert dict(quality.participants) == participants, name
+
+
+def test_cause_for_names_the_cause_each_person_sees() -> None:
+    quality = play(mesh({TA: POOR, TB: GOOD, AB: POOR})).evaluate(12.0)
+    assert (quality.cause_for(A), quality.cause_for(B)) == (Cause.OWN_NETWORK, Cause.UNKNOWN)
+    quality = play(mesh({TA: POOR, TB: POOR, AB: POOR})).evaluate(12.0)
+    assert quality.cause_for(B) == Cause.EVERYONE
+
+
+def test_a_cut_is_put_down_to_the_right_person_within_two_seconds() -> None:
+    quality = play(mesh({TA: LOST, TB: GOOD, AB: LOST}, silent=frozenset({A})),
+                   start=5.0, end=7.01, every=0.5).evaluate(7.0)
+    assert quality.participants[A] == Quality.LOST
+    assert quality.attributions == (Attribution(Cause.OWN_NETWORK, Quality.LOST, person=A),)
+
+
+def test_forget_removes_a_participant_and_their_links() -> None:
+    monitor = play(mesh({TA: LOST, TB: GOOD, AB: LOST}, silent=frozenset({A})))
+    monitor.forget(A)
+    quality = monitor.evaluate(12.0)
+    assert A not in quality.participants and quality.attributions == ()
+    assert quality.participants == {T: Quality.GOOD, B: Quality.GOOD}
