@@ -1,0 +1,466 @@
+"""The fallback flow: what a session does when someone's connection weakens or drops.
+
+Pure: no I/O; every call takes ``now`` (monotonic seconds) and returns typed actions for the
+caller to carry out (fallback/events.py defines both). Person ids only, never names:
+``notice_text`` and ``call_prompt`` add names and numbers for display. docs/fallback.md is
+the contract for every step and timing.
+
+One participant's states (``PersonState``)::
+
+    connected --level fair/poor--> degraded --good for the restore wait--> connected
+      degraded: lower video after lower_video_after_s, audio only after audio_only_after_s poor
+    connected|degraded --level lost--> reconnecting
+      reconnecting: ICE restart at once, fresh connection, then page rejoins with backoff
+    reconnecting --media back--> connected|degraded
+    reconnecting --rejoin window ends, or the therapist switches a partner--> phone
+    phone --return to video (therapist or the person, once back online)--> connected|degraded
+    any --left--> left --joined--> connected
+
+Room-wide: while one partner is reconnecting or on the phone, the therapist can hold the
+session for the other partner; the hold ends on resume or when the missing partner is back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from fallback.events import (
+    Action,
+    AudioOnly,
+    Event,
+    FreshConnection,
+    Hold,
+    IceRestart,
+    Joined,
+    LedgerEntry,
+    Left,
+    LowerVideo,
+    PageRejoin,
+    PhonePrompt,
+    PutOnHold,
+    QualityReport,
+    RejoinResult,
+    RestoreVideo,
+    Resume,
+    ReturnToVideo,
+    SessionEnded,
+    SignalingBack,
+    SignalingLost,
+    SwitchToPhone,
+    Unhold,
+)
+from fallback.ledger import DisruptionLedger, Outcome, Step
+from fallback.notices import Audience, Notice, NoticeKind
+from fallback.scoring import Cause, Quality, RoomQuality
+from telehealth.errors import ErrorCode, StateError
+from telehealth.tokens import PersonId, Role
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackTimings:
+    """Every timing of the flow, in seconds; docs/fallback.md explains each default."""
+
+    # Lost for this long without coming back: the phone step.
+    rejoin_window_s: float = 45.0
+    # Fair or poor for this long: lower the video (resolution and bitrate, not frame rate).
+    lower_video_after_s: float = 4.0
+    # Poor for this long: audio only, with a notice to everyone.
+    audio_only_after_s: float = 8.0
+    # Good for this long: video back. Doubles for each flap, up to restore_wait_max_s.
+    restore_video_after_s: float = 10.0
+    restore_wait_max_s: float = 120.0
+    # A new disruption this soon after the last one ended is a flap.
+    flap_window_s: float = 60.0
+    # Rejoin ladder, from the moment the loss is seen: ICE restart at once, then these.
+    fresh_connection_after_s: float = 4.0
+    page_rejoin_after_s: float = 10.0
+    # Page rejoins repeat after this, doubling up to page_rejoin_retry_max_s.
+    page_rejoin_retry_s: float = 5.0
+    page_rejoin_retry_max_s: float = 20.0
+
+
+class PersonState(str, enum.Enum):
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
+    RECONNECTING = "reconnecting"
+    PHONE = "phone"
+    LEFT = "left"
+
+
+class VideoMode(str, enum.Enum):
+    FULL = "full"
+    LOWERED = "lowered"
+    AUDIO_ONLY = "audio_only"
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersonStatus:
+    state: PersonState
+    video: VideoMode
+    # Phone step: back online, so return to video is possible.
+    back_online: bool
+    # Held: the partner this person is waiting for.
+    held_for: PersonId | None
+
+
+@dataclass(slots=True)
+class _Person:
+    id: PersonId
+    role: Role
+    state: PersonState = PersonState.CONNECTED
+    video: VideoMode = VideoMode.FULL
+    cause: Cause = Cause.UNKNOWN
+    degraded_since: float | None = None
+    poor_since: float | None = None
+    good_since: float | None = None
+    lost_since: float = 0.0
+    step: Step | None = None
+    attempt: int = 0
+    next_step_at: float = 0.0
+    retry_s: float = 0.0
+    back_online: bool = False
+    disruption: int | None = None
+    last_ended_at: float | None = None
+    flaps: int = 0
+
+
+_NEXT_STEP = {Step.ICE_RESTART: Step.FRESH_CONNECTION, Step.FRESH_CONNECTION: Step.PAGE_REJOIN,
+              Step.PAGE_REJOIN: Step.PAGE_REJOIN}
+_ON_VIDEO = (PersonState.CONNECTED, PersonState.DEGRADED)
+_GONE = (PersonState.RECONNECTING, PersonState.PHONE)
+
+
+class _Out:
+    """Collects actions in order, once each: a room-wide notice is sent once, not per cause."""
+
+    def __init__(self) -> None:
+        self.actions: list[Action] = []
+
+    def add(self, action: Action) -> None:
+        if action not in self.actions:
+            self.actions.append(action)
+
+
+class FallbackFlow:
+    """The fallback flow of one session: every participant's state, holds and the ledger.
+
+    ``handle(event, now)`` and ``tick(now)`` return the actions to carry out, in order.
+    Therapist-only events (``SwitchToPhone``, ``PutOnHold``, ``Resume``) are checked by the
+    caller; a refused transition raises ``StateError``.
+    """
+
+    def __init__(self, timings: FallbackTimings | None = None) -> None:
+        self.timings = timings or FallbackTimings()
+        self.ledger = DisruptionLedger()
+        self._people: dict[PersonId, _Person] = {}
+        self._held: dict[PersonId, PersonId] = {}  # held partner -> the partner awaited
+
+    def status(self, person: PersonId) -> PersonStatus:
+        p = self._person(person)
+        return PersonStatus(p.state, p.video, p.back_online, self._held.get(person))
+
+    def tick(self, now: float) -> list[Action]:
+        out = _Out()
+        self._timers(now, out)
+        return out.actions
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out = _Out()
+        match event:
+            case QualityReport(quality):
+                self._observe(quality, now, out)
+            case Joined(person, role):
+                known = self._people.get(person)
+                if known is None or known.state == PersonState.LEFT:
+                    self._people[person] = _Person(person, role)
+            case SignalingLost(person):
+                self._person(person).back_online = False
+            case SignalingBack(person):
+                p = self._person(person)
+                if p.state == PersonState.PHONE:
+                    self._online_again(p, out)
+            case RejoinResult(person, step, ok):
+                self._rejoin_result(self._person(person), step, ok, now, out)
+            case SwitchToPhone(person):
+                self._switch_to_phone(self._person(person), now, out)
+            case ReturnToVideo(person):
+                self._return_to_video(self._person(person), now, out)
+            case PutOnHold():
+                self._hold(now, out)
+            case Resume():
+                for held, awaited in list(self._held.items()):
+                    self._release(held, awaited, now, out)
+            case Left(person):
+                self._left(self._person(person), now, out)
+            case SessionEnded():
+                for p in self._people.values():
+                    outcome = Outcome.ENDED_ON_PHONE if p.state == PersonState.PHONE \
+                        else Outcome.SESSION_ENDED
+                    self._end_disruption(p, now, outcome, out)
+        self._timers(now, out)
+        return out.actions
+
+    # -- quality --------------------------------------------------------------------------
+
+    def _observe(self, quality: RoomQuality, now: float, out: _Out) -> None:
+        for p in self._people.values():
+            level = quality.participants.get(p.id)
+            if level is None:
+                continue  # nothing known yet (a connection still being made)
+            if p.state in _ON_VIDEO:
+                if level == Quality.LOST:
+                    self._drop(p, quality.cause_for(p.id), now, out)
+                else:
+                    self._grade(p, level, quality.cause_for(p.id), now, out)
+            elif p.state == PersonState.RECONNECTING and level != Quality.LOST:
+                self._back(p, level, now, out)
+            elif p.state == PersonState.PHONE and level != Quality.LOST:
+                self._online_again(p, out)
+
+    def _grade(self, p: _Person, level: Quality, cause: Cause, now: float, out: _Out) -> None:
+        if level == Quality.GOOD:
+            p.degraded_since = p.poor_since = None
+            if p.good_since is None:
+                p.good_since = now
+            if p.video == VideoMode.FULL:
+                self._recovered(p, now, out)
+            return
+        p.state, p.cause, p.good_since = PersonState.DEGRADED, cause, None
+        if p.degraded_since is None:
+            p.degraded_since = now
+        if level != Quality.POOR:
+            p.poor_since = None
+        elif p.poor_since is None:
+            p.poor_since = now
+
+    def _timers(self, now: float, out: _Out) -> None:
+        t = self.timings
+        for p in list(self._people.values()):
+            if p.state == PersonState.DEGRADED:
+                if (p.degraded_since is not None and p.video == VideoMode.FULL
+                        and now - p.degraded_since >= t.lower_video_after_s):
+                    self._begin(p, p.degraded_since)
+                    p.video = VideoMode.LOWERED
+                    self._step(p, now, Step.LOWER_VIDEO)
+                    out.add(LowerVideo(p.id))
+                if (p.poor_since is not None and p.video != VideoMode.AUDIO_ONLY
+                        and now - p.poor_since >= t.audio_only_after_s):
+                    self._audio_only(p, now, out)
+                if p.good_since is not None and now - p.good_since >= self._restore_wait(p):
+                    self._restore(p, now, out)
+            elif p.state == PersonState.RECONNECTING:
+                if now - p.lost_since >= t.rejoin_window_s:
+                    self._to_phone(p, now, "window", out)
+                elif now >= p.next_step_at and p.step is not None:
+                    self._rejoin_step(p, _NEXT_STEP[p.step], now, out)
+
+    def _restore_wait(self, p: _Person) -> float:
+        wait = self.timings.restore_video_after_s * 2 ** p.flaps
+        return min(wait, self.timings.restore_wait_max_s)
+
+    def _audio_only(self, p: _Person, now: float, out: _Out) -> None:
+        self._begin(p, now)
+        p.video = VideoMode.AUDIO_ONLY
+        self._step(p, now, Step.AUDIO_ONLY)
+        out.add(AudioOnly(p.id))
+        self._tell(NoticeKind.VIDEO_PAUSED, p, out, named=p.cause == Cause.OWN_NETWORK)
+
+    def _restore(self, p: _Person, now: float, out: _Out) -> None:
+        was_paused = p.video == VideoMode.AUDIO_ONLY
+        p.video = VideoMode.FULL
+        self._step(p, now, Step.RESTORE_VIDEO)
+        out.add(RestoreVideo(p.id))
+        if was_paused:
+            self._tell(NoticeKind.VIDEO_BACK, p, out, named=p.cause == Cause.OWN_NETWORK)
+        self._recovered(p, now, out)
+
+    def _recovered(self, p: _Person, now: float, out: _Out) -> None:
+        p.state = PersonState.CONNECTED
+        p.degraded_since = p.poor_since = None
+        self._end_disruption(p, now, Outcome.RECOVERED, out)
+
+    # -- loss and the rejoin ladder -------------------------------------------------------
+
+    def _drop(self, p: _Person, cause: Cause, now: float, out: _Out) -> None:
+        p.state, p.cause, p.lost_since = PersonState.RECONNECTING, cause, now
+        p.degraded_since = p.poor_since = p.good_since = None
+        p.attempt = 0
+        self._begin(p, now)
+        self._step(p, now, Step.DROPPED)
+        self._tell(NoticeKind.DROPPED, p, out)
+        self._rejoin_step(p, Step.ICE_RESTART, now, out)
+
+    def _rejoin_step(self, p: _Person, step: Step, now: float, out: _Out) -> None:
+        t = self.timings
+        p.step = step
+        self._step(p, now, step)
+        if step == Step.ICE_RESTART:
+            out.add(IceRestart(p.id))
+            p.next_step_at = p.lost_since + t.fresh_connection_after_s
+        elif step == Step.FRESH_CONNECTION:
+            out.add(FreshConnection(p.id))
+            p.next_step_at = p.lost_since + t.page_rejoin_after_s
+        else:
+            p.attempt += 1
+            out.add(PageRejoin(p.id, p.attempt))
+            p.retry_s = (t.page_rejoin_retry_s if p.attempt == 1
+                         else min(p.retry_s * 2, t.page_rejoin_retry_max_s))
+            p.next_step_at = now + p.retry_s
+
+    def _rejoin_result(self, p: _Person, step: Step, ok: bool, now: float, out: _Out) -> None:
+        if p.state != PersonState.RECONNECTING or p.disruption is None:
+            return  # late news: the person is already back, on the phone or gone
+        self.ledger.settle(p.disruption, step, "ok" if ok else "failed")
+        # A step that failed outright makes way for the next at once; success is not
+        # "back" yet: that is media flowing again, which the quality report tells.
+        if not ok and step == p.step and step != Step.PAGE_REJOIN:
+            self._rejoin_step(p, _NEXT_STEP[step], now, out)
+
+    def _back(self, p: _Person, level: Quality, now: float, out: _Out) -> None:
+        p.step = None
+        self._step(p, now, Step.BACK)
+        self._tell(NoticeKind.BACK, p, out)
+        self._release_waiting_for(p, now, out)
+        p.state = PersonState.DEGRADED
+        # Dropping again soon after the last disruption: keep the sound, pause the video.
+        if p.flaps and p.video != VideoMode.AUDIO_ONLY:
+            self._audio_only(p, now, out)
+        self._grade(p, level, p.cause, now, out)
+
+    # -- the phone step -------------------------------------------------------------------
+
+    def _switch_to_phone(self, p: _Person, now: float, out: _Out) -> None:
+        if p.role == "therapist":
+            raise StateError(ErrorCode.FORBIDDEN, "Only a partner can be moved to the phone.")
+        if p.state == PersonState.LEFT:
+            raise StateError(ErrorCode.UNKNOWN_TARGET, "That person has left the session.")
+        if p.state != PersonState.PHONE:
+            self._begin(p, now)
+            self._to_phone(p, now, "therapist", out)
+
+    def _to_phone(self, p: _Person, now: float, decided_by: str, out: _Out) -> None:
+        p.back_online = p.state in _ON_VIDEO
+        p.state, p.step = PersonState.PHONE, None
+        self._step(p, now, Step.PHONE, decided_by)
+        therapist = p if p.role == "therapist" else self._therapist()
+        if therapist is not None:
+            callees = [x for x in self._present() if x.role == "partner"] if p is therapist else [p]
+            for callee in callees:
+                out.add(PhonePrompt(therapist.id, callee.id))
+        self._tell(NoticeKind.PHONE, p, out)
+
+    def _online_again(self, p: _Person, out: _Out) -> None:
+        if p.back_online:
+            return
+        p.back_online = True
+        therapist = self._therapist()
+        readers = [p] if therapist is None or therapist is p else [p, therapist]
+        for reader in readers:
+            out.add(Notice(reader.id, NoticeKind.VIDEO_AVAILABLE, _audience(reader, p), p.id))
+
+    def _return_to_video(self, p: _Person, now: float, out: _Out) -> None:
+        if p.state in _ON_VIDEO:
+            return
+        if p.state != PersonState.PHONE:
+            raise StateError(ErrorCode.FORBIDDEN, "Only someone on the phone can return to video.")
+        self._step(p, now, Step.RETURN_TO_VIDEO)
+        self._tell(NoticeKind.RETURNED_TO_VIDEO, p, out)
+        self._release_waiting_for(p, now, out)
+        p.state, p.back_online = PersonState.DEGRADED, False
+        p.good_since = now if p.video != VideoMode.FULL else None
+        if p.video == VideoMode.FULL:
+            self._recovered(p, now, out)
+
+    # -- hold -----------------------------------------------------------------------------
+
+    def _hold(self, now: float, out: _Out) -> None:
+        partners = [p for p in self._people.values() if p.role == "partner"]
+        gone = [p for p in partners if p.state in _GONE]
+        here = [p for p in partners if p.state in _ON_VIDEO]
+        if len(gone) != 1 or len(here) != 1:
+            raise StateError(ErrorCode.FORBIDDEN,
+                             "Hold is for when one partner is disconnected and the other is here.")
+        held, awaited = here[0], gone[0]
+        if held.id in self._held:
+            return
+        self._held[held.id] = awaited.id
+        if awaited.disruption is not None:
+            self._step(awaited, now, Step.HOLD)
+        out.add(Hold(held.id, awaited.id))
+        out.add(Notice(held.id, NoticeKind.ON_HOLD, Audience.PARTNER, awaited.id))
+
+    def _release(self, held: PersonId, awaited: PersonId, now: float, out: _Out) -> None:
+        del self._held[held]
+        waiting_on = self._people[awaited]
+        if waiting_on.disruption is not None:
+            self._step(waiting_on, now, Step.RESUME)
+        out.add(Unhold(held))
+        out.add(Notice(held, NoticeKind.RESUMED, Audience.PARTNER, awaited))
+
+    def _release_waiting_for(self, p: _Person, now: float, out: _Out) -> None:
+        for held, awaited in list(self._held.items()):
+            if awaited == p.id:
+                self._release(held, awaited, now, out)
+
+    # -- leaving --------------------------------------------------------------------------
+
+    def _left(self, p: _Person, now: float, out: _Out) -> None:
+        if p.state == PersonState.LEFT:
+            return
+        self._end_disruption(p, now, Outcome.LEFT, out)
+        p.state, p.step = PersonState.LEFT, None
+        self._held.pop(p.id, None)
+        for reader in self._present():
+            out.add(Notice(reader.id, NoticeKind.LEFT, _audience(reader, p), p.id))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _person(self, person: PersonId) -> _Person:
+        try:
+            return self._people[person]
+        except KeyError:
+            raise StateError(ErrorCode.UNKNOWN_TARGET) from None
+
+    def _present(self) -> list[_Person]:
+        return [p for p in self._people.values() if p.state != PersonState.LEFT]
+
+    def _therapist(self) -> _Person | None:
+        return next((p for p in self._present() if p.role == "therapist"), None)
+
+    def _tell(self, kind: NoticeKind, about: _Person, out: _Out, *, named: bool = True) -> None:
+        """Tell everyone present about ``about``; unnamed, the words blame nobody."""
+        for reader in self._present():
+            if named:
+                out.add(Notice(reader.id, kind, _audience(reader, about), about.id))
+            else:
+                out.add(Notice(reader.id, kind, Audience.EVERYONE, None))
+
+    def _begin(self, p: _Person, at: float) -> None:
+        """Open a ledger entry for ``p`` unless one is open; count it as a flap if soon."""
+        if p.disruption is not None:
+            return
+        soon = p.last_ended_at is not None and at - p.last_ended_at < self.timings.flap_window_s
+        p.flaps = p.flaps + 1 if soon else 0
+        p.disruption = self.ledger.open(p.id, p.cause, at)
+
+    def _step(self, p: _Person, at: float, step: Step, outcome: str | None = None) -> None:
+        if p.disruption is not None:
+            self.ledger.step(p.disruption, at, step, outcome)
+
+    def _end_disruption(self, p: _Person, now: float, outcome: Outcome, out: _Out) -> None:
+        if p.disruption is None:
+            return
+        out.add(LedgerEntry(self.ledger.close(p.disruption, now, outcome)))
+        p.disruption, p.last_ended_at = None, now
+
+
+def _audience(reader: _Person, about: _Person) -> Audience:
+    if reader is about:
+        return Audience.YOU_THERAPIST if reader.role == "therapist" else Audience.YOU
+    if reader.role == "therapist":
+        return Audience.THERAPIST
+    return Audience.PARTNER_THERAPIST if about.role == "therapist" else Audience.PARTNER

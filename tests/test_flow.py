@@ -1,0 +1,456 @@
+"""Table tests of the fallback flow, with plain numbers for the clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from fallback.events import (
+    Action,
+    AudioOnly,
+    FreshConnection,
+    Hold,
+    IceRestart,
+    Joined,
+    LedgerEntry,
+    Left,
+    LowerVideo,
+    PageRejoin,
+    PhonePrompt,
+    PutOnHold,
+    QualityReport,
+    RejoinResult,
+    RestoreVideo,
+    Resume,
+    ReturnToVideo,
+    SessionEnded,
+    SignalingBack,
+    SignalingLost,
+    SwitchToPhone,
+    Unhold,
+)
+from fallback.flow import FallbackFlow, FallbackTimings, PersonState, VideoMode
+from fallback.ledger import Outcome, Step
+from fallback.notices import (
+    NOTICE_TEXT,
+    Audience,
+    Notice,
+    NoticeKind,
+    call_prompt,
+    fallback_plan,
+    mask_phone,
+    notice_text,
+    tel_href,
+)
+from fallback.scoring import (
+    Attribution,
+    Cause,
+    LinkSample,
+    Quality,
+    QualityMonitor,
+    RoomQuality,
+    worst,
+)
+from telehealth.errors import StateError
+from telehealth.store import Person, RoomRecord
+from telehealth.tokens import PersonId, RoomId
+
+T, A, B = PersonId("therapist"), PersonId("alex"), PersonId("blake")
+G, F, P, L = Quality.GOOD, Quality.FAIR, Quality.POOR, Quality.LOST
+TIMINGS = FallbackTimings()
+Levels = Callable[[float], dict[PersonId, Quality]]
+
+
+def room(*people: tuple[PersonId, str]) -> FallbackFlow:
+    flow = FallbackFlow()
+    for person, role in people or ((T, "therapist"), (A, "partner"), (B, "partner")):
+        flow.handle(Joined(person, role), 0.0)  # type: ignore[arg-type]
+    return flow
+
+
+def report(
+    t: float, levels: dict[PersonId, Quality], cause: Cause = Cause.OWN_NETWORK
+) -> QualityReport:
+    """What the monitor would say: the bad ones blamed on their own network, or on everyone."""
+    bad = {p: q for p, q in levels.items() if q != G}
+    if cause == Cause.OWN_NETWORK:
+        blame = tuple(Attribution(cause, q, person=p) for p, q in bad.items())
+    else:
+        blame = (Attribution(cause, worst(bad.values())),) if bad else ()
+    return QualityReport(RoomQuality(t, {}, {}, levels, blame))
+
+
+def run(flow: FallbackFlow, levels: Levels, start: float, end: float, *, every: float = 0.5,
+        cause: Cause = Cause.OWN_NETWORK) -> list[tuple[float, Action]]:
+    """Feed a report every ``every`` seconds from ``start`` up to ``end`` (exclusive)."""
+    seen: list[tuple[float, Action]] = []
+    steps = round((end - start) / every)
+    for i in range(steps):
+        t = round(start + i * every, 6)
+        quality = report(t, {T: G, A: G, B: G} | levels(t), cause)
+        seen.extend((t, a) for a in flow.handle(quality, t))
+    return seen
+
+
+def when(seen: list[tuple[float, Action]], action: Action) -> list[float]:
+    return [t for t, a in seen if a == action]
+
+
+def notices(
+    seen: list[tuple[float, Action]], kind: NoticeKind
+) -> dict[PersonId, tuple[float, Audience, PersonId | None]]:
+    """Who was told ``kind``: when, as which audience, about whom."""
+    return {a.to: (t, a.audience, a.about)
+            for t, a in seen if isinstance(a, Notice) and a.kind == kind}
+
+
+def ledger(seen: list[tuple[float, Action]]) -> list[LedgerEntry]:
+    return [a for _, a in seen if isinstance(a, LedgerEntry)]
+
+
+def steps(entry: LedgerEntry) -> list[tuple[float, Step, str | None]]:
+    return [(s.at, s.step, s.outcome) for s in entry.record.steps]
+
+
+def a_is(level: Quality, since: float, until: float = float("inf")) -> Levels:
+    return lambda t: {A: level} if since <= t < until else {}
+
+
+# -- degraded -----------------------------------------------------------------------------
+
+
+def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_restores() -> None:
+    flow = room()
+    seen = run(flow, a_is(P, 10, 30), 0, 60)
+    assert when(seen, LowerVideo(A)) == [10 + TIMINGS.lower_video_after_s]
+    assert when(seen, AudioOnly(A)) == [10 + TIMINGS.audio_only_after_s]
+    assert notices(seen, NoticeKind.VIDEO_PAUSED) == {
+        A: (18, Audience.YOU, A), T: (18, Audience.THERAPIST, A), B: (18, Audience.PARTNER, A),
+    }
+    assert when(seen, RestoreVideo(A)) == [30 + TIMINGS.restore_video_after_s]
+    assert set(notices(seen, NoticeKind.VIDEO_BACK)) == {A, T, B}
+    [entry] = ledger(seen)
+    record = entry.record
+    assert (record.person, record.cause, record.started_at) == (A, Cause.OWN_NETWORK, 10)
+    assert (entry.record.ended_at, entry.record.outcome) == (40, Outcome.RECOVERED)
+    assert steps(entry) == [(14, Step.LOWER_VIDEO, None), (18, Step.AUDIO_ONLY, None),
+                            (40, Step.RESTORE_VIDEO, None)]
+    assert flow.status(A).state == PersonState.CONNECTED and flow.status(A).video == VideoMode.FULL
+
+
+def test_fair_only_lowers_video_and_restores_without_alarming_anyone() -> None:
+    seen = run(room(), a_is(F, 10, 30), 0, 60)
+    assert when(seen, LowerVideo(A)) == [14]
+    assert when(seen, AudioOnly(A)) == []
+    assert when(seen, RestoreVideo(A)) == [40]
+    assert [a for _, a in seen if isinstance(a, Notice)] == []
+
+
+def test_a_dip_shorter_than_the_lowering_delay_changes_nothing() -> None:
+    flow = room()
+    seen = run(flow, a_is(P, 10, 13.5), 0, 30)
+    assert [a for _, a in seen] == []
+    assert flow.ledger.entries == ()
+
+
+def test_everyone_poor_pauses_everyone_with_one_blameless_notice_each() -> None:
+    seen = run(room(), lambda t: {T: P, A: P, B: P} if t >= 10 else {}, 0, 20, cause=Cause.EVERYONE)
+    assert {a.person for _, a in seen if isinstance(a, AudioOnly)} == {T, A, B}
+    paused = [a for _, a in seen if isinstance(a, Notice) and a.kind == NoticeKind.VIDEO_PAUSED]
+    assert sorted(n.to for n in paused) == sorted([T, A, B])
+    assert {(n.audience, n.about) for n in paused} == {(Audience.EVERYONE, None)}
+
+
+# -- lost and the rejoin ladder -------------------------------------------------------------
+
+
+def test_lost_climbs_the_rejoin_ladder_then_the_phone_step_at_the_end_of_the_window() -> None:
+    flow = room()
+    seen = run(flow, a_is(L, 10), 0, 70)
+    assert when(seen, IceRestart(A)) == [10]
+    assert when(seen, FreshConnection(A)) == [10 + TIMINGS.fresh_connection_after_s]
+    # Page rejoins from 10 s after the loss, then after 5, 10, 20 s...
+    rejoins = [(t, a.attempt) for t, a in seen if isinstance(a, PageRejoin)]
+    assert rejoins == [(20, 1), (25, 2), (35, 3)]
+    assert when(seen, PhonePrompt(T, A)) == [10 + TIMINGS.rejoin_window_s]
+    assert notices(seen, NoticeKind.DROPPED) == {
+        A: (10, Audience.YOU, A), T: (10, Audience.THERAPIST, A), B: (10, Audience.PARTNER, A),
+    }
+    assert notices(seen, NoticeKind.PHONE) == {
+        A: (55, Audience.YOU, A), T: (55, Audience.THERAPIST, A), B: (55, Audience.PARTNER, A),
+    }
+    assert flow.status(A).state == PersonState.PHONE
+    assert flow.status(B).state == PersonState.CONNECTED  # the session goes on for the others
+
+
+def test_a_failed_ice_restart_makes_way_for_a_fresh_connection_at_once() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 11)
+    assert flow.handle(RejoinResult(A, Step.ICE_RESTART, ok=False), 11.0) == [FreshConnection(A)]
+    # The ladder keeps its clock: the first page rejoin still comes 10 s after the loss.
+    seen = run(flow, a_is(L, 10), 11.5, 21)
+    assert [(t, a) for t, a in seen if not isinstance(a, Notice)] == [(20, PageRejoin(A, 1))]
+    record = flow.ledger.entries[0]
+    assert [(s.step, s.outcome) for s in record.steps][:3] == [
+        (Step.DROPPED, None), (Step.ICE_RESTART, "failed"), (Step.FRESH_CONNECTION, None)]
+
+
+def test_back_within_the_window_tells_everyone_and_closes_the_ledger_entry() -> None:
+    flow = room()
+    seen = run(flow, a_is(L, 10, 16), 0, 30)
+    assert notices(seen, NoticeKind.BACK) == {
+        A: (16, Audience.YOU, A), T: (16, Audience.THERAPIST, A), B: (16, Audience.PARTNER, A),
+    }
+    assert when(seen, PhonePrompt(T, A)) == []
+    [entry] = ledger(seen)
+    assert steps(entry) == [(10, Step.DROPPED, None), (10, Step.ICE_RESTART, None),
+                            (14, Step.FRESH_CONNECTION, None), (16, Step.BACK, None)]
+    assert (entry.record.ended_at, entry.record.outcome) == (16, Outcome.RECOVERED)
+    # A rejoin result that arrives after the person is back changes nothing.
+    assert flow.handle(RejoinResult(A, Step.FRESH_CONNECTION, ok=True), 16.5) == []
+
+
+def test_the_rejoin_window_is_configurable() -> None:
+    flow = FallbackFlow(FallbackTimings(rejoin_window_s=20))
+    for person, role in ((T, "therapist"), (A, "partner")):
+        flow.handle(Joined(person, role), 0)  # type: ignore[arg-type]
+    assert when(run(flow, a_is(L, 10), 0, 40), PhonePrompt(T, A)) == [30]
+
+
+# -- the phone step -------------------------------------------------------------------------
+
+
+def test_the_therapist_can_switch_to_phone_before_the_window_ends() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 15)
+    actions = flow.handle(SwitchToPhone(A), 15)
+    assert actions[0] == PhonePrompt(T, A)
+    assert flow.status(A).state == PersonState.PHONE
+    assert flow.handle(SwitchToPhone(A), 16) == []  # a second click does nothing
+    assert when(run(flow, a_is(L, 10), 16, 70), PhonePrompt(T, A)) == []
+    with pytest.raises(StateError):
+        flow.handle(SwitchToPhone(T), 20)
+    with pytest.raises(StateError):
+        flow.handle(SwitchToPhone(PersonId("stranger")), 20)
+
+
+def test_a_partner_back_online_during_the_phone_step_can_return_to_video() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 60)
+    assert flow.status(A).state == PersonState.PHONE
+    assert flow.handle(ReturnToVideo(B), 60) == []  # B is on video: nothing to return from
+    flow.handle(SignalingLost(A), 60)
+    offered = flow.handle(SignalingBack(A), 61)
+    assert offered == [Notice(A, NoticeKind.VIDEO_AVAILABLE, Audience.YOU, A),
+                       Notice(T, NoticeKind.VIDEO_AVAILABLE, Audience.THERAPIST, A)]
+    # Media flowing again says the same thing; it is offered once.
+    assert run(flow, a_is(G, 0), 61.5, 70) == []
+    assert flow.status(A).back_online
+    back = flow.handle(ReturnToVideo(A), 70)
+    assert {(n.to, n.audience) for n in back if isinstance(n, Notice)} == {
+        (A, Audience.YOU), (T, Audience.THERAPIST), (B, Audience.PARTNER)}
+    [entry] = [a for a in back if isinstance(a, LedgerEntry)]
+    assert [s.step for s in entry.record.steps][-2:] == [Step.PHONE, Step.RETURN_TO_VIDEO]
+    assert entry.record.outcome == Outcome.RECOVERED
+    assert flow.status(A).state == PersonState.CONNECTED
+
+
+def test_media_back_during_the_phone_step_offers_video_without_switching_by_itself() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 60)
+    seen = run(flow, a_is(L, 10, 62), 60, 80)
+    assert set(notices(seen, NoticeKind.VIDEO_AVAILABLE)) == {A, T}
+    assert flow.status(A).state == PersonState.PHONE
+
+
+def test_both_partners_failing_at_once_get_a_ladder_each_and_a_call_each() -> None:
+    flow = room()
+    seen = run(flow, lambda t: {A: L, B: L} if t >= 10 else {}, 0, 60)
+    assert when(seen, IceRestart(A)) == when(seen, IceRestart(B)) == [10]
+    dropped = [(a.to, a.about) for _, a in seen
+               if isinstance(a, Notice) and a.kind == NoticeKind.DROPPED]
+    assert (T, A) in dropped and (T, B) in dropped
+    assert when(seen, PhonePrompt(T, A)) == when(seen, PhonePrompt(T, B)) == [55]
+    with pytest.raises(StateError):
+        flow.handle(PutOnHold(), 56)  # nobody is left to hold
+
+
+def test_the_therapist_failing_tells_the_partners_to_stay_then_that_they_will_be_called() -> None:
+    flow = room()
+    seen = run(flow, lambda t: {T: L} if t >= 10 else {}, 0, 60)
+    assert notices(seen, NoticeKind.DROPPED) == {
+        T: (10, Audience.YOU_THERAPIST, T), A: (10, Audience.PARTNER_THERAPIST, T),
+        B: (10, Audience.PARTNER_THERAPIST, T),
+    }
+    assert when(seen, PhonePrompt(T, A)) == when(seen, PhonePrompt(T, B)) == [55]
+    phone = notices(seen, NoticeKind.PHONE)
+    assert phone[A] == (55, Audience.PARTNER_THERAPIST, T)
+    hint = mask_phone("+1 555 555 0102")
+    text = notice_text(Notice(A, NoticeKind.PHONE, phone[A][1], T), phone_hint=hint)
+    assert text == ("Your therapist's video couldn't reconnect. They will call you at "
+                    "(•••) •••-0102. Please keep your phone nearby.")
+    dropped = notice_text(Notice(A, NoticeKind.DROPPED, Audience.PARTNER_THERAPIST, T))
+    assert "Your therapist's connection dropped" in dropped and "call you" in dropped
+
+
+# -- flapping -------------------------------------------------------------------------------
+
+
+def test_a_connection_that_keeps_dropping_comes_back_audio_only_and_waits_longer() -> None:
+    flow = room()
+    # Drops for 3 s every 25 s: each comes back within the flap window of the last.
+    seen = run(flow, lambda t: {A: L} if t >= 10 and (t - 10) % 25 < 3 else {}, 0, 200)
+    drops = [t for t, a in seen if a == IceRestart(A)]
+    assert drops[:2] == [10, 35]
+    assert when(seen, AudioOnly(A))[0] == 38  # back from the second drop: keep the sound
+    restores = when(seen, RestoreVideo(A))
+    # Video never comes back between drops 25 s apart once the wait has doubled past 22 s.
+    assert len(restores) <= 1
+    assert flow.status(A).video == VideoMode.AUDIO_ONLY
+
+
+def test_monitor_and_flow_together_do_not_oscillate_on_a_flapping_network() -> None:
+    """Loss switches on and off every 5 s for five minutes, end to end from samples."""
+    monitor, flow = QualityMonitor(), room()
+    seen: list[tuple[float, Action]] = []
+    for i in range(600):
+        t = i * 0.5
+        lossy = t >= 10 and int(t / 5) % 2 == 1
+        for reporter, peer in ((T, A), (A, T), (B, A), (A, B), (T, B), (B, T)):
+            bad = A in (reporter, peer) and lossy
+            monitor.ingest(reporter, peer, LinkSample(
+                t=t, rtt_ms=40, jitter_ms=5, loss=0.2 if bad else 0.0, packets_in=i + 1, fps=30,
+                out_bitrate=1e6))
+        seen.extend((t, a) for a in flow.handle(QualityReport(monitor.evaluate(t)), t))
+    kinds = [type(a).__name__ for _, a in seen if not isinstance(a, (Notice, LedgerEntry))]
+    assert kinds == ["LowerVideo", "AudioOnly"]
+    assert {a.about for _, a in seen if isinstance(a, Notice)} == {A}
+
+
+# -- hold -----------------------------------------------------------------------------------
+
+
+def test_hold_waits_for_the_missing_partner_and_ends_when_they_are_back() -> None:
+    flow = room()
+    with pytest.raises(StateError):
+        flow.handle(PutOnHold(), 1)  # nobody is missing
+    run(flow, a_is(L, 10, 30), 0, 12)
+    held = flow.handle(PutOnHold(), 12)
+    assert held == [Hold(B, A), Notice(B, NoticeKind.ON_HOLD, Audience.PARTNER, A)]
+    assert flow.handle(PutOnHold(), 13) == []
+    assert flow.status(B).held_for == A
+    text = notice_text(Notice(B, NoticeKind.ON_HOLD, Audience.PARTNER, A), name="Alex")
+    assert text.startswith("Waiting for Alex to reconnect.")
+    seen = run(flow, a_is(L, 10, 30), 12, 40)
+    assert when(seen, Unhold(B)) == [30]
+    assert flow.status(B).held_for is None
+
+
+def test_the_therapist_can_resume_before_the_partner_is_back() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 12)
+    flow.handle(PutOnHold(), 12)
+    resumed = flow.handle(Resume(), 13)
+    assert resumed == [Unhold(B), Notice(B, NoticeKind.RESUMED, Audience.PARTNER, A)]
+    assert flow.handle(Resume(), 13.5) == []
+    assert [s.step for s in flow.ledger.entries[0].steps if s.step in (Step.HOLD, Step.RESUME)] == [
+        Step.HOLD, Step.RESUME]
+
+
+# -- leaving and ending ---------------------------------------------------------------------
+
+
+def test_leaving_closes_the_entry_tells_the_others_and_a_later_join_starts_fresh() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 20)
+    left = flow.handle(Left(A), 20)
+    assert [a.record.outcome for a in left if isinstance(a, LedgerEntry)] == [Outcome.LEFT]
+    assert {(n.to, n.audience) for n in left if isinstance(n, Notice)} == {
+        (T, Audience.THERAPIST), (B, Audience.PARTNER)}
+    assert flow.handle(Left(A), 21) == []
+    assert run(flow, a_is(L, 10), 21, 80) == []  # a person who left is not chased
+    flow.handle(Joined(A, "partner"), 80)
+    assert flow.status(A).state == PersonState.CONNECTED
+
+
+def test_the_session_ending_closes_every_open_entry() -> None:
+    flow = room()
+    run(flow, lambda t: {A: L, B: P} if t >= 10 else {}, 0, 60)
+    ended = flow.handle(SessionEnded(), 60)
+    closed = sorted((a.record.person, a.record.outcome)
+                    for a in ended if isinstance(a, LedgerEntry))
+    assert closed == [(A, Outcome.ENDED_ON_PHONE), (B, Outcome.SESSION_ENDED)]
+
+
+def test_the_ledger_holds_ids_and_facts_only() -> None:
+    flow = room()
+    run(flow, a_is(L, 10), 0, 60)
+    flow.handle(SessionEnded(), 60)
+    rows = flow.ledger.rows()
+    assert [r["step"] for r in rows] == [
+        "dropped", "ice_restart", "fresh_connection", "page_rejoin", "page_rejoin", "page_rejoin",
+        "phone"]
+    assert rows[-1]["step_outcome"] == "window"
+    assert {r["person"] for r in rows} == {A} and {r["outcome"] for r in rows} == {"ended_on_phone"}
+    json.dumps(rows)  # exportable as it is
+
+
+# -- words and numbers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("number", "masked", "href"), [
+    ("+1 555 555 0102", "(•••) •••-0102", "tel:+15555550102"),
+    ("555-555-0102", "(•••) •••-0102", "tel:5555550102"),
+    ("(555) 555-0102 ext. 12", "(•••) •••-0102", "tel:5555550102;ext=12"),
+    ("+44 20 7946 0958", "(•••) •••-0958", "tel:+442079460958"),
+    ("+1 555 555 0102 x7", "(•••) •••-0102", "tel:+15555550102;ext=7"),
+    ("12", "(•••) •••-••12", "tel:12"),
+    ("", "(•••) •••-••••", "tel:"),
+])
+def test_mask_phone_shows_only_the_last_four_digits(number: str, masked: str, href: str) -> None:
+    assert mask_phone(number) == masked
+    assert tel_href(number) == href
+
+
+def test_call_prompt_is_a_one_click_tel_link() -> None:
+    prompt = call_prompt("Alex", "+1 555 555 0102")
+    assert (prompt.text, prompt.href) == ("Call Alex at +1 555 555 0102", "tel:+15555550102")
+
+
+def test_each_participant_gets_its_own_fallback_plan() -> None:
+    room_id = RoomId("r1")
+    people = (Person(T, room_id, "therapist", 0, "Dr Lee", "+1 555 555 0100"),
+              Person(A, room_id, "partner", 1, "Alex", "+1 555 555 0102"),
+              Person(B, room_id, "partner", 2, "Blake", None))
+    record = RoomRecord(room_id, 0.0, None, None, None, people)
+    therapist = fallback_plan(record, people[0], 45.0)
+    assert therapist.rejoin_window_s == 45.0 and therapist.phone_hint is None
+    assert therapist.call_list == [{"id": A, "name": "Alex", "phone": "+1 555 555 0102"},
+                                   {"id": B, "name": "Blake", "phone": ""}]
+    alex = fallback_plan(record, people[1], 45.0)
+    assert (alex.phone_hint, alex.call_list) == ("(•••) •••-0102", None)
+    assert fallback_plan(record, people[2], 45.0).phone_hint is None
+
+
+def test_every_notice_the_flow_sends_has_plain_words() -> None:
+    flows = [room() for _ in range(4)]
+    scenarios: list[list[tuple[float, Action]]] = [
+        run(flows[0], lambda t: {T: L} if 10 <= t < 70 else {}, 0, 80),
+        run(flows[1], a_is(P, 10, 30), 0, 60),
+        run(flows[2], lambda t: {T: P, A: P, B: P} if 10 <= t < 20 else {}, 0, 50,
+            cause=Cause.EVERYONE),
+        run(flows[3], a_is(L, 10), 0, 60),
+    ]
+    flows[3].handle(PutOnHold(), 60)
+    seen = [a for s in scenarios for _, a in s]
+    seen += flows[3].handle(SignalingBack(A), 61) + flows[3].handle(ReturnToVideo(A), 62)
+    seen += flows[3].handle(Left(B), 63) + flows[0].handle(ReturnToVideo(T), 81)
+    sent = {(a.kind, a.audience) for a in seen if isinstance(a, Notice)}
+    assert len(sent) >= 25
+    for kind, audience in sent:
+        notice = Notice(T, kind, audience, A)
+        text = notice_text(notice, name="Alex", phone_hint="(•••) •••-0102")
+        assert text and "{" not in text
+    assert sent <= set(NOTICE_TEXT)
