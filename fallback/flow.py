@@ -198,8 +198,8 @@ class FallbackFlow:
                 self._left(self._person(person), now, out)
             case SessionEnded():
                 for p in self._people.values():
-                    outcome = Outcome.ENDED_ON_PHONE if p.state == PersonState.PHONE \
-                        else Outcome.SESSION_ENDED
+                    on_phone = p.state == PersonState.PHONE
+                    outcome = Outcome.ENDED_ON_PHONE if on_phone else Outcome.SESSION_ENDED
                     self._end_disruption(p, now, outcome, out)
         self._timers(now, out)
         return out.actions

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from fallback import scoring
 from fallback.events import (
     Action,
     AudioOnly,
@@ -51,6 +55,7 @@ from fallback.scoring import (
     Quality,
     QualityMonitor,
     RoomQuality,
+    ScoringThresholds,
     worst,
 )
 from telehealth.errors import StateError
@@ -454,3 +459,25 @@ def test_every_notice_the_flow_sends_has_plain_words() -> None:
         text = notice_text(notice, name="Alex", phone_hint="(•••) •••-0102")
         assert text and "{" not in text
     assert sent <= set(NOTICE_TEXT)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "fallback.md"
+
+
+def test_the_contract_document_states_every_timing_threshold_and_sentence() -> None:
+    doc = CONTRACT.read_text(encoding="utf-8")
+    for defaults in (FallbackTimings(), ScoringThresholds()):
+        for f in dataclasses.fields(defaults):
+            value = getattr(defaults, f.name)
+            assert re.search(rf"\| `{f.name}` \| {value:g} \|", doc), f"{f.name} = {value:g}"
+    for name in ("R_DEFAULT", "DELAY_KNEE_MS", "CODEC_IE", "CODEC_BPL", "JITTER_BUFFER_FACTOR",
+                 "PACKET_MS"):
+        assert f"| `{name}` | {getattr(scoring, name):g} |" in doc, name
+    for kind, audience in NOTICE_TEXT:
+        notice = Notice(A, kind, audience, A)
+        text = notice_text(notice, name="Alex", phone_hint=mask_phone("+1 555 555 0102"))
+        assert text in doc, (kind, audience)
+    prompt = call_prompt("Alex", "+1 555 555 0102")
+    assert prompt.text in doc and prompt.href in doc

@@ -161,21 +161,23 @@ def level(
     return monitor.evaluate(now).links.get(link)
 
 
-@pytest.mark.parametrize("every", [0.25, 0.5])
-@pytest.mark.parametrize("phase", [0.0, 0.07, 0.19, 0.33, 0.41])
-@pytest.mark.parametrize("cut", [10.0, 10.13, 10.49])
-def test_a_path_that_stops_is_lost_within_two_seconds(
+@pytest.mark.parametrize("every", [0.1, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("phase", [0.0, 0.07, 0.19, 0.33, 0.41, 0.93])
+@pytest.mark.parametrize("cut", [10.0, 10.013, 10.13, 10.49, 10.77])
+def test_a_path_that_stops_is_lost_within_one_interval_of_lost_after(
     every: float, phase: float, cut: float
 ) -> None:
     monitor = QualityMonitor()
     detected = None
-    for t in ticks(phase, 20.0, every):
+    for t in ticks(phase % every, 20.0, every):
         monitor.ingest(T, A, sample(t, int(PACKETS_PER_S * min(t, cut))))
         if level(monitor, t) == Quality.LOST:
             detected = t
             break
     assert detected is not None
-    assert cut < detected <= cut + 2.0
+    # Never before the cut; at 500 ms samples or faster, well within the 2 s promise.
+    assert cut < detected <= cut + LIMITS.lost_after_s + every + 1e-9
+    assert detected - cut <= 2.0
 
 
 def test_a_connection_that_has_not_carried_media_yet_is_not_judged() -> None:
