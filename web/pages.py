@@ -1,28 +1,38 @@
-"""HTTP pages: the join link page and the human error pages.
+"""HTTP pages: the room page behind each join link, its network check, and the error pages.
 
-Handlers parse the request, ask the core, and render; they hold no state.
+Handlers parse the request, ask the core, and render; they hold no state. ``setup(app)``
+mounts everything under web/ (pages, console, static files, the network-check probe).
 """
 
 from __future__ import annotations
 
+import datetime
 import time
+import zoneinfo
 from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
+import msgspec
 from aiohttp import web
 
-from telehealth.app import STORE
-from telehealth.errors import MESSAGES, ErrorCode, LinkError
-from telehealth.tokens import check_link, hash_token, well_formed
+from media.probe import NetworkProbe
+from signaling.endpoint import SIGNALING
+from telehealth import accounts
+from telehealth.app import CONFIG, STORE
+from telehealth.errors import MESSAGES, ErrorCode, LinkError, UserError
+from telehealth.store import Person, RoomRecord
+from telehealth.tokens import JoinLink, check_link, hash_token, well_formed
 
 HERE = Path(__file__).parent
 
-# No inline scripts or styles, nothing from elsewhere, media from this origin only.
+# No inline scripts or styles, nothing from elsewhere, media from this origin only (blob:
+# for the generated speaker-test sound), no plugins, no framing, forms post only here.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'; object-src 'none'"
+    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; worker-src 'none'; "
+    "frame-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+    "object-src 'none'; manifest-src 'self'"
 )
 
 LINK_STATUS = {
@@ -32,22 +42,39 @@ LINK_STATUS = {
     ErrorCode.ROOM_ENDED: 410,
 }
 
+PROBE = web.AppKey("probe", NetworkProbe)
+
 
 @web.middleware
 async def security_headers(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
+    except web.HTTPNotFound as exc:
+        response = exc if request.path.startswith("/static/") else not_found(request)
     except web.HTTPException as exc:
         response = exc
     if not response.prepared:
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Permissions-Policy", "camera=(self), microphone=(self), geolocation=()")
-        # Join pages carry a credential in their URL: never cache them anywhere.
-        if request.path.startswith("/j/"):
-            response.headers.setdefault("Cache-Control", "no-store")
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        headers.setdefault(
+            "Permissions-Policy",
+            "camera=(self), microphone=(self), speaker-selection=(self), display-capture=(), "
+            "geolocation=(), payment=(), usb=()",
+        )
+        if request.scheme == "https":
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if request.path.startswith("/static/"):
+            # Modules import each other by plain names, so revalidate instead of versioning.
+            headers.setdefault("Cache-Control", "no-cache")
+        else:
+            # Join pages carry a credential in their URL and the console personal data:
+            # never cache them anywhere.
+            headers.setdefault("Cache-Control", "no-store")
     if isinstance(response, web.HTTPException):
         raise response
     return response
@@ -55,26 +82,125 @@ async def security_headers(request: web.Request, handler: web.Handler) -> web.St
 
 def error_page(request: web.Request, code: ErrorCode, status: int) -> web.Response:
     return aiohttp_jinja2.render_template(
-        "error.html", request, {"title": "This link does not work", "message": MESSAGES[code], "code": code.value},
+        "error.html", request,
+        {"title": "This link does not work", "message": MESSAGES[code], "code": code.value},
         status=status,
     )
 
 
-async def join_page(request: web.Request) -> web.StreamResponse:
+def plain_time(ts: float, now: float, tz: datetime.tzinfo = datetime.timezone.utc) -> str:
+    """A session time in words: "today at 15:00 UTC", "tomorrow at 09:30 UTC",
+    "Tuesday 25 November at 15:00 UTC". The page rewrites it in the reader's own time zone."""
+    when = datetime.datetime.fromtimestamp(ts, tz)
+    today = datetime.datetime.fromtimestamp(now, tz).date()
+    clock = f"{when:%H:%M} {when.tzname()}"
+    days = (when.date() - today).days
+    if days == 0:
+        return f"today at {clock}"
+    if days == 1:
+        return f"tomorrow at {clock}"
+    if days == -1:
+        return f"yesterday at {clock}"
+    return f"{when:%A} {when.day} {when:%B} at {clock}"
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="minutes")
+
+
+def zone(name: str) -> datetime.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return datetime.timezone.utc
+
+
+def _checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
+    """The request's link, its room and person; raises LinkError when it lets no one in."""
     store = request.app[STORE]
     token = request.match_info["token"]
+    link = check_link(store.find_link(hash_token(token)) if well_formed(token) else None, time.time())
+    record = store.get_room(link.room_id)
+    person = next((x for x in record.people if x.id == link.person_id), None) if record else None
+    if record is None or person is None:
+        raise LinkError(ErrorCode.BAD_LINK)
+    return link, record, person
+
+
+async def room_page(request: web.Request) -> web.StreamResponse:
     try:
-        link = check_link(store.find_link(hash_token(token)) if well_formed(token) else None, time.time())
+        _, record, person = _checked_link(request)
     except LinkError as exc:
         return error_page(request, exc.code, LINK_STATUS.get(exc.code, 400))
-    return aiohttp_jinja2.render_template("join.html", request, {"role": link.role})
+    now = time.time()
+    context = {
+        "role": person.role,
+        "me": person.name,
+        "therapist": record.therapist.name,
+        "partners": [p.name for p in record.partners],
+        "starts_at": record.starts_at,
+        "starts_iso": iso_utc(record.starts_at) if record.starts_at else "",
+        "starts_words": plain_time(record.starts_at, now) if record.starts_at else "",
+        "grace_s": request.app[CONFIG].grace_seconds,
+    }
+    template = "therapist.html" if person.role == "therapist" else "partner.html"
+    return aiohttp_jinja2.render_template(template, request, context)
+
+
+def same_origin(request: web.Request) -> bool:
+    """Browsers send Origin on POST; refuse posts made from any other site."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    own = {request.app[CONFIG].public_base_url, f"{request.scheme}://{request.host}"}
+    return origin.rstrip("/") in own
+
+
+def _json_error(code: ErrorCode, status: int, message: str | None = None) -> web.Response:
+    return web.json_response(
+        {"code": code.value, "message": message or MESSAGES.get(code, code.value)}, status=status
+    )
+
+
+async def netcheck_config(request: web.Request) -> web.StreamResponse:
+    """The ICE servers a call would use, so the check takes the same path."""
+    try:
+        _, record, person = _checked_link(request)
+    except LinkError as exc:
+        return _json_error(exc.code, LINK_STATUS.get(exc.code, 400))
+    servers, _ = request.app[SIGNALING].hub.extras(record, person, time.time())
+    return web.json_response({"ice_servers": msgspec.to_builtins(servers)})
+
+
+class _Offer(msgspec.Struct):
+    type: str
+    sdp: str
+
+
+async def netcheck_offer(request: web.Request) -> web.StreamResponse:
+    if not same_origin(request):
+        return _json_error(ErrorCode.FORBIDDEN, 403)
+    try:
+        _checked_link(request)
+    except LinkError as exc:
+        return _json_error(exc.code, LINK_STATUS.get(exc.code, 400))
+    try:
+        offer = msgspec.json.decode(await request.read(), type=_Offer)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _json_error(ErrorCode.INVALID_MESSAGE, 400)
+    try:
+        answer = await request.app[PROBE].answer(offer.type, offer.sdp)
+    except UserError as exc:
+        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 400
+        return _json_error(exc.code, status, exc.detail)
+    return web.json_response({"type": answer.type, "sdp": answer.sdp})
 
 
 async def home(request: web.Request) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("home.html", request, {})
 
 
-async def not_found(request: web.Request) -> web.StreamResponse:
+def not_found(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template(
         "error.html", request,
         {"title": "Page not found", "message": "There is nothing at this address.", "code": "not_found"},
@@ -82,9 +208,30 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     )
 
 
+def asset(name: str) -> str:
+    return f"/static/{name}"
+
+
+async def close_probe(app: web.Application) -> None:
+    await app[PROBE].close()
+
+
 def setup(app: web.Application) -> None:
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
-    app[aiohttp_jinja2.static_root_key] = "/static"
+    from web import console
+
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals["asset"] = asset
+    accounts.ensure_schema(app[STORE])
+
     app.router.add_get("/", home)
-    app.router.add_get("/j/{token}", join_page)
-    app.router.add_static("/static/", HERE / "static", append_version=True)
+    app.router.add_get("/j/{token}", room_page)
+    app.router.add_get("/j/{token}/netcheck", netcheck_config)
+    app.router.add_post("/j/{token}/netcheck", netcheck_offer)
+    console.setup(app)
+    app.router.add_static("/static/", HERE / "static")
+
+    app[PROBE] = NetworkProbe(stun_urls=app[CONFIG].stun_urls)
+    app.on_cleanup.append(close_probe)

@@ -1,0 +1,314 @@
+"""The staff console: log in, create a session room, copy its links, find today's rooms.
+
+Plain HTML forms (they work without JavaScript; console.js only adds copy buttons and the
+time zone). Every form carries a CSRF token, every POST must come from this origin, and the
+login cookie is Secure, HttpOnly and SameSite=Strict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp_jinja2
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from signaling.endpoint import SIGNALING
+from telehealth import accounts, rooms
+from telehealth.app import CONFIG, STORE
+from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
+from telehealth.store import RoomRecord
+from telehealth.tokens import PersonId
+from web.pages import iso_utc, plain_time, same_origin, zone
+
+# "__Host-": the browser only accepts it Secure, from this host, for path "/".
+SESSION_COOKIE = "__Host-telehealth-console"
+LOGIN_COOKIE = "__Host-telehealth-login"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    """One line of the console's room list."""
+
+    id: str
+    time_words: str
+    time_iso: str
+    partners: tuple[tuple[str, str], ...]  # (person id, name)
+    status: str
+    ended: bool
+
+
+def _session(request: web.Request) -> accounts.LoginSession | None:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
+
+
+def _require_session(request: web.Request) -> accounts.LoginSession:
+    session = _session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/console/login")
+    return session
+
+
+async def _checked_form(request: web.Request, session: accounts.LoginSession) -> MultiDictProxy[str]:
+    """The posted form, once it is known to come from this site and this session."""
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="This form may only be sent from this site.")
+    form = await request.post()
+    csrf = form.get("csrf")
+    if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
+        raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
+    return form  # type: ignore[return-value]
+
+
+def _text(form: Mapping[str, object], name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+def _login_page(request: web.Request, *, error: str = "", username: str = "", status: int = 200) -> web.Response:
+    nonce = secrets.token_urlsafe(24)
+    response = aiohttp_jinja2.render_template(
+        "console_login.html", request,
+        {"user": None, "csrf": nonce, "error": error, "username": username}, status=status,
+    )
+    response.set_cookie(LOGIN_COOKIE, nonce, secure=True, httponly=True, samesite="Strict", path="/",
+                        max_age=3600)
+    return response
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    if _session(request) is not None:
+        raise web.HTTPSeeOther("/console")
+    return _login_page(request)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="This form may only be sent from this site.")
+    form = await request.post()
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    submitted = _text(form, "csrf")
+    # Double-submit: the hidden field must match the cookie this site set with the form.
+    if not nonce or not submitted.isascii() or not secrets.compare_digest(nonce, submitted):
+        return _login_page(request, error="The login form had expired. Please try again.", status=400)
+    username, password = _text(form, "username"), form.get("password")
+    store = request.app[STORE]
+    now = time.time()
+    try:
+        if not isinstance(password, str):
+            raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
+        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
+        user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
+    except UserError as exc:
+        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
+        return _login_page(request, error=exc.detail, username=username, status=status)
+    tz_name = _text(form, "timezone")
+    session = accounts.start_session(store, user, now=now, timezone=tz_name if _valid_zone(tz_name) else "UTC")
+    response = web.HTTPSeeOther("/console")
+    response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
+                        path="/", max_age=int(accounts.SESSION_SECONDS))
+    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    raise response
+
+
+def _valid_zone(name: str) -> bool:
+    return bool(name) and len(name) < 64 and zone(name) is not datetime.timezone.utc
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    session = _require_session(request)
+    await _checked_form(request, session)
+    accounts.end_session(request.app[STORE], session.token)
+    response = web.HTTPSeeOther("/console/login")
+    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    raise response
+
+
+# -- rooms ----------------------------------------------------------------------------------
+
+
+def _today_rows(request: web.Request, session: accounts.LoginSession) -> list[RoomRow]:
+    store = request.app[STORE]
+    tz = zone(session.timezone)
+    now = time.time()
+    today = datetime.datetime.fromtimestamp(now, tz).date()
+    visible = accounts.visible_room_ids(store, session.user)
+    live = request.app[SIGNALING].hub.rooms
+    link_days = request.app[CONFIG].link_ttl_seconds + 86400
+    rows: list[RoomRow] = []
+    for record in rooms.list_rooms(store, since=now - link_days):
+        if visible is not None and record.id not in visible:
+            continue
+        when = record.starts_at or record.created_at
+        if datetime.datetime.fromtimestamp(when, tz).date() != today:
+            continue
+        rows.append(RoomRow(
+            id=record.id,
+            time_words=plain_time(when, now, tz),
+            time_iso=iso_utc(when),
+            partners=tuple((p.id, p.name) for p in record.partners),
+            status=_status(record, record.id in live),
+            ended=record.ended_at is not None,
+        ))
+    rows.sort(key=lambda r: r.time_iso)
+    return rows
+
+
+def _status(record: RoomRecord, live: bool) -> str:
+    if record.ended_at is not None:
+        return "Ended"
+    if live:
+        return "In progress"
+    return "Not started"
+
+
+def _default_time(tz: datetime.tzinfo, now: float) -> str:
+    """The next half hour, as a datetime-local value."""
+    at = datetime.datetime.fromtimestamp(now, tz).replace(second=0, microsecond=0)
+    at += datetime.timedelta(minutes=30 - at.minute % 30)
+    return at.strftime("%Y-%m-%dT%H:%M")
+
+
+def _dashboard(
+    request: web.Request, session: accounts.LoginSession, *, error: str = "",
+    form: Mapping[str, object] | None = None, notice: str = "", status: int = 200,
+) -> web.Response:
+    tz = zone(session.timezone)
+    values = {
+        "therapist": session.user.display_name,
+        "starts_at": _default_time(tz, time.time()),
+    }
+    if form is not None:
+        values.update({k: _text(form, k) for k in (
+            "therapist", "partner1", "phone1", "partner2", "phone2", "starts_at")})
+    return aiohttp_jinja2.render_template("console.html", request, {
+        "user": session.user, "csrf": session.csrf, "rooms": _today_rows(request, session),
+        "error": error, "values": values, "notice": notice, "timezone": session.timezone,
+    }, status=status)
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    session = _require_session(request)
+    notice = {"ended": "The session has ended and its links no longer work."}.get(
+        request.query.get("done", ""), "")
+    return _dashboard(request, session, notice=notice)
+
+
+def _parse_local_time(value: str, tz: datetime.tzinfo) -> float:
+    try:
+        local = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        raise UserError(ErrorCode.INVALID_MESSAGE, "Please give the session's date and time.") from None
+    return local.replace(tzinfo=tz).timestamp()
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    session = _require_session(request)
+    form = await _checked_form(request, session)
+    config, store = request.app[CONFIG], request.app[STORE]
+    now = time.time()
+    try:
+        partners = [rooms.PartnerSpec(_text(form, "partner1"), _text(form, "phone1") or None)]
+        if _text(form, "partner2") or _text(form, "phone2"):
+            partners.append(rooms.PartnerSpec(_text(form, "partner2"), _text(form, "phone2") or None))
+        starts_at = _parse_local_time(_text(form, "starts_at"), zone(session.timezone))
+        created = rooms.create_room(
+            store, therapist=_text(form, "therapist"), partners=partners,
+            base_url=config.public_base_url, link_ttl=config.link_ttl_seconds, now=now,
+            starts_at=starts_at,
+        )
+    except UserError as exc:
+        return _dashboard(request, session, error=exc.detail, form=form, status=400)
+    accounts.record_owner(store, created.room_id, session.user)
+    record = store.get_room(created.room_id)
+    if record is None:
+        raise web.HTTPInternalServerError()
+    links = [_link("Your link (therapist)", "Copy your link", created.therapist_link, "therapist")]
+    links += [
+        _link(f"Link for {p.name}", f"Copy the link for {p.name}", url, f"partner{i + 1}")
+        for i, (p, url) in enumerate(zip(record.partners, created.partner_links))
+    ]
+    return aiohttp_jinja2.render_template("console_links.html", request, {
+        "user": session.user, "csrf": session.csrf, "title": "Session created",
+        "lead": f"The session is set for {plain_time(starts_at, now, zone(session.timezone))}. "
+                "Send each person their own link; each link works only for that person.",
+        "links": links, "therapist_link": created.therapist_link,
+    }, status=201)
+
+
+def _link(label: str, copy_label: str, url: str, key: str) -> dict[str, str]:
+    return {"label": label, "copy_label": copy_label, "url": url, "key": key}
+
+
+def _managed_room(request: web.Request, session: accounts.LoginSession) -> RoomRecord:
+    room_id = request.match_info["room_id"]
+    record = request.app[STORE].get_room(room_id)
+    if record is None or not accounts.may_manage(request.app[STORE], session.user, room_id):
+        raise web.HTTPNotFound()
+    return record
+
+
+async def open_room(request: web.Request) -> web.StreamResponse:
+    """Issue the therapist a fresh link (links are stored only as hashes) and go there."""
+    session = _require_session(request)
+    await _checked_form(request, session)
+    record = _managed_room(request, session)
+    if record.ended_at is not None:
+        raise web.HTTPSeeOther("/console")
+    config = request.app[CONFIG]
+    url = rooms.reissue_link(request.app[STORE], record.therapist.id, base_url=config.public_base_url,
+                             link_ttl=config.link_ttl_seconds, now=time.time())
+    raise web.HTTPSeeOther(url)
+
+
+async def new_partner_link(request: web.Request) -> web.StreamResponse:
+    session = _require_session(request)
+    await _checked_form(request, session)
+    record = _managed_room(request, session)
+    person = next((p for p in record.partners if p.id == request.match_info["person_id"]), None)
+    if person is None or record.ended_at is not None:
+        raise web.HTTPNotFound()
+    config = request.app[CONFIG]
+    url = rooms.reissue_link(request.app[STORE], PersonId(person.id), base_url=config.public_base_url,
+                             link_ttl=config.link_ttl_seconds, now=time.time())
+    return aiohttp_jinja2.render_template("console_links.html", request, {
+        "user": session.user, "csrf": session.csrf, "title": f"New link for {person.name}",
+        "lead": f"The old link for {person.name} no longer works. Send them this one.",
+        "links": [_link(f"Link for {person.name}", f"Copy the link for {person.name}", url, "partner")],
+        "therapist_link": None,
+    })
+
+
+async def end(request: web.Request) -> web.StreamResponse:
+    session = _require_session(request)
+    await _checked_form(request, session)
+    record = _managed_room(request, session)
+    now = time.time()
+    try:
+        rooms.end_room(request.app[STORE], record.id, now=now)
+    except TelehealthError as exc:
+        return _dashboard(request, session, error=MESSAGES.get(exc.code, exc.detail), status=409)
+    # The server's store watcher only sees other processes' writes: tell the hub now.
+    sig = request.app[SIGNALING]
+    sig.deliver(sig.hub.end_room(record.id, now))
+    raise web.HTTPSeeOther("/console?done=ended")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/console", dashboard)
+    app.router.add_get("/console/login", login_form)
+    app.router.add_post("/console/login", login)
+    app.router.add_post("/console/logout", logout)
+    app.router.add_post("/console/rooms", create)
+    app.router.add_post("/console/rooms/{room_id}/open", open_room)
+    app.router.add_post("/console/rooms/{room_id}/people/{person_id}/link", new_partner_link)
+    app.router.add_post("/console/rooms/{room_id}/end", end)
