@@ -1,0 +1,204 @@
+// The call view: a tile per other participant, your own picture, the controls, banners in
+// plain words, and a connection-quality indicator per link. It only draws; session.js
+// decides what happens.
+
+import { $, el } from './ui.js';
+import { LEVEL_WORDS } from './quality.js';
+
+/** One remote participant's tile. */
+class Tile {
+  constructor(peerId, name, { adminActions }) {
+    this.peerId = peerId;
+    this.name = name || 'Participant';
+    this.video = el('video', { autoplay: true, playsinline: true, 'aria-label': `Video of ${this.name}` });
+    this.video.autoplay = true;
+    this.video.playsInline = true;
+    this.placeholder = el('p', { className: 'tile-placeholder', text: `Connecting to ${this.name}…` });
+    this.nameNode = el('span', { className: 'tile-name', text: this.name });
+    this.mutedBadge = el('span', { className: 'badge', text: 'Muted', hidden: true });
+    this.qualityText = el('span', { className: 'quality-text', text: LEVEL_WORDS.unknown });
+    this.quality = el('span', { className: 'quality', 'data-level': 'unknown' },
+      el('span', { className: 'bars', 'aria-hidden': 'true' }, el('span'), el('span'), el('span')),
+      this.qualityText);
+    this.caption = el('figcaption', {}, this.nameNode, this.mutedBadge, this.quality);
+    this.root = el('figure', { className: 'tile', 'data-peer': peerId }, this.video, this.placeholder, this.caption);
+    if (adminActions) this.root.append(adminActions(this));
+    this.hasVideo = false;
+    this.videoOn = true;
+    this.connection = 'new';
+  }
+
+  rename(name) {
+    if (!name || name === this.name) return;
+    this.name = name;
+    this.nameNode.textContent = name;
+    this.video.setAttribute('aria-label', `Video of ${name}`);
+    this._placeholder();
+  }
+
+  _placeholder() {
+    let text = '';
+    if (!this.videoOn) text = `${this.name} has turned their camera off`;
+    else if (this.connection !== 'connected' && !this.hasVideo) text = `Connecting to ${this.name}…`;
+    else if (!this.hasVideo) text = `Waiting for ${this.name}'s video…`;
+    this.placeholder.textContent = text;
+    this.placeholder.hidden = text === '';
+  }
+}
+
+export class CallView {
+  /**
+   * @param {{adminActions?: (tile: Tile) => HTMLElement, onSoundBlocked?: () => void}} options
+   */
+  constructor({ adminActions = null } = {}) {
+    this.tilesNode = $('tiles');
+    this.empty = $('tiles-empty');
+    this.banners = $('banners');
+    this.selfVideo = /** @type {HTMLVideoElement} */ ($('self-video'));
+    this.soundButton = $('sound-on');
+    this.adminActions = adminActions;
+    /** @type {Map<string, Tile>} */
+    this.tiles = new Map();
+    this.speakerId = '';
+    this.soundBlocked = false;
+    this.soundButton.addEventListener('click', () => this.unblockSound());
+  }
+
+  tile(peerId) {
+    return this.tiles.get(peerId) ?? null;
+  }
+
+  addPeer(peerId, name) {
+    let tile = this.tiles.get(peerId);
+    if (tile) {
+      tile.rename(name);
+      return tile;
+    }
+    tile = new Tile(peerId, name, { adminActions: this.adminActions });
+    tile.video.addEventListener('loadeddata', () => { tile.hasVideo = true; tile._placeholder(); });
+    this.tiles.set(peerId, tile);
+    this.tilesNode.append(tile.root);
+    this._layout();
+    return tile;
+  }
+
+  removePeer(peerId) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    tile.video.srcObject = null;
+    tile.root.remove();
+    this.tiles.delete(peerId);
+    this._layout();
+  }
+
+  _layout() {
+    this.tilesNode.dataset.count = String(this.tiles.size);
+    this.empty.hidden = this.tiles.size > 0;
+  }
+
+  /** Show a peer's media; if the browser refuses to play sound without a click, say so. */
+  setStream(peerId, stream) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    if (tile.video.srcObject !== stream) {
+      tile.video.srcObject = stream;
+      tile.hasVideo = false;
+      this._applySpeaker(tile.video);
+    }
+    tile.video.muted = this.soundBlocked;
+    tile.video.play().catch((error) => {
+      if (error.name !== 'NotAllowedError') return;
+      // Autoplay rules: play silently now, and offer a button to turn the sound on.
+      this.soundBlocked = true;
+      this.soundButton.hidden = false;
+      tile.video.muted = true;
+      tile.video.play().catch(() => {});
+    });
+    tile._placeholder();
+  }
+
+  unblockSound() {
+    this.soundBlocked = false;
+    this.soundButton.hidden = true;
+    for (const tile of this.tiles.values()) {
+      tile.video.muted = false;
+      tile.video.play().catch(() => {});
+    }
+  }
+
+  setConnection(peerId, state) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    tile.connection = state;
+    tile._placeholder();
+  }
+
+  setPeerMedia(peerId, { audio, video }) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    tile.mutedBadge.hidden = audio;
+    tile.videoOn = video;
+    tile._placeholder();
+  }
+
+  /** The quality indicator: the only place that draws it. @param {'good'|'fair'|'poor'|null} level */
+  setQuality(peerId, level) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    tile.quality.dataset.level = level ?? 'unknown';
+    tile.qualityText.textContent = LEVEL_WORDS[level ?? 'unknown'];
+  }
+
+  setSelf(track) {
+    this.selfVideo.srcObject = track ? new MediaStream([track]) : null;
+    if (track) this.selfVideo.play().catch(() => {});
+  }
+
+  setSelfMuted(muted) {
+    $('self-muted').hidden = !muted;
+  }
+
+  async setSpeaker(deviceId) {
+    this.speakerId = deviceId;
+    for (const tile of this.tiles.values()) await this._applySpeaker(tile.video);
+  }
+
+  async _applySpeaker(video) {
+    if (!this.speakerId || typeof video.setSinkId !== 'function') return;
+    try {
+      await video.setSinkId(this.speakerId);
+    } catch (error) {
+      // The speaker went away: the default one keeps playing.
+    }
+  }
+
+  /** A banner in plain words; the same key replaces the earlier text. kind: warn|info|bad */
+  banner(key, text, kind = 'warn') {
+    let node = this.banners.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (!node) {
+      node = el('p', { className: `banner ${kind}`, 'data-key': key });
+      this.banners.append(node);
+    }
+    node.className = `banner ${kind}`;
+    node.textContent = text;
+    return node;
+  }
+
+  /** Remove a banner, now or after a while (unless its text has changed meanwhile). */
+  clearBanner(key, afterMs = 0) {
+    const node = this.banners.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (!node) return;
+    if (afterMs <= 0) {
+      node.remove();
+      return;
+    }
+    const text = node.textContent;
+    setTimeout(() => { if (node.textContent === text) node.remove(); }, afterMs);
+  }
+
+  clear() {
+    for (const peerId of [...this.tiles.keys()]) this.removePeer(peerId);
+    this.banners.replaceChildren();
+    this.setSelf(null);
+  }
+}

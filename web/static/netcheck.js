@@ -1,0 +1,283 @@
+// The network check: a short real WebRTC connection to the server's probe (media/probe.py).
+//
+// DOM-free. Signaling is one HTTP POST: we wait for ICE gathering to finish and send the
+// whole offer (no trickle). Over the connection we measure round-trip time and loss with
+// unreliable pings, then download and upload throughput on a reliable channel, and turn the
+// numbers into words with `verdict`.
+
+const CHUNK = 16 * 1024;
+
+/**
+ * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
+ *            down_kbps: number|null, up_kbps: number|null, candidate: string|null, error?: string}} CheckResult
+ */
+
+function sleep(ms, timers) {
+  return new Promise((resolve) => timers.setTimeout(resolve, ms));
+}
+
+function within(promise, ms, timers, what) {
+  return new Promise((resolve, reject) => {
+    const timer = timers.setTimeout(() => reject(new Error(`${what} timed out`)), ms);
+    promise.then(
+      (value) => { timers.clearTimeout(timer); resolve(value); },
+      (error) => { timers.clearTimeout(timer); reject(error); },
+    );
+  });
+}
+
+function opened(channel) {
+  if (channel.readyState === 'open') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    channel.addEventListener('open', () => resolve(), { once: true });
+    channel.addEventListener('close', () => reject(new Error('channel closed')), { once: true });
+  });
+}
+
+function gathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === 'complete') {
+        pc.removeEventListener('icegatheringstatechange', check);
+        resolve();
+      }
+    };
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * Run the check against `/j/<token>/netcheck`.
+ * @param {{
+ *   url: string, fetchImpl?: typeof fetch, RTCPeerConnectionImpl?: typeof RTCPeerConnection,
+ *   now?: () => number, timers?: any, onStage?: (stage: string) => void,
+ *   pings?: number, pingEveryMs?: number, bulkMs?: number, connectTimeoutMs?: number,
+ * }} options
+ * @returns {Promise<CheckResult>}
+ */
+export async function runNetworkCheck({
+  url, fetchImpl = globalThis.fetch.bind(globalThis),
+  RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
+  now = () => globalThis.performance.now(), timers = globalThis, onStage = () => {},
+  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000,
+}) {
+  /** @type {CheckResult} */
+  const result = {
+    connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
+  };
+  let iceServers = [];
+  try {
+    const response = await fetchImpl(url, { credentials: 'omit', cache: 'no-store' });
+    if (response.ok) iceServers = (await response.json()).ice_servers ?? [];
+  } catch (error) {
+    // Without the server's ICE list we still try directly.
+  }
+  const pc = new RTCPeerConnectionImpl({ iceServers });
+  try {
+    onStage('connecting');
+    const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
+    const bulk = pc.createDataChannel('bulk');
+    bulk.binaryType = 'arraybuffer';
+    await pc.setLocalDescription();
+    await within(gathered(pc), 5000, timers, 'ICE gathering').catch(() => {});
+    const response = await fetchImpl(url, {
+      method: 'POST', credentials: 'omit', cache: 'no-store',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      result.error = body.code || `http_${response.status}`;
+      return result;
+    }
+    await pc.setRemoteDescription(await response.json());
+    await within(Promise.all([opened(ping), opened(bulk)]), connectTimeoutMs, timers, 'connection');
+    result.connected = true;
+
+    onStage('latency');
+    Object.assign(result, await measurePings(ping, { pings, pingEveryMs, now, timers }));
+    onStage('download');
+    result.down_kbps = await measureDown(bulk, { bulkMs, now, timers });
+    onStage('upload');
+    result.up_kbps = await measureUp(bulk, { bulkMs, now, timers });
+    result.candidate = await selectedCandidateType(pc);
+  } catch (error) {
+    result.error = result.error ?? (error && error.message) ?? 'failed';
+  } finally {
+    pc.close();
+  }
+  return result;
+}
+
+async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
+  const sentAt = new Map();
+  const rtts = [];
+  channel.onmessage = (event) => {
+    const seq = Number(String(event.data).split(':')[0]);
+    const at = sentAt.get(seq);
+    if (at !== undefined) {
+      rtts.push(now() - at);
+      sentAt.delete(seq);
+    }
+  };
+  for (let seq = 0; seq < pings; seq += 1) {
+    sentAt.set(seq, now());
+    channel.send(`${seq}:${'x'.repeat(100)}`);
+    await sleep(pingEveryMs, timers);
+  }
+  // Give late echoes a moment; later than this counts as lost for a conversation anyway.
+  const deadline = now() + 1000;
+  while (rtts.length < pings && now() < deadline) await sleep(50, timers);
+  channel.onmessage = null;
+  if (rtts.length === 0) return { rtt_ms: null, jitter_ms: null, loss: 1 };
+  let jitter = 0;
+  for (let i = 1; i < rtts.length; i += 1) jitter += Math.abs(rtts[i] - rtts[i - 1]);
+  return {
+    rtt_ms: Math.round(median(rtts) * 10) / 10,
+    jitter_ms: rtts.length > 1 ? Math.round((jitter / (rtts.length - 1)) * 10) / 10 : 0,
+    loss: Math.round((1 - rtts.length / pings) * 1000) / 1000,
+  };
+}
+
+function measureDown(channel, { bulkMs, now, timers }) {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    let first = 0;
+    let last = 0;
+    const finish = (serverMs) => {
+      channel.onmessage = null;
+      timers.clearTimeout(timer);
+      const ms = last > first ? last - first : serverMs;
+      resolve(bytes > 0 && ms > 0 ? Math.round((bytes * 8) / ms) : null);
+    };
+    const timer = timers.setTimeout(() => finish(0), bulkMs + 5000);
+    channel.onmessage = (event) => {
+      if (typeof event.data === 'string') {
+        let message = {};
+        try { message = JSON.parse(event.data); } catch (error) { return; }
+        if (message.op === 'down_done') finish(message.ms || 0);
+        return;
+      }
+      const at = now();
+      if (bytes === 0) first = at;
+      bytes += event.data.byteLength;
+      last = at;
+    };
+    channel.send(JSON.stringify({ op: 'down', ms: bulkMs }));
+  });
+}
+
+async function measureUp(channel, { bulkMs, now, timers }) {
+  const chunk = new Uint8Array(CHUNK);
+  const maxBytes = 2 * 1024 * 1024;
+  const highWater = 512 * 1024;
+  channel.bufferedAmountLowThreshold = highWater / 2;
+  const start = now();
+  let sent = 0;
+  while (now() - start < bulkMs && sent < maxBytes) {
+    if (channel.bufferedAmount > highWater) {
+      await new Promise((resolve) => {
+        const timer = timers.setTimeout(resolve, 200);
+        channel.addEventListener('bufferedamountlow', () => { timers.clearTimeout(timer); resolve(); }, { once: true });
+      });
+      continue;
+    }
+    channel.send(chunk);
+    sent += CHUNK;
+  }
+  const reply = new Promise((resolve) => {
+    const timer = timers.setTimeout(() => resolve(null), 5000);
+    channel.onmessage = (event) => {
+      if (typeof event.data !== 'string') return;
+      try {
+        const message = JSON.parse(event.data);
+        if (message.op === 'up_result') {
+          timers.clearTimeout(timer);
+          resolve(message);
+        }
+      } catch (error) { /* not ours */ }
+    };
+  });
+  channel.send(JSON.stringify({ op: 'up_done' }));
+  const message = await reply;
+  channel.onmessage = null;
+  if (!message || !message.bytes) return null;
+  // From our first send to the server's count: includes one round trip, so it errs low.
+  const ms = now() - start;
+  return ms > 0 ? Math.round((message.bytes * 8) / ms) : null;
+}
+
+async function selectedCandidateType(pc) {
+  try {
+    const report = await pc.getStats();
+    for (const s of report.values()) {
+      if (s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) {
+        const local = report.get(s.localCandidateId);
+        const remote = report.get(s.remoteCandidateId);
+        if (local?.candidateType === 'relay' || remote?.candidateType === 'relay') return 'relay';
+        return local?.candidateType ?? null;
+      }
+    }
+  } catch (error) {
+    // Not worth failing the check over.
+  }
+  return null;
+}
+
+/**
+ * Words for a check result. Thresholds are for a three-way call: each page sends two video
+ * streams and receives two.
+ * @param {CheckResult} r
+ * @returns {{level: 'good'|'choppy'|'weak'|'failed', label: string, advice: string, numbers: string}}
+ */
+export function verdict(r) {
+  const numbers = describeNumbers(r);
+  if (!r.connected) {
+    return {
+      level: 'failed',
+      label: 'Too weak for video: we could not connect',
+      advice: 'This network may block video calls. Try turning off a VPN, moving closer to your Wi-Fi, '
+        + 'or switching between Wi-Fi and mobile data, then check again. You can still try to join.',
+      numbers,
+    };
+  }
+  const rtt = r.rtt_ms ?? Infinity;
+  const loss = r.loss ?? 1;
+  const down = r.down_kbps ?? 0;
+  const up = r.up_kbps ?? 0;
+  if (rtt <= 250 && loss <= 0.02 && down >= 1500 && up >= 1200) {
+    return { level: 'good', label: 'Good', advice: 'Your connection is good for video.', numbers };
+  }
+  if (rtt <= 500 && loss <= 0.08 && down >= 500 && up >= 400) {
+    return {
+      level: 'choppy',
+      label: 'May be choppy',
+      advice: 'Video may freeze now and then. If you can, move closer to your Wi-Fi router or close '
+        + 'other apps and downloads that use the internet.',
+      numbers,
+    };
+  }
+  return {
+    level: 'weak',
+    label: 'Too weak for video',
+    advice: 'Sound may still work. Move closer to your Wi-Fi router, or switch between Wi-Fi and '
+      + 'mobile data, then check again. During the session you can stop your video to keep the sound clear.',
+    numbers,
+  };
+}
+
+function describeNumbers(r) {
+  const parts = [];
+  if (r.rtt_ms !== null) parts.push(`Round trip ${Math.round(r.rtt_ms)} ms`);
+  if (r.loss !== null) parts.push(`Lost packets ${Math.round(r.loss * 1000) / 10}%`);
+  if (r.down_kbps !== null) parts.push(`Download ${(r.down_kbps / 1000).toFixed(1)} Mbit/s`);
+  if (r.up_kbps !== null) parts.push(`Upload ${(r.up_kbps / 1000).toFixed(1)} Mbit/s`);
+  return parts.join(' · ');
+}

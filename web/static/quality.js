@@ -1,0 +1,127 @@
+// Connection quality per link: one place decides what the indicator shows.
+//
+// DOM-free. Two sources feed a QualityBoard:
+//   - fromStats(peerId, linkStats): this page's own estimate from getStats (stats.js);
+//   - fromServer(peerId, level):    the server's verdict (its `quality` messages), which
+//     sees both ends of a link. While a server verdict is fresh, it wins over the local one.
+// The board smooths: a worse level shows at once, a better one only once it has held for a
+// few seconds, so the bars do not flicker. Handlers of 'change' get {peerId, level, source}.
+
+/** @typedef {'good'|'fair'|'poor'} Level */
+
+export const LEVELS = Object.freeze(['good', 'fair', 'poor']);
+
+/** Words for each level, for the indicator and for screen readers. */
+export const LEVEL_WORDS = Object.freeze({
+  good: 'Good connection',
+  fair: 'Unsteady connection',
+  poor: 'Weak connection',
+  unknown: 'Connecting…',
+});
+
+const RANK = { good: 0, fair: 1, poor: 2 };
+
+/**
+ * The level one LinkStats sample suggests, or null when it says nothing yet.
+ * @param {import('./signaling.js').LinkStats} s
+ * @returns {Level|null}
+ */
+export function levelFromStats(s) {
+  const rawLoss = s.loss ?? null;
+  const rtt = s.rtt_ms ?? null;
+  const rawConcealed = s.concealed ?? null;
+  if (rawLoss === null && rtt === null) return null;
+  // The first seconds of a call conceal and lose a little while buffers settle: judge loss
+  // and concealment only once a few seconds of packets have arrived.
+  const settled = (s.packets_in ?? 0) >= 250;
+  const loss = settled ? rawLoss : null;
+  const concealed = settled ? rawConcealed : null;
+  // Inbound packets stopped while the connection claims to be up: nothing is arriving.
+  if (s.in_bitrate === 0 && (s.packets_in ?? 0) > 0) return 'poor';
+  if ((loss ?? 0) > 0.08 || (rtt ?? 0) > 600 || (concealed ?? 0) > 0.15) return 'poor';
+  if (s.video !== false && s.fps !== undefined && s.fps !== null && s.fps < 5 && (s.frames_decoded ?? 0) > 30) {
+    return 'poor';
+  }
+  if ((loss ?? 0) > 0.02 || (rtt ?? 0) > 300 || (concealed ?? 0) > 0.05) return 'fair';
+  return 'good';
+}
+
+export class QualityBoard {
+  constructor({ now = () => Date.now(), upgradeAfterMs = 3000, serverFreshMs = 10000 } = {}) {
+    this.now = now;
+    this.upgradeAfterMs = upgradeAfterMs;
+    this.serverFreshMs = serverFreshMs;
+    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, serverAt: number, source: string}>} */
+    this._links = new Map();
+    this._handlers = new Set();
+  }
+
+  /** @param {(change: {peerId: string, level: Level|null, source: string}) => void} handler */
+  on(type, handler) {
+    if (type !== 'change') throw new Error(`QualityBoard has no '${type}' event`);
+    this._handlers.add(handler);
+    return () => this._handlers.delete(handler);
+  }
+
+  /** @returns {Level|null} */
+  level(peerId) {
+    return this._links.get(peerId)?.shown ?? null;
+  }
+
+  /** This page's own estimate for a link. */
+  fromStats(peerId, linkStats) {
+    const entry = this._entry(peerId);
+    if (this.now() - entry.serverAt < this.serverFreshMs) return; // the server's view is fresher
+    this._offer(peerId, entry, levelFromStats(linkStats), 'local');
+  }
+
+  /** The server's verdict for a link (from a `quality` message). */
+  fromServer(peerId, level) {
+    if (!LEVELS.includes(level)) return;
+    const entry = this._entry(peerId);
+    entry.serverAt = this.now();
+    this._offer(peerId, entry, level, 'server');
+  }
+
+  forget(peerId) {
+    this._links.delete(peerId);
+  }
+
+  _entry(peerId) {
+    let entry = this._links.get(peerId);
+    if (!entry) {
+      entry = { shown: null, candidate: null, since: 0, serverAt: -Infinity, source: 'local' };
+      this._links.set(peerId, entry);
+    }
+    return entry;
+  }
+
+  _offer(peerId, entry, level, source) {
+    if (level === null) return;
+    const now = this.now();
+    const worse = entry.shown === null || RANK[level] > RANK[entry.shown];
+    if (worse || source === 'server') {
+      this._show(peerId, entry, level, source);
+      return;
+    }
+    if (level === entry.shown) {
+      entry.candidate = null;
+      return;
+    }
+    // Better than shown: show it once it has held for a while.
+    if (entry.candidate !== level) {
+      entry.candidate = level;
+      entry.since = now;
+    } else if (now - entry.since >= this.upgradeAfterMs) {
+      this._show(peerId, entry, level, source);
+    }
+  }
+
+  _show(peerId, entry, level, source) {
+    entry.candidate = null;
+    entry.source = source;
+    if (entry.shown === level) return;
+    entry.shown = level;
+    for (const handler of this._handlers) handler({ peerId, level, source });
+  }
+}

@@ -1,0 +1,382 @@
+// The room page, for partners and the therapist alike: the check, the waiting room, the
+// call and the goodbye. It wires the DOM-free parts (signaling, mesh, stats, quality) to
+// the views (check.js, call.js). therapist.js and partner.js add what differs.
+//
+// Steps: check --Join--> (partner: waiting --admitted-->) call --leave/end/removed--> ended
+// A reload within the grace window skips the check and rejoins at once; the server resumes
+// the same seat, so an admitted partner does not wait again.
+
+import { SignalingClient, socketUrl, tokenFromPath } from './signaling.js';
+import { Mesh } from './peers.js';
+import { StatsSampler } from './stats.js';
+import { QualityBoard } from './quality.js';
+import { LocalMedia, explainMediaError } from './devices.js';
+import { CheckView } from './check.js';
+import { CallView } from './call.js';
+import { $, maybe, announce, confirmDialog, localizeTimes } from './ui.js';
+
+const REJOIN_KEY = 'telehealth:rejoin';
+const STATS_EVERY_MS = 1000;
+
+const STEP_TITLES = {
+  check: 'Get ready',
+  waiting: 'Waiting room',
+  call: 'In session',
+  ended: 'Session',
+};
+
+/** What the goodbye page says, per reason the session ended for this page. */
+const ENDINGS = {
+  left: ['You left the session', 'You can join again with the same link while the session is running.', 'Join again'],
+  room_ended: ['The session has ended', 'Thank you. You can close this page now.', null],
+  removed: ['You have been removed from the session', 'If you think this is a mistake, please contact your therapist.', null],
+  replaced: ['This session is open somewhere else', 'You opened your link on another device or tab, and the session continues there.', 'Use this device instead'],
+  bad_link: ['This link does not work', 'Please check you copied the whole link, or ask your therapist for a new one.', null],
+  link_expired: ['This link has expired', 'Please ask your therapist for a new link.', null],
+  link_revoked: ['This link no longer works', 'Please ask your therapist for a new link.', null],
+  room_full: ['This session is full', 'Everyone the session expects is already here. If that seems wrong, contact your therapist.', 'Try again'],
+  room_locked: ['The session is locked', 'Your therapist has locked the session. Please contact them if you need to join.', 'Try again'],
+  shutdown: ['The server is restarting', 'Please wait a moment and join again.', 'Join again'],
+};
+
+export class RoomPage {
+  /**
+   * @param {{adminActions?: Function, onWelcome?: Function}} hooks role-specific additions
+   */
+  constructor({ adminActions = null, onWelcome = null } = {}) {
+    const main = $('main');
+    this.role = main.dataset.role;
+    this.graceMs = Number(main.dataset.grace || '45') * 1000;
+    this.token = tokenFromPath(location.pathname);
+    this.onWelcome = onWelcome;
+    this.media = new LocalMedia();
+    this.check = new CheckView(this.media, { netcheckUrl: `${location.pathname.replace(/\/$/, '')}/netcheck` });
+    this.call = new CallView({ adminActions });
+    this.signaling = new SignalingClient({ url: socketUrl(location), token: this.token });
+    this.mesh = new Mesh({ signaling: this.signaling, localTracks: () => this.media.tracks() });
+    this.sampler = new StatsSampler();
+    this.board = new QualityBoard();
+    /** @type {Map<string, {audio: boolean, video: boolean}>} */
+    this.peerMedia = new Map();
+    /** @type {Map<string, string>} */
+    this.names = new Map();
+    this.step = 'check';
+    this.statsTimer = null;
+    this.joining = false;
+    this._wire();
+  }
+
+  start() {
+    localizeTimes();
+    $('join').addEventListener('click', () => this.join());
+    if (this._returning()) {
+      this._rejoin();
+    } else {
+      this.check.start();
+    }
+  }
+
+  // ---- steps ---------------------------------------------------------------------------
+
+  showStep(step) {
+    if (this.step === step) return;
+    this.step = step;
+    for (const name of ['check', 'waiting', 'call', 'ended']) {
+      const node = maybe(`${name}-step`);
+      if (node) node.hidden = name !== step;
+    }
+    document.body.classList.toggle('in-call', step === 'call');
+    document.title = `${STEP_TITLES[step]} · Telehealth`;
+    const heading = document.querySelector(`#${step}-step h1[tabindex]`);
+    if (heading instanceof HTMLElement) heading.focus();
+  }
+
+  async join() {
+    if (this.joining) return;
+    this.joining = true;
+    /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
+    $('join-status').textContent = 'Connecting…';
+    this.signaling.connect();
+  }
+
+  async _rejoin() {
+    $('join-status').textContent = 'Reconnecting you to your session…';
+    this.joining = true;
+    /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
+    this.check.runNetwork();
+    await this.check.openDevices();
+    this.signaling.connect();
+  }
+
+  _returning() {
+    try {
+      const mark = JSON.parse(sessionStorage.getItem(REJOIN_KEY) || 'null');
+      return Boolean(mark && mark.path === location.pathname && Date.now() - mark.at < this.graceMs);
+    } catch (error) {
+      return false;
+    }
+  }
+
+  _markSeated() {
+    try {
+      sessionStorage.setItem(REJOIN_KEY, JSON.stringify({ path: location.pathname, at: Date.now() }));
+    } catch (error) {
+      // Without storage a reload just shows the check again.
+    }
+  }
+
+  _forgetSeat() {
+    try {
+      sessionStorage.removeItem(REJOIN_KEY);
+    } catch (error) {
+      // Nothing to forget.
+    }
+  }
+
+  // ---- wiring --------------------------------------------------------------------------
+
+  _wire() {
+    const sig = this.signaling;
+    sig.on('waiting', () => this._enterWaiting());
+    sig.on('welcome', (m) => this._enterCall(m));
+    sig.on('peer_media', (m) => {
+      this.peerMedia.set(m.peer, { audio: m.audio, video: m.video });
+      this.call.setPeerMedia(m.peer, m);
+    });
+    sig.on('mute_request', (m) => this._mutedByTherapist(m.kind));
+    sig.on('connection', (c) => this._connectionChanged(c));
+    sig.on('closed', (detail) => this._ended(detail.reason));
+
+    this.mesh.on('peer', ({ peerId, info }) => {
+      if (info.name) this.names.set(peerId, info.name);
+      this.call.addPeer(peerId, this.names.get(peerId));
+      if (info.state === 'reconnecting') this.call.banner(`presence-${peerId}`, `${this._name(peerId)} is reconnecting…`);
+    });
+    this.mesh.on('stream', ({ peerId, stream }) => this.call.setStream(peerId, stream));
+    this.mesh.on('state', ({ peerId, state }) => this._linkState(peerId, state));
+    this.mesh.on('presence', ({ peerId, state }) => this._presence(peerId, state));
+    this.mesh.on('removed', ({ peerId }) => {
+      this.call.removePeer(peerId);
+      this.board.forget(peerId);
+      this.call.clearBanner(`link-${peerId}`);
+      this.call.clearBanner(`quality-${peerId}`);
+    });
+    // The indicator follows the board, whatever feeds it: this page's stats now; the
+    // server's `quality` messages once they exist, with one line here:
+    //   sig.on('quality', (m) => this.board.fromServer(m.peer, m.level));
+    this.board.on('change', ({ peerId, level }) => {
+      this.call.setQuality(peerId, level);
+      if (level === 'poor') {
+        this.call.banner(`quality-${peerId}`, `Your connection to ${this._name(peerId)} is weak. Video may freeze.`);
+      } else {
+        this.call.clearBanner(`quality-${peerId}`);
+      }
+    });
+
+    this.media.on('change', ({ kind, track }) => {
+      this.mesh.setTrack(kind, track);
+      if (kind === 'video') {
+        this.call.setSelf(track);
+        const waiting = maybe('waiting-preview');
+        if (waiting) waiting.srcObject = track ? new MediaStream([track]) : null;
+      }
+    });
+
+    $('toggle-mic').addEventListener('click', () => this.setMicMuted(!this.media.micMuted));
+    $('toggle-camera').addEventListener('click', () => this.setCameraOff(!this.media.cameraOff));
+    $('open-settings').addEventListener('click', () => this._openSettings());
+    $('settings-close').addEventListener('click', () => /** @type {HTMLDialogElement} */ ($('settings-dialog')).close());
+    $('leave').addEventListener('click', () => this.leave());
+    maybe('waiting-leave')?.addEventListener('click', () => this.leave(false));
+    $('rejoin').addEventListener('click', () => location.reload());
+    $('speaker-select').addEventListener('change', (e) => this.call.setSpeaker(e.target.value));
+
+    window.addEventListener('online', () => sig.reconnectNow());
+    window.addEventListener('pagehide', () => {
+      if (this.step === 'call' || this.step === 'waiting') this._markSeated();
+    });
+  }
+
+  _name(peerId) {
+    return this.names.get(peerId) || 'Someone';
+  }
+
+  _enterWaiting() {
+    this._markSeated();
+    this.call.clearBanner('self');
+    $('connection-pill').hidden = true;
+    const preview = maybe('waiting-preview');
+    if (preview && this.media.video) {
+      preview.srcObject = new MediaStream([this.media.video]);
+      preview.play().catch(() => {});
+    }
+    if (this.step !== 'waiting') {
+      this.showStep('waiting');
+      announce('You are in the waiting room. Your therapist will let you in.');
+    }
+  }
+
+  /** @param {import('./signaling.js').Welcome} welcome */
+  _enterCall(welcome) {
+    this._markSeated();
+    this.call.clearBanner('self');
+    $('connection-pill').hidden = true;
+    const entering = this.step !== 'call';
+    if (entering) {
+      this.check.moveDevicesTo($('settings-body'));
+      this.call.setSelf(this.media.video);
+      this.call.setSpeaker(this.media.speaker);
+      this._syncControls();
+      this.showStep('call');
+      announce(welcome.peers.length
+        ? `You are in the session with ${welcome.peers.map((p) => p.name).join(' and ')}.`
+        : 'You are in the session. The others will appear when they join.');
+    }
+    this.signaling.media(!this.media.micMuted, Boolean(this.media.video));
+    this.onWelcome?.(welcome);
+    if (this.statsTimer === null) this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
+  }
+
+  _presence(peerId, state) {
+    const name = this._name(peerId);
+    const key = `presence-${peerId}`;
+    if (state === 'reconnecting') {
+      this.call.banner(key, `${name} is reconnecting…`);
+    } else if (state === 'back') {
+      this.call.banner(key, `${name} is back.`, 'info');
+      this.call.clearBanner(key, 4000);
+    } else if (state === 'left') {
+      this.call.banner(key, `${name} has left the session.`, 'info');
+      this.call.clearBanner(key, 8000);
+    }
+  }
+
+  _linkState(peerId, state) {
+    this.call.setConnection(peerId, state);
+    const key = `link-${peerId}`;
+    if (state === 'disconnected' || state === 'failed') {
+      this.call.banner(key, `The connection to ${this._name(peerId)} was interrupted. Reconnecting…`);
+    } else if (state === 'connected') {
+      this.call.clearBanner(key);
+    }
+  }
+
+  _connectionChanged({ state }) {
+    const pill = $('connection-pill');
+    if (state === 'reconnecting' && this.signaling.seated) {
+      pill.textContent = 'Reconnecting…';
+      pill.hidden = false;
+      if (this.step === 'call') {
+        this.call.banner('self', 'Your connection to the server dropped. Reconnecting…', 'bad');
+      }
+    }
+  }
+
+  _mutedByTherapist(kind) {
+    if (kind === 'audio') {
+      this.setMicMuted(true);
+      this.call.banner('muted', 'Your therapist muted your microphone. Press Unmute when you want to speak.', 'info');
+      this.call.clearBanner('muted', 8000);
+    } else {
+      this.setCameraOff(true);
+      this.call.banner('muted', 'Your therapist turned off your video. Press Start video to turn it back on.', 'info');
+      this.call.clearBanner('muted', 8000);
+    }
+  }
+
+  // ---- controls ------------------------------------------------------------------------
+
+  setMicMuted(muted) {
+    this.media.setMicMuted(muted);
+    this._syncControls();
+    this.signaling.media(!muted, Boolean(this.media.video));
+    announce(muted ? 'Your microphone is off.' : 'Your microphone is on.');
+  }
+
+  async setCameraOff(off) {
+    try {
+      await this.media.setCameraOff(off);
+      announce(off ? 'Your camera is off.' : 'Your camera is on.');
+    } catch (error) {
+      const why = explainMediaError(error, 'video');
+      this.call.banner('camera', `${why.title}. ${why.steps[0]}`, 'bad');
+      this.call.clearBanner('camera', 10000);
+    }
+    this._syncControls();
+    this.signaling.media(!this.media.micMuted, Boolean(this.media.video));
+  }
+
+  _syncControls() {
+    const mic = $('toggle-mic');
+    mic.textContent = this.media.micMuted ? 'Unmute' : 'Mute';
+    mic.classList.toggle('off', this.media.micMuted);
+    const camera = $('toggle-camera');
+    const off = !this.media.video;
+    camera.textContent = off ? 'Start video' : 'Stop video';
+    camera.classList.toggle('off', off);
+    this.call.setSelfMuted(this.media.micMuted);
+  }
+
+  _openSettings() {
+    const dialog = /** @type {HTMLDialogElement} */ ($('settings-dialog'));
+    this.check.fillPickers();
+    dialog.showModal();
+  }
+
+  async leave(ask = true) {
+    if (ask) {
+      const sure = await confirmDialog({
+        title: 'Leave the session?',
+        text: 'You can join again with the same link while the session is running.',
+        confirm: 'Leave',
+        cancel: 'Stay',
+      });
+      if (!sure) return;
+    }
+    if (!this.signaling.leave()) this._ended('left');
+  }
+
+  // ---- stats ---------------------------------------------------------------------------
+
+  async _sendStats() {
+    const connections = this.mesh.connections().filter((c) => c.pc.connectionState !== 'closed');
+    const links = [];
+    for (const c of connections) {
+      const video = this.peerMedia.get(c.peerId)?.video ?? true;
+      try {
+        const stats = await this.sampler.sample(c.pc, { peer: c.peerId, pcId: c.pcId, video });
+        links.push(stats);
+        this.board.fromStats(c.peerId, stats);
+      } catch (error) {
+        // A connection closed while sampling: the next round will not include it.
+      }
+    }
+    this.sampler.keepOnly(connections.map((c) => c.pcId));
+    if (links.length) this.signaling.stats(links);
+    if (this.step === 'call') this._markSeated();
+  }
+
+  // ---- the end -------------------------------------------------------------------------
+
+  _ended(reason) {
+    if (this.step === 'ended') return;
+    if (this.statsTimer !== null) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    this._forgetSeat();
+    this.mesh.close();
+    this.check.stop();
+    this.media.stop();
+    this.call.clear();
+    $('connection-pill').hidden = true;
+    const [title, text, again] = ENDINGS[reason] ?? [
+      'You are no longer connected', 'Something went wrong. Please open your link again.', 'Join again',
+    ];
+    $('ended-title').textContent = title;
+    $('ended-text').textContent = text;
+    const rejoin = $('rejoin');
+    rejoin.hidden = !again;
+    if (again) rejoin.textContent = again;
+    $('ended-step').dataset.reason = reason;
+    this.showStep('ended');
+  }
+}

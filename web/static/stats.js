@@ -1,0 +1,170 @@
+// Link statistics from RTCPeerConnection.getStats(), as the protocol's LinkStats.
+//
+// DOM-free: the call page sends these in `stats` messages about once a second, and the
+// quality indicator and the fallback logic read the same numbers. `linkStatsFromReport` is
+// a pure function of one report and the previous snapshot, so it can be tested with
+// recorded reports; `StatsSampler` keeps the snapshots per connection.
+
+/**
+ * Counters kept between samples to turn cumulative numbers into rates.
+ * @typedef {{t: number, packetsIn: number, packetsLost: number, bytesIn: number, bytesOut: number,
+ *            framesDecoded: number, concealed: number, samples: number}} Snapshot
+ */
+
+function round(value, digits) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return null;
+  const scale = 10 ** digits;
+  return Math.round(value * scale) / scale;
+}
+
+/** The selected candidate pair of a report, by the transport's pointer or the pair's flags. */
+function selectedPair(byId, all) {
+  for (const s of all) {
+    if (s.type === 'transport' && s.selectedCandidatePairId && byId.has(s.selectedCandidatePairId)) {
+      return byId.get(s.selectedCandidatePairId);
+    }
+  }
+  let best = null;
+  for (const s of all) {
+    if (s.type !== 'candidate-pair') continue;
+    if (s.selected) return s;
+    if (s.nominated && s.state === 'succeeded') best = best ?? s;
+  }
+  return best;
+}
+
+/**
+ * One LinkStats from a stats report.
+ * @param {RTCStatsReport|Map<string, any>} report
+ * @param {Snapshot|null} previous the snapshot returned with the last sample of this connection
+ * @param {number} nowMs a monotonic clock in milliseconds
+ * @param {{peer: string, pcId?: string|null, video?: boolean}} about
+ * @returns {{stats: import('./signaling.js').LinkStats, snapshot: Snapshot}}
+ */
+export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null, video = true }) {
+  const all = [...report.values()];
+  const byId = new Map(all.map((s) => [s.id, s]));
+  let packetsIn = 0;
+  let packetsLost = 0;
+  let bytesIn = 0;
+  let bytesOut = 0;
+  let framesDecoded = null;
+  let framesDropped = null;
+  let fps = null;
+  let audioJitter = null;
+  let videoJitter = null;
+  let concealed = 0;
+  let samples = 0;
+  let remoteRtt = null;
+  let sawInbound = false;
+
+  for (const s of all) {
+    if (s.type === 'inbound-rtp') {
+      sawInbound = true;
+      packetsIn += s.packetsReceived ?? 0;
+      packetsLost += Math.max(0, s.packetsLost ?? 0);
+      bytesIn += s.bytesReceived ?? 0;
+      if (s.kind === 'audio') {
+        if (typeof s.jitter === 'number') audioJitter = s.jitter;
+        concealed += s.concealedSamples ?? 0;
+        samples += s.totalSamplesReceived ?? 0;
+      } else if (s.kind === 'video') {
+        if (typeof s.jitter === 'number') videoJitter = s.jitter;
+        framesDecoded = (framesDecoded ?? 0) + (s.framesDecoded ?? 0);
+        if (typeof s.framesDropped === 'number') framesDropped = (framesDropped ?? 0) + s.framesDropped;
+        if (typeof s.framesPerSecond === 'number') fps = (fps ?? 0) + s.framesPerSecond;
+      }
+    } else if (s.type === 'outbound-rtp') {
+      bytesOut += s.bytesSent ?? 0;
+    } else if (s.type === 'remote-inbound-rtp' && typeof s.roundTripTime === 'number') {
+      remoteRtt = Math.max(remoteRtt ?? 0, s.roundTripTime);
+    }
+  }
+
+  const pair = selectedPair(byId, all);
+  const rttSeconds = pair && typeof pair.currentRoundTripTime === 'number' ? pair.currentRoundTripTime : remoteRtt;
+  let candidate = null;
+  if (pair) {
+    const local = byId.get(pair.localCandidateId);
+    const remote = byId.get(pair.remoteCandidateId);
+    // Relayed on either end is what matters to someone reading "is TURN in use".
+    if (local?.candidateType === 'relay' || remote?.candidateType === 'relay') candidate = 'relay';
+    else candidate = local?.candidateType ?? null;
+  }
+
+  const snapshot = {
+    t: nowMs, packetsIn, packetsLost, bytesIn, bytesOut,
+    framesDecoded: framesDecoded ?? 0, concealed, samples,
+  };
+  const seconds = previous ? (nowMs - previous.t) / 1000 : 0;
+  let loss = null;
+  let concealedShare = null;
+  let inBitrate = null;
+  let outBitrate = null;
+  if (previous && seconds > 0) {
+    const lost = packetsLost - previous.packetsLost;
+    const got = packetsIn - previous.packetsIn;
+    loss = lost + got > 0 ? Math.max(0, lost) / (Math.max(0, lost) + got) : null;
+    const sampled = samples - previous.samples;
+    concealedShare = sampled > 0 ? (concealed - previous.concealed) / sampled : null;
+    inBitrate = ((bytesIn - previous.bytesIn) * 8) / seconds;
+    outBitrate = ((bytesOut - previous.bytesOut) * 8) / seconds;
+    if (fps === null && framesDecoded !== null) fps = (framesDecoded - previous.framesDecoded) / seconds;
+  } else if (sawInbound && packetsIn + packetsLost > 0) {
+    loss = packetsLost / (packetsIn + packetsLost);
+    concealedShare = samples > 0 ? concealed / samples : null;
+  }
+  const jitter = audioJitter ?? videoJitter;
+
+  /** @type {import('./signaling.js').LinkStats} */
+  const stats = { peer, video: Boolean(video) };
+  if (pcId) stats.pc = pcId;
+  const put = (key, value) => {
+    if (value !== null && value !== undefined) stats[key] = value;
+  };
+  put('rtt_ms', round(rttSeconds === null ? null : rttSeconds * 1000, 1));
+  put('jitter_ms', round(jitter === null ? null : jitter * 1000, 1));
+  put('loss', round(loss, 4));
+  if (sawInbound) {
+    put('packets_in', packetsIn);
+    put('bytes_in', bytesIn);
+  }
+  put('frames_decoded', framesDecoded);
+  put('frames_dropped', framesDropped);
+  put('fps', round(fps, 1));
+  put('concealed', round(concealedShare, 4));
+  put('out_bitrate', round(outBitrate, 0));
+  put('in_bitrate', round(inBitrate, 0));
+  put('candidate', candidate);
+  return { stats, snapshot };
+}
+
+/** Samples connections, remembering each one's last snapshot. */
+export class StatsSampler {
+  constructor({ now = () => globalThis.performance.now() } = {}) {
+    this.now = now;
+    /** @type {Map<string, Snapshot>} */
+    this._previous = new Map();
+  }
+
+  /**
+   * @param {RTCPeerConnection} pc
+   * @param {{peer: string, pcId: string, video?: boolean}} about
+   * @returns {Promise<import('./signaling.js').LinkStats>}
+   */
+  async sample(pc, about) {
+    const report = await pc.getStats();
+    const key = about.pcId || about.peer;
+    const { stats, snapshot } = linkStatsFromReport(report, this._previous.get(key) ?? null, this.now(), about);
+    this._previous.set(key, snapshot);
+    return stats;
+  }
+
+  /** Drop snapshots of connections that are gone. @param {Iterable<string>} liveKeys */
+  keepOnly(liveKeys) {
+    const live = new Set(liveKeys);
+    for (const key of [...this._previous.keys()]) {
+      if (!live.has(key)) this._previous.delete(key);
+    }
+  }
+}
