@@ -1,0 +1,162 @@
+"""Shared Playwright helpers: one headless Chromium per test session, a context per person.
+
+Use from any test module::
+
+    from tests.browser import browser, new_person_context, screenshot  # noqa: F401
+
+``browser`` is session-scoped and shared through the pytest config's stash, so however many
+modules import it, Chromium starts once. Every person gets their own context (their own
+cookies, storage and permissions), like separate devices. Debian's Chromium is driven
+directly; Playwright never downloads a browser. Without /usr/bin/chromium the tests fail
+with a message saying how to install it; they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, async_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+)
+
+# A laptop and a phone held upright, for layouts that must work on both.
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@dataclass
+class _SharedBrowser:
+    playwright: Playwright
+    browser: Browser
+    users: int = 0
+
+
+_SHARED = pytest.StashKey[_SharedBrowser]()
+
+
+async def launch_chromium(playwright: Playwright) -> Browser:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium. "
+            "Install it with `apt-get install -y chromium` (do not run `playwright install`).",
+            pytrace=False,
+        )
+    return await playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS)
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
+    """The test session's one Chromium."""
+    shared = request.config.stash.get(_SHARED, None)
+    if shared is None:
+        playwright = await async_playwright().start()
+        try:
+            launched = await launch_chromium(playwright)
+        except BaseException:
+            await playwright.stop()
+            raise
+        shared = _SharedBrowser(playwright, launched)
+        request.config.stash[_SHARED] = shared
+    shared.users += 1
+    try:
+        yield shared.browser
+    finally:
+        shared.users -= 1
+        if shared.users == 0:
+            del request.config.stash[_SHARED]
+            await shared.browser.close()
+            await shared.playwright.stop()
+
+
+async def new_person_context(
+    browser: Browser,
+    permissions: Iterable[str] = ("camera", "microphone"),
+    *,
+    viewport: dict[str, int] | None = None,
+    **options: Any,
+) -> BrowserContext:
+    """A fresh context for one person: their own storage and the permissions they granted."""
+    return await browser.new_context(
+        permissions=list(permissions), viewport=viewport or LAPTOP, **options
+    )
+
+
+def screenshot_path(name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
+
+
+async def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
+    """Save a screenshot under test-artifacts/screenshots/ and return its path."""
+    path = screenshot_path(name)
+    await page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+@dataclass
+class ConsoleWatch:
+    """What a page printed: errors, and the Content-Security-Policy violations among them."""
+
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def csp_violations(self) -> list[str]:
+        return [m for m in self.messages if "Content Security Policy" in m or "Refused to" in m]
+
+
+def watch_console(page: Page) -> ConsoleWatch:
+    watch = ConsoleWatch()
+
+    def on_message(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            watch.messages.append(message.text)
+
+    page.on("console", on_message)
+    page.on("pageerror", lambda error: watch.messages.append(f"pageerror: {error}"))
+    return watch
+
+
+async def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "critical")) -> list[dict[str, Any]]:
+    """Run axe-core (npm) in the page and return violations of the given impacts.
+
+    The script is evaluated through the DevTools protocol, which the page's CSP does not
+    govern, so the pages keep their strict policy during the check.
+    """
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: run `npm ci` in the repository root.", pytrace=False)
+    if not await page.evaluate("() => typeof window.axe === 'object'"):
+        await page.evaluate(AXE.read_text())
+    result = await page.evaluate(
+        """async () => {
+            const r = await axe.run(document, {resultTypes: ['violations']});
+            return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}));
+        }"""
+    )
+    return [v for v in result if v["impact"] in impacts]
+
+
+def describe(violations: list[dict[str, Any]]) -> str:
+    return json.dumps(violations, indent=2)
