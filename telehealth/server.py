@@ -15,6 +15,16 @@ from telehealth.tls import self_signed, server_context
 log = logging.getLogger("telehealth")
 
 
+def tune_runtime() -> None:
+    """The event loop and interpreter settings the server runs with (the benchmarks' relay too)."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+
 def serve(config: Config) -> None:
     logs.configure(config.log_level)
     ssl_context = None
@@ -22,12 +32,7 @@ def serve(config: Config) -> None:
         ssl_context = server_context(config.tls_cert, config.tls_key)
     elif config.tls_self_signed:
         ssl_context = server_context(*self_signed(config.data_dir / "tls", config.host))
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    tune_runtime()
     app = create_app(config)
     if not config.turn_urls:
         log.warning("no TURN server configured: partners behind strict firewalls may fail to connect")
