@@ -50,6 +50,8 @@ class PeerLink:
     first_frame_at: dict[str, float] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     presence: str = "in_call"
+    # Inbound (packets, lost) at the last stats report, for per-interval loss.
+    last_counts: tuple[int, int] = (0, 0)
 
 
 class SyntheticParticipant:
@@ -62,6 +64,7 @@ class SyntheticParticipant:
         video_size: tuple[int, int] = (320, 240),
         ssl_context: ssl.SSLContext | bool = True,
         origin: str | None = None,
+        stats_interval: float | None = 0.25,
     ) -> None:
         parts = urlsplit(link)
         self.link = link
@@ -85,6 +88,8 @@ class SyntheticParticipant:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self.stats_interval = stats_interval
+        self._stats_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -98,6 +103,8 @@ class SyntheticParticipant:
         self.join_sent_at = time.monotonic()
         await self.send({"type": "join", "v": 1, "token": self.token})
         self._reader = asyncio.create_task(self._read(self._ws))
+        if self.stats_interval and self._stats_task is None:
+            self._stats_task = asyncio.create_task(self._report_stats(self.stats_interval))
 
     async def drop_signaling(self) -> None:
         """Lose the socket without saying goodbye (media connections stay up)."""
@@ -116,6 +123,11 @@ class SyntheticParticipant:
         await self.close()
 
     async def close(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+            self._stats_task = None
         for link in list(self.links.values()):
             await self._close_link(link)
         if self._ws is not None:
@@ -232,10 +244,64 @@ class SyntheticParticipant:
                 link.presence = m["state"]
                 if m["state"] == "left":
                     await self._close_link(self.links.pop(m["peer"]))
+        elif kind == "fallback":
+            await self._on_fallback(m)
         elif kind == "error":
             self.errors.append(m)
         elif kind == "bye":
             self.bye = m
+
+    async def _on_fallback(self, m: dict[str, Any]) -> None:
+        """Carry out the flow's rejoin steps as far as aiortc can."""
+        action, person = m["action"], m["person"]
+        if action == "ice_restart" and person == self.me.get("id"):
+            # aiortc has no ICE restart: say so at once, so the flow moves on.
+            await self.send({"type": "rejoin_result", "step": "ice_restart", "ok": False})
+        elif action == "fresh_connection":
+            targets = list(self.links) if person == self.me.get("id") else [person]
+            for peer_id in targets:
+                link = self.links.get(peer_id)
+                if link is not None and link.offerer:
+                    await self._offer(link)
+
+    async def _report_stats(self, interval: float) -> None:
+        """Send ``stats`` like a page does: inbound counters per peer, from getStats()."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._ws is None or self.state != "in_call":
+                continue
+            links = []
+            for link in list(self.links.values()):
+                pc = link.pc
+                if pc is None or pc.connectionState != "connected":
+                    continue
+                packets = lost = bytes_in = 0
+                jitter_ms: float | None = None
+                rtt_ms: float | None = None
+                for stat in (await pc.getStats()).values():
+                    if stat.type == "inbound-rtp":
+                        packets += stat.packetsReceived
+                        lost += max(stat.packetsLost, 0)
+                        if stat.kind == "audio":
+                            jitter_ms = stat.jitter / 48.0
+                    elif stat.type == "remote-inbound-rtp" and stat.kind == "audio" and stat.roundTripTime:
+                        rtt_ms = stat.roundTripTime * 1000.0
+                    elif stat.type == "transport":
+                        bytes_in = stat.bytesReceived
+                # Loss over the last interval, as the protocol asks, from the counters' deltas.
+                seen, missed = packets - link.last_counts[0], lost - link.last_counts[1]
+                link.last_counts = (packets, lost)
+                links.append({
+                    "peer": link.peer_id, "pc": link.pc_id, "packets_in": packets, "bytes_in": bytes_in,
+                    "loss": missed / (seen + missed) if seen + missed > 0 else 0.0,
+                    "jitter_ms": jitter_ms, "rtt_ms": rtt_ms, "video": True,
+                    # aiortc has no candidate-pair stats; relay-only is the one case we know.
+                    "candidate": "relay" if self.relay_only else None,
+                })
+            if links:
+                with contextlib.suppress(ConnectionError):
+                    await self.send({"type": "stats", "links": [
+                        {k: v for k, v in entry.items() if v is not None} for entry in links]})
 
     async def _meet(self, peer_id: str, *, offerer: bool, resumed: bool) -> None:
         link = self.links.get(peer_id)
@@ -259,7 +325,7 @@ class SyntheticParticipant:
             iceTransportPolicy=RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL,
         )
         pc = RTCPeerConnection(config)
-        link.pc, link.pc_id = pc, pc_id
+        link.pc, link.pc_id, link.last_counts = pc, pc_id, (0, 0)
 
         @pc.on("track")
         def on_track(track: Any) -> None:

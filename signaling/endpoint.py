@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
+from signaling.watch import RoomWatch
 from telehealth import rooms
 from telehealth.audit import AuditEvent, AuditLog, LinkRejectReason
 from telehealth.config import Config
@@ -45,6 +46,7 @@ class Signaling:
     hub: RoomHub
     clock: Callable[[], float]
     audit: AuditLog | None = None
+    watch: RoomWatch | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
     event_sinks: list[EventSink] = field(default_factory=list)
     error_sinks: list[ErrorSink] = field(default_factory=list)
@@ -63,6 +65,8 @@ class Signaling:
         for conn, reason in out.closes:
             conn.close_after_flush(reason)  # type: ignore[attr-defined]
         for event in out.events:
+            if self.watch is not None:
+                self.deliver(self.watch.on_hub_event(event, self.clock()))
             for sink in self.event_sinks:
                 sink(event)
 
@@ -226,6 +230,8 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Stats):
         room, member = hub.seat_of(sock)
         now = sig.clock()
+        if sig.watch is not None:
+            sig.watch.on_stats(room, member, msg, now)
         for sink in sig.stats_sinks:
             sink(room, member, msg, now)
     elif isinstance(msg, p.Ping):
@@ -244,6 +250,11 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
         sig.deliver(hub.mute(sock, msg.participant, msg.kind))
     elif isinstance(msg, p.Lock):
         sig.deliver(hub.lock(sock, msg.locked, sig.clock()))
+    elif isinstance(msg, (p.SwitchToPhone, p.ReturnToVideo, p.Hold, p.Resume, p.RejoinResult, p.GetLedger)):
+        if sig.watch is None:
+            raise TelehealthError(ErrorCode.FORBIDDEN, "The fallback flow is not running.")
+        room, member = hub.seat_of(sock)
+        sig.deliver(sig.watch.command(room, member, msg, sig.clock()))
     elif isinstance(msg, p.End):
         room_id = hub.require_therapist(sock)
         now = sig.clock()
@@ -286,7 +297,8 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
 
 
 async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
-    """End grace windows on time, and notice rooms ended by another process."""
+    """End grace windows on time, run the fallback flow's clock, and notice rooms ended by
+    another process."""
     version = sig.store.data_version()
     poll = sig.config.store_poll_seconds
     next_expire = 0.0
@@ -294,6 +306,8 @@ async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
         await asyncio.sleep(poll)
         sig.last_tick = time.monotonic()
         now = sig.clock()
+        if sig.watch is not None:
+            sig.deliver(sig.watch.tick(now))
         if now >= next_expire:
             sig.deliver(sig.hub.expire(now))
             next_expire = now + interval

@@ -41,7 +41,7 @@ def no_extras(record: RoomRecord, person: Person, now: float) -> tuple[list[p.Ic
     return [], None
 
 MemberEventKind = Literal[
-    "waiting", "joined", "admitted", "reconnecting", "back", "replaced", "left", "removed"
+    "waiting", "joined", "admitted", "reconnecting", "back", "replaced", "left", "expired", "removed"
 ]
 RoomEventKind = Literal["opened", "locked", "unlocked", "ended", "closed"]
 
@@ -319,7 +319,7 @@ class RoomHub:
         for room in list(self.rooms.values()):
             for member in list(room.members.values()):
                 if member.deadline is not None and member.deadline <= now:
-                    self._remove(room, member, now, out, "left")
+                    self._remove(room, member, now, out, "expired")
         return out
 
     def _remove(self, room: LiveRoom, member: Member, now: float, out: Outbox, kind: MemberEventKind) -> None:

@@ -210,14 +210,51 @@ class End(_Msg, tag="end"):
     pass
 
 
+class SwitchToPhone(_Msg, tag="switch_to_phone"):
+    """The therapist moves a partner to the phone step now, before the rejoin window ends."""
+
+    participant: Ref
+
+
+class ReturnToVideo(_Msg, tag="return_to_video"):
+    """Back from the phone step to video; the therapist names the partner, a partner omits it."""
+
+    participant: Ref | None = None
+
+
+class Hold(_Msg, tag="hold"):
+    pass
+
+
+class Resume(_Msg, tag="resume"):
+    pass
+
+
+RejoinStep = Literal["ice_restart", "fresh_connection", "page_rejoin"]
+
+
+class RejoinResult(_Msg, tag="rejoin_result"):
+    """How a rejoin step the server asked for went, from the page that tried it."""
+
+    step: RejoinStep
+    ok: bool
+
+
+class GetLedger(_Msg, tag="get_ledger"):
+    pass
+
+
 ClientMessage = Union[
     Join, ClientSdp, ClientCandidate, ClientRestart, Ping, Leave, MediaState, Stats,
-    Admit, Remove, Mute, Lock, End,
+    Admit, Remove, Mute, Lock, End, SwitchToPhone, ReturnToVideo, Hold, Resume, RejoinResult,
+    GetLedger,
 ]
 CLIENT_TYPES = frozenset(
     t.__struct_config__.tag for t in ClientMessage.__args__  # type: ignore[attr-defined]
 )
-THERAPIST_ONLY = frozenset({"admit", "remove", "mute", "lock", "end"})
+THERAPIST_ONLY = frozenset(
+    {"admit", "remove", "mute", "lock", "end", "switch_to_phone", "hold", "resume", "get_ledger"}
+)
 
 
 # -- server to client ---------------------------------------------------------------------
@@ -300,9 +337,83 @@ class Bye(_Msg, tag="bye"):
     message: str = ""
 
 
+QualityLevel = Literal["good", "fair", "poor", "lost"]
+
+
+class LinkQuality(msgspec.Struct, omit_defaults=True):
+    """The monitor's verdict on one pair, from ``a``'s and ``b``'s reports."""
+
+    a: str
+    b: str
+    level: QualityLevel
+    mos: float | None = None
+    relay: bool = False
+
+
+class Quality(_Msg, tag="quality"):
+    """Everyone's connection quality, sent when a level changes. ``weak`` names the person
+    whose own network is the cause, when the monitor can tell."""
+
+    links: list[LinkQuality]
+    people: dict[str, QualityLevel]
+    weak: str | None = None
+
+
+FallbackStep = Literal[
+    "lower_video", "audio_only", "restore_video", "ice_restart", "fresh_connection",
+    "page_rejoin", "hold", "unhold", "phone",
+]
+
+
+class FallbackAction(_Msg, tag="fallback"):
+    """A step of the fallback flow for ``person``; each page applies it to its links."""
+
+    action: FallbackStep
+    person: str
+    attempt: int | None = None
+    waiting_for: str | None = None
+
+
+class Notice(_Msg, tag="notice"):
+    """A plain-words message for this reader about ``about`` (or about nobody)."""
+
+    kind: str
+    text: str
+    about: str | None = None
+
+
+class CallPrompt(_Msg, tag="call_prompt"):
+    """Therapist only: call this partner now."""
+
+    callee: str
+    name: str
+    phone: str | None
+    href: str | None
+    text: str
+
+
+class LedgerRow(msgspec.Struct, omit_defaults=True):
+    disruption: int
+    person: str
+    cause: str
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    step: str | None = None
+    step_at: float | None = None
+    step_outcome: str | None = None
+
+
+class Ledger(_Msg, tag="ledger"):
+    """Therapist only: the session's disruptions, one row per step (ids, no names)."""
+
+    rows: list[LedgerRow]
+
+
 ServerMessage = Union[
     Welcome, Waiting, Lobby, PeerJoined, PresenceChanged, ServerSdp, ServerCandidate,
-    ServerRestart, Pong, PeerMedia, MuteRequest, RoomChanged, Error, Bye,
+    ServerRestart, Pong, PeerMedia, MuteRequest, RoomChanged, Error, Bye, Quality,
+    FallbackAction, Notice, CallPrompt, Ledger,
 ]
 
 
@@ -337,7 +448,8 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc))
 
 
-def encode(msg: ServerMessage | ClientMessage) -> bytes:
+def encode(msg: object) -> bytes:
+    """JSON for a message, or any protocol part (rows of a ledger) to store or export."""
     return _encoder.encode(msg)
 
 

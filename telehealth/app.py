@@ -30,8 +30,14 @@ READY_STALE_SECONDS = 5.0
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    from fallback.dialers import CallRequest, Dialer, TelDialer, WebhookDialer
+    from fallback.notices import fallback_plan
+    from signaling import protocol
     from signaling.endpoint import SIGNALING, Signaling, expire_loop, websocket_handler
     from signaling.hub import HubEvent, MemberEvent, RoomHub
+    from signaling.watch import RoomWatch
+    from telehealth.store import Person, RoomRecord
+    from telehealth.turn import ice_servers_for
     from web import pages
 
     store = Store.open(config.data_dir, config.key_path)
@@ -40,9 +46,33 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[CONFIG] = config
     app[STORE] = store
     app[AUDIT] = audit
-    sig = Signaling(config=config, store=store, hub=RoomHub(grace_seconds=config.grace_seconds),
-                    clock=clock, audit=audit)
+    def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
+            list[protocol.IceServer], protocol.FallbackPlan]:
+        # Fresh TURN credentials on every (re)join; each person's own fallback plan.
+        return (ice_servers_for(config, person.id, now),
+                fallback_plan(record, person, config.rejoin_window_seconds))
+
+    hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras)
+    watch = RoomWatch(hub, rejoin_window_s=config.rejoin_window_seconds)
+    sig = Signaling(config=config, store=store, hub=hub, clock=clock, audit=audit, watch=watch)
     app[SIGNALING] = sig
+
+    dialer: Dialer = (WebhookDialer(config.phone_webhook_url, config.phone_webhook_secret or "")
+                      if config.phone_webhook_url else TelDialer())
+    dial_tasks: set[asyncio.Task[bool]] = set()
+
+    def on_phone_step(room_id: str, therapist: Person, callee: Person) -> None:
+        audit.append(AuditEvent.PHONE_SWITCH, room_id=room_id, person_id=callee.id, actor="server")
+        task = asyncio.get_running_loop().create_task(dialer.dial(CallRequest(
+            room_id=room_id, callee_id=callee.id, phone=callee.phone, therapist_id=therapist.id, at=clock())))
+        dial_tasks.add(task)
+        task.add_done_callback(dial_tasks.discard)
+
+    def on_ledger(room_id: str, rows: list[protocol.LedgerRow]) -> None:
+        store.save_ledger(room_id, protocol.encode(rows).decode(), clock())
+
+    watch.phone_listeners.append(on_phone_step)
+    watch.ledger_listeners.append(on_ledger)
 
     def audit_hub_event(event: HubEvent) -> None:
         if isinstance(event, MemberEvent) and event.kind in ("admitted", "removed"):

@@ -47,6 +47,9 @@ class Config:
     turn_urls: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_credential_ttl_seconds: float = 3600.0
+    # Phone step: without a webhook the therapist dials from a tel: link on their page.
+    phone_webhook_url: str | None = None
+    phone_webhook_secret: str | None = None
     # Key for personal data at rest; defaults to <data_dir>/telehealth.key.
     key_file: Path | None = None
     # Ended rooms lose their names, phone numbers and links after this long.

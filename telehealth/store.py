@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS links (
     revoked_at REAL
 );
 CREATE INDEX IF NOT EXISTS links_person ON links(person_id);
+-- The disruption ledger of a session: opaque ids, causes, steps and times, no names.
+CREATE TABLE IF NOT EXISTS ledgers (
+    room_id TEXT PRIMARY KEY REFERENCES rooms(id),
+    rows TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -238,6 +244,19 @@ class Store:
                 " VALUES (?,?,?,?,?)",
                 (link.token_hash, person_id, room_id, now, link.expires_at),
             )
+
+    # -- ledgers ---------------------------------------------------------------------
+
+    def save_ledger(self, room_id: str, rows_json: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO ledgers (room_id, rows, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT(room_id) DO UPDATE SET rows = excluded.rows, updated_at = excluded.updated_at",
+            (room_id, rows_json, now),
+        )
+
+    def load_ledger(self, room_id: str) -> str | None:
+        row = self._db.execute("SELECT rows FROM ledgers WHERE room_id = ?", (room_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

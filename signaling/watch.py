@@ -1,0 +1,253 @@
+"""Room watch: connection quality and the fallback flow of each live room.
+
+The owner of quality state. It feeds each room's QualityMonitor with the pages' stats and
+the hub's presence events, runs the room's FallbackFlow every tick, and turns the flow's
+actions into protocol messages (an Outbox, delivered by the caller like the hub's). The
+decisions themselves are the pure code in ``fallback/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fallback import events as fe
+from fallback.flow import FallbackFlow, FallbackTimings
+from fallback.ledger import Step
+from fallback.notices import Notice, call_prompt, mask_phone, notice_text
+from fallback.scoring import Cause, LinkSample, QualityMonitor, RoomQuality
+from signaling import protocol as p
+from signaling.hub import HubEvent, LiveRoom, Member, MemberEvent, Outbox, RoomEvent, RoomHub
+from telehealth.errors import ErrorCode, UserError
+from telehealth.store import Person
+from telehealth.tokens import PersonId, RoomId
+
+log = logging.getLogger("telehealth.watch")
+
+PhoneListener = Callable[[RoomId, Person, Person], None]
+LedgerListener = Callable[[RoomId, list[p.LedgerRow]], None]
+QualityListener = Callable[[RoomId, RoomQuality], None]
+
+
+@dataclass
+class WatchedRoom:
+    monitor: QualityMonitor
+    flow: FallbackFlow
+    people: dict[PersonId, Person]
+    relayed: set[frozenset[PersonId]] = field(default_factory=set)
+    last_quality: p.Quality | None = None
+
+
+class RoomWatch:
+    """Events: ``on_hub_event`` (presence), ``on_stats`` (samples), ``command`` (therapist
+    and page requests), ``tick`` (timers and evaluation, a few times a second)."""
+
+    def __init__(self, hub: RoomHub, *, rejoin_window_s: float) -> None:
+        self.hub = hub
+        self.timings = FallbackTimings(rejoin_window_s=rejoin_window_s)
+        self.rooms: dict[RoomId, WatchedRoom] = {}
+        self.phone_listeners: list[PhoneListener] = []
+        self.ledger_listeners: list[LedgerListener] = []
+        self.quality_listeners: list[QualityListener] = []
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_hub_event(self, event: HubEvent, now: float) -> Outbox:
+        out = Outbox()
+        if isinstance(event, RoomEvent):
+            if event.kind in ("ended", "closed") and event.room_id in self.rooms:
+                watched = self.rooms.pop(event.room_id)
+                self._apply(event.room_id, watched, watched.flow.handle(fe.SessionEnded(), now), out)
+                self._publish_ledger(event.room_id, watched)
+            return out
+        room = self.hub.rooms.get(event.room_id)
+        watched = self.rooms.get(event.room_id)
+        if watched is None:
+            if room is None or event.kind != "joined":
+                return out
+            watched = self.rooms[event.room_id] = WatchedRoom(
+                QualityMonitor(), FallbackFlow(self.timings), {x.id: x for x in room.record.people}
+            )
+        flow_event: fe.Event | None = None
+        if event.kind == "joined":
+            flow_event = fe.Joined(event.person_id, event.role)
+        elif event.kind == "reconnecting" and self._known(watched, event.person_id):
+            flow_event = fe.SignalingLost(event.person_id)
+        elif event.kind == "back" and self._known(watched, event.person_id):
+            flow_event = fe.SignalingBack(event.person_id)
+        elif event.kind in ("left", "removed") and self._known(watched, event.person_id):
+            # A deliberate leave. The end of a grace window is not: the flow's own rejoin
+            # window and phone step decide what happens to someone who vanished.
+            flow_event = fe.Left(event.person_id)
+            watched.monitor.forget(event.person_id)
+        if flow_event is not None:
+            self._apply(event.room_id, watched, self._handle(watched, flow_event, now), out)
+        return out
+
+    def on_stats(self, room: LiveRoom, member: Member, msg: p.Stats, now: float) -> None:
+        watched = self.rooms.get(room.id)
+        if watched is None:
+            return
+        watched.monitor.heartbeat(member.id, now)
+        for stats in msg.links:
+            peer = PersonId(stats.peer)
+            if peer not in watched.people or peer == member.id:
+                continue
+            watched.monitor.ingest(member.id, peer, LinkSample.from_stats(stats, now))
+            pair = frozenset((member.id, peer))
+            if stats.candidate == "relay":
+                watched.relayed.add(pair)
+            elif stats.candidate is not None:
+                watched.relayed.discard(pair)
+
+    def command(self, room: LiveRoom, member: Member, msg: p.ClientMessage, now: float) -> Outbox:
+        watched = self.rooms.get(room.id)
+        if watched is None:
+            raise UserError(ErrorCode.FORBIDDEN, "The session has not started.")
+        out = Outbox()
+        if isinstance(msg, p.GetLedger):
+            self._require_therapist(member)
+            out.send(member.conn, p.Ledger(rows=self.ledger_rows(watched)))
+            return out
+        event: fe.Event
+        if isinstance(msg, p.SwitchToPhone):
+            self._require_therapist(member)
+            event = fe.SwitchToPhone(self._target(watched, msg.participant))
+        elif isinstance(msg, p.ReturnToVideo):
+            if msg.participant is not None and msg.participant != member.id:
+                self._require_therapist(member)
+                event = fe.ReturnToVideo(self._target(watched, msg.participant))
+            else:
+                event = fe.ReturnToVideo(member.id)
+        elif isinstance(msg, p.Hold):
+            self._require_therapist(member)
+            event = fe.PutOnHold()
+        elif isinstance(msg, p.Resume):
+            self._require_therapist(member)
+            event = fe.Resume()
+        elif isinstance(msg, p.RejoinResult):
+            event = fe.RejoinResult(member.id, Step(msg.step), msg.ok)
+        else:
+            raise UserError(ErrorCode.UNKNOWN_TYPE)
+        self._apply(room.id, watched, self._handle(watched, event, now), out)
+        return out
+
+    def tick(self, now: float) -> Outbox:
+        out = Outbox()
+        for room_id, watched in list(self.rooms.items()):
+            quality = watched.monitor.evaluate(now)
+            for listener in self.quality_listeners:
+                listener(room_id, quality)
+            self._publish_quality(room_id, watched, quality, out)
+            self._apply(room_id, watched, watched.flow.handle(fe.QualityReport(quality), now), out)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _known(watched: WatchedRoom, person: PersonId) -> bool:
+        return person in watched.people
+
+    @staticmethod
+    def _require_therapist(member: Member) -> None:
+        if member.role != "therapist":
+            raise UserError(ErrorCode.FORBIDDEN)
+
+    @staticmethod
+    def _target(watched: WatchedRoom, participant: str) -> PersonId:
+        person = PersonId(participant)
+        if person not in watched.people or watched.people[person].role == "therapist":
+            raise UserError(ErrorCode.UNKNOWN_TARGET)
+        return person
+
+    @staticmethod
+    def _handle(watched: WatchedRoom, event: fe.Event, now: float) -> list[fe.Action]:
+        # The flow refuses a transition with StateError; the endpoint answers it like any
+        # refused request, and the flow is unchanged.
+        return watched.flow.handle(event, now)
+
+    def ledger_rows(self, watched: WatchedRoom) -> list[p.LedgerRow]:
+        return [p.LedgerRow(**row) for row in watched.flow.ledger.rows()]  # type: ignore[arg-type]
+
+    def _publish_ledger(self, room_id: RoomId, watched: WatchedRoom) -> None:
+        rows = self.ledger_rows(watched)
+        for listener in self.ledger_listeners:
+            listener(room_id, rows)
+
+    def _publish_quality(self, room_id: RoomId, watched: WatchedRoom, quality: RoomQuality, out: Outbox) -> None:
+        weak = next((a.person for a in quality.attributions if a.cause == Cause.OWN_NETWORK and a.person), None)
+        msg = p.Quality(
+            links=[
+                p.LinkQuality(a=min(pair), b=max(pair), level=level.value,
+                              relay=pair in watched.relayed)
+                for pair, level in sorted(quality.pairs.items(), key=lambda kv: sorted(kv[0]))
+            ],
+            people={person: level.value for person, level in sorted(quality.participants.items())},
+            weak=weak,
+        )
+        if msg == watched.last_quality:
+            return
+        watched.last_quality = msg
+        room = self.hub.rooms.get(room_id)
+        if room is None:
+            return
+        for member in room.in_call():
+            out.send(member.conn, msg)
+
+    def _conn(self, room_id: RoomId, person: PersonId) -> object | None:
+        room = self.hub.rooms.get(room_id)
+        member = room.members.get(person) if room else None
+        return member.conn if member and member.state == "in_call" else None
+
+    def _everyone(self, room_id: RoomId) -> list[object]:
+        room = self.hub.rooms.get(room_id)
+        return [m.conn for m in room.in_call()] if room else []
+
+    def _apply(self, room_id: RoomId, watched: WatchedRoom, actions: list[fe.Action], out: Outbox) -> None:
+        for action in actions:
+            if isinstance(action, Notice):
+                reader = watched.people.get(action.to)
+                about = watched.people.get(action.about) if action.about else None
+                hint = mask_phone(reader.phone) if reader and reader.phone else None
+                text = notice_text(action, name=about.name if about else None, phone_hint=hint,
+                                   window_s=self.timings.rejoin_window_s)
+                out.send(self._conn(room_id, action.to),
+                         p.Notice(kind=action.kind.value, text=text, about=action.about))
+            elif isinstance(action, fe.PhonePrompt):
+                callee = watched.people[action.callee]
+                therapist = watched.people[action.therapist]
+                prompt = call_prompt(callee.name, callee.phone) if callee.phone else None
+                out.send(self._conn(room_id, action.therapist), p.CallPrompt(
+                    callee=callee.id, name=callee.name, phone=callee.phone,
+                    href=prompt.href if prompt else None,
+                    text=prompt.text if prompt else f"Call {callee.name}: no phone number is on file.",
+                ))
+                for everyone in self._everyone(room_id):
+                    out.send(everyone, p.FallbackAction(action="phone", person=callee.id))
+                for listener in self.phone_listeners:
+                    listener(room_id, therapist, callee)
+            elif isinstance(action, fe.LedgerEntry):
+                self._publish_ledger(room_id, watched)
+            elif isinstance(action, (fe.Hold, fe.Unhold)):
+                msg = p.FallbackAction(action="hold" if isinstance(action, fe.Hold) else "unhold",
+                                       person=action.person,
+                                       waiting_for=action.waiting_for if isinstance(action, fe.Hold) else None)
+                for everyone in self._everyone(room_id):
+                    out.send(everyone, msg)
+            else:
+                step = _STEPS[type(action)]
+                attempt = action.attempt if isinstance(action, fe.PageRejoin) else None
+                msg = p.FallbackAction(action=step, person=action.person, attempt=attempt)
+                for everyone in self._everyone(room_id):
+                    out.send(everyone, msg)
+
+
+_STEPS: dict[type, p.FallbackStep] = {
+    fe.LowerVideo: "lower_video",
+    fe.AudioOnly: "audio_only",
+    fe.RestoreVideo: "restore_video",
+    fe.IceRestart: "ice_restart",
+    fe.FreshConnection: "fresh_connection",
+    fe.PageRejoin: "page_rejoin",
+}
