@@ -80,6 +80,8 @@ class SyntheticParticipant:
         self.ice_servers: list[dict[str, Any]] = []
         self.links: dict[str, PeerLink] = {}
         self.received: list[dict[str, Any]] = []
+        # (time.monotonic() on arrival, message), for tests that measure when things happen.
+        self.timed: list[tuple[float, dict[str, Any]]] = []
         self.errors: list[dict[str, Any]] = []
         self.bye: dict[str, Any] | None = None
         self.state = "new"  # new, waiting, in_call, disconnected, closed
@@ -160,12 +162,14 @@ class SyntheticParticipant:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
 
-    async def wait_message(self, kind: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+    async def wait_message(self, msg_type: str, /, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+        """The first message of ``msg_type`` whose fields equal ``match`` (waits for it)."""
+
         def found() -> bool:
-            return any(self._matches(m, kind, match) for m in self.received)
+            return any(self._matches(m, msg_type, match) for m in self.received)
 
         await self.wait_for(found, timeout)
-        return next(m for m in self.received if self._matches(m, kind, match))
+        return next(m for m in self.received if self._matches(m, msg_type, match))
 
     @staticmethod
     def _matches(m: dict[str, Any], kind: str, match: dict[str, Any]) -> bool:
@@ -200,6 +204,7 @@ class SyntheticParticipant:
                     break
                 data = json.loads(msg.data)
                 self.received.append(data)
+                self.timed.append((time.monotonic(), data))
                 try:
                     await self._on_message(data)
                 except Exception:
