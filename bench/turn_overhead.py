@@ -27,7 +27,7 @@ from typing import Any
 from aiortc import RTCConfiguration
 
 from telehealth.config import Config
-from telehealth.turn import ice_servers_for
+from signaling.ice import ice_servers_for
 from tests.coturn import (
     CoturnServer,
     PeerPair,

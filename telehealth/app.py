@@ -37,7 +37,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling.hub import HubEvent, MemberEvent, RoomHub
     from signaling.watch import RoomWatch
     from telehealth.store import Person, RoomRecord
-    from telehealth.turn import ice_servers_for
+    from signaling.ice import ice_servers_for
     from web import pages
 
     store = Store.open(config.data_dir, config.key_path)

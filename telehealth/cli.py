@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import secrets
 import sqlite3
 import sys
 import time
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telehealth import keys, retention, rooms
+from telehealth import keys, retention, rooms, turn
 from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
 from telehealth.crypto import KeyFileError
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(purge)
     purge.add_argument("--older-than", type=_duration,
                        help="e.g. 30d, 12h, 90m, 600s (default: the retention setting, 30d)")
+
+    turn = sub.add_parser("turn", help="TURN relay helpers").add_subparsers(dest="turn_command", required=True)
+    turn_config = turn.add_parser("config", help="print a ready coturn configuration for your domain")
+    turn_config.add_argument("--realm", required=True, help="the clinic's TURN domain, e.g. turn.clinic.example")
+    turn_config.add_argument("--secret", help="shared secret (default: generate one and print it)")
+    turn_config.add_argument("--external-ip", help="public IP, or PUBLIC/PRIVATE behind NAT")
+    turn_config.add_argument("--relay-ip", help="IPv4 address relays are bound to")
+    turn_config.add_argument("--tls-cert", help="certificate for TLS on 443 (default: Let's Encrypt's path)")
+    turn_config.add_argument("--tls-key", help="private key for TLS on 443")
 
     key = sub.add_parser("key", help="manage the key for personal data").add_subparsers(
         dest="key_command", required=True)
@@ -226,6 +236,19 @@ def cmd_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_turn(args: argparse.Namespace) -> int:
+    generated = args.secret is None
+    secret = args.secret or secrets.token_urlsafe(32)
+    print(turn.render_coturn_config(args.realm, secret, external_ip=args.external_ip, tls_cert=args.tls_cert,
+                                    tls_key=args.tls_key, relay_ip=args.relay_ip))
+    if generated:
+        print("# Give telehealth the same secret and the relay's addresses:", file=sys.stderr)
+        print(f"#   TELEHEALTH_TURN_SECRET={secret}", file=sys.stderr)
+    print(f"#   TELEHEALTH_TURN_URLS=turn:{args.realm}:3478?transport=udp,turn:{args.realm}:3478?transport=tcp,"
+          f"turns:{args.realm}:443?transport=tcp", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -238,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_purge(args, config)
         if args.command == "key":
             return cmd_key(args, config)
+        if args.command == "turn":
+            return cmd_turn(args)
         # Holding the key's shared lock keeps a rotation from running under our feet.
         with keys.key_in_use(config.key_path):
             return cmd_room(args, config)

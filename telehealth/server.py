@@ -11,6 +11,7 @@ from telehealth import logs
 from telehealth.app import create_app
 from telehealth.config import Config
 from telehealth.tls import self_signed, server_context
+from telehealth.turn import turn_warning
 
 log = logging.getLogger("telehealth")
 
@@ -34,8 +35,9 @@ def serve(config: Config) -> None:
         ssl_context = server_context(*self_signed(config.data_dir / "tls", config.host))
     tune_runtime()
     app = create_app(config)
-    if not config.turn_urls:
-        log.warning("no TURN server configured: partners behind strict firewalls may fail to connect")
+    warning = turn_warning(config)  # raises for a TURN setup that cannot work
+    if warning:
+        log.warning(warning)
     log.info("telehealth listening on %s (data in %s)", config.public_base_url, config.data_dir)
     web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context,
                 print=None, access_log=None, shutdown_timeout=5.0)

@@ -20,7 +20,6 @@ import hmac
 import ipaddress
 import re
 
-from signaling.protocol import IceServer
 from telehealth.config import Config
 
 # RFC 7064 / 7065 URIs as browsers and aiortc accept them: a host name, IPv4 or [IPv6],
@@ -80,27 +79,6 @@ def turn_credentials(secret: str, user_tag: str, now: float, ttl: float) -> tupl
     username = f"{int(now + ttl)}:{user_tag}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return username, base64.b64encode(digest).decode("ascii")
-
-
-def ice_servers_for(config: Config, person_id: str, now: float) -> list[IceServer]:
-    """The ICE servers one participant gets in ``welcome``: STUN, then TURN with fresh credentials.
-
-    One entry carries every TURN URL with the same credentials; browsers try them all (UDP,
-    TCP, TLS), aiortc uses the first. A rejoin calls this again and so gets new credentials.
-    """
-    servers: list[IceServer] = []
-    if config.stun_urls:
-        servers.append(IceServer(urls=list(config.stun_urls)))
-    if config.turn_urls:
-        if not config.turn_secret:
-            raise ValueError("TURN URLs are configured without a TURN secret")
-        username, password = turn_credentials(
-            config.turn_secret, person_id, now, config.turn_credential_ttl_seconds
-        )
-        servers.append(
-            IceServer(urls=list(config.turn_urls), username=username, credential=password)
-        )
-    return servers
 
 
 def turn_warning(config: Config) -> str | None:

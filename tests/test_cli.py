@@ -202,3 +202,13 @@ def test_audit_verify_export_purge_and_key_rotation_from_the_command_line(tmp_pa
     broken = run("audit", "verify", "--data-dir", str(tmp_path))
     assert broken.returncode == 1
     assert "first broken entry: 2" in broken.stdout
+
+
+def test_turn_config_prints_a_ready_coturn_file() -> None:
+    given = run("turn", "config", "--realm", "turn.clinic.example", "--secret", "s3cret-value")
+    assert given.returncode == 0
+    assert "static-auth-secret=s3cret-value" in given.stdout and "use-auth-secret" in given.stdout
+    assert "tls-listening-port=443" in given.stdout
+    generated = run("turn", "config", "--realm", "turn.clinic.example")
+    secret = next(l for l in generated.stderr.splitlines() if "TELEHEALTH_TURN_SECRET=" in l).split("=", 1)[1]
+    assert f"static-auth-secret={secret}" in generated.stdout and len(secret) >= 40

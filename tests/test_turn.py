@@ -17,12 +17,12 @@ from pathlib import Path
 import aioice.ice
 import pytest
 
+from signaling.ice import ice_servers_for
 from signaling.protocol import IceServer
 from telehealth.config import Config
 from telehealth.tls import self_signed
 from telehealth.turn import (
     DENIED_PEER_NETWORKS,
-    ice_servers_for,
     render_coturn_config,
     turn_credentials,
     turn_warning,
