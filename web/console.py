@@ -136,7 +136,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- rooms ----------------------------------------------------------------------------------
 
 
-def _today_rows(request: web.Request, session: accounts.LoginSession) -> list[RoomRow]:
+def _room_rows(request: web.Request, session: accounts.LoginSession) -> tuple[list[RoomRow], list[RoomRow]]:
+    """This user's rooms of today, and those still to come (in the user's time zone)."""
     store = request.app[STORE]
     tz = zone(session.timezone)
     now = time.time()
@@ -144,23 +145,27 @@ def _today_rows(request: web.Request, session: accounts.LoginSession) -> list[Ro
     visible = accounts.visible_room_ids(store, session.user)
     live = request.app[SIGNALING].hub.rooms
     link_days = request.app[CONFIG].link_ttl_seconds + 86400
-    rows: list[RoomRow] = []
+    todays: list[RoomRow] = []
+    upcoming: list[RoomRow] = []
     for record in rooms.list_rooms(store, since=now - link_days):
         if visible is not None and record.id not in visible:
             continue
         when = record.starts_at or record.created_at
-        if datetime.datetime.fromtimestamp(when, tz).date() != today:
+        day = datetime.datetime.fromtimestamp(when, tz).date()
+        if day < today:
             continue
-        rows.append(RoomRow(
+        row = RoomRow(
             id=record.id,
             time_words=plain_time(when, now, tz),
             time_iso=iso_utc(when),
             partners=tuple((p.id, p.name) for p in record.partners),
             status=_status(record, record.id in live),
             ended=record.ended_at is not None,
-        ))
-    rows.sort(key=lambda r: r.time_iso)
-    return rows
+        )
+        (todays if day == today else upcoming).append(row)
+    todays.sort(key=lambda r: r.time_iso)
+    upcoming.sort(key=lambda r: r.time_iso)
+    return todays, upcoming
 
 
 def _status(record: RoomRecord, live: bool) -> str:
@@ -183,15 +188,15 @@ def _dashboard(
     form: Mapping[str, object] | None = None, notice: str = "", status: int = 200,
 ) -> web.Response:
     tz = zone(session.timezone)
-    values = {
-        "therapist": session.user.display_name,
-        "starts_at": _default_time(tz, time.time()),
-    }
+    values = dict.fromkeys(("partner1", "phone1", "partner2", "phone2"), "")
+    values["therapist"] = session.user.display_name
+    values["starts_at"] = _default_time(tz, time.time())
     if form is not None:
         values.update({k: _text(form, k) for k in (
             "therapist", "partner1", "phone1", "partner2", "phone2", "starts_at")})
+    todays, upcoming = _room_rows(request, session)
     return aiohttp_jinja2.render_template("console.html", request, {
-        "user": session.user, "csrf": session.csrf, "rooms": _today_rows(request, session),
+        "user": session.user, "csrf": session.csrf, "rooms": todays, "upcoming": upcoming,
         "error": error, "values": values, "notice": notice, "timezone": session.timezone,
     }, status=status)
 

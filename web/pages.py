@@ -148,9 +148,17 @@ async def room_page(request: web.Request) -> web.StreamResponse:
 
 
 def same_origin(request: web.Request) -> bool:
-    """Browsers send Origin on POST; refuse posts made from any other site."""
+    """Whether a POST comes from a page of this site.
+
+    Browsers say so in Sec-Fetch-Site. Origin is the fallback for browsers without it; with
+    our no-referrer policy a same-site form sends ``Origin: null``, so "null" proves nothing
+    either way and only a foreign origin is refused (the CSRF token still has to match).
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return True
     own = {request.app[CONFIG].public_base_url, f"{request.scheme}://{request.host}"}
     return origin.rstrip("/") in own

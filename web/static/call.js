@@ -141,7 +141,7 @@ export class CallView {
     tile._placeholder();
   }
 
-  /** The quality indicator: the only place that draws it. @param {'good'|'fair'|'poor'|null} level */
+  /** The quality indicator: the only place that draws it. @param {import('./quality.js').Level|null} level */
   setQuality(peerId, level) {
     const tile = this.tiles.get(peerId);
     if (!tile) return;

@@ -2,24 +2,43 @@
 //
 // DOM-free. Two sources feed a QualityBoard:
 //   - fromStats(peerId, linkStats): this page's own estimate from getStats (stats.js);
-//   - fromServer(peerId, level):    the server's verdict (its `quality` messages), which
-//     sees both ends of a link. While a server verdict is fresh, it wins over the local one.
-// The board smooths: a worse level shows at once, a better one only once it has held for a
-// few seconds, so the bars do not flicker. Handlers of 'change' get {peerId, level, source}.
+//   - fromServer(peerId, level):    the server's verdict (its `quality` messages, read with
+//     peerLevels), which sees both ends of a link. While fresh, it wins over the local one.
+// The board smooths local estimates: a worse level shows after two samples in a row (one
+// busy second on a loaded laptop is not a bad connection), a better one once it has held
+// for a few seconds, so the bars do not flicker. Server verdicts show at once.
+// Handlers of 'change' get {peerId, level, source}.
 
-/** @typedef {'good'|'fair'|'poor'} Level */
+/** @typedef {'good'|'fair'|'poor'|'lost'} Level */
 
-export const LEVELS = Object.freeze(['good', 'fair', 'poor']);
+export const LEVELS = Object.freeze(['good', 'fair', 'poor', 'lost']);
 
 /** Words for each level, for the indicator and for screen readers. */
 export const LEVEL_WORDS = Object.freeze({
   good: 'Good connection',
   fair: 'Unsteady connection',
   poor: 'Weak connection',
+  lost: 'Connection lost',
   unknown: 'Connecting…',
 });
 
-const RANK = { good: 0, fair: 1, poor: 2 };
+const RANK = { good: 0, fair: 1, poor: 2, lost: 3 };
+
+/**
+ * This page's links in a server `quality` message ({links: [{a, b, level}], ...}): the level
+ * of each pair that includes `me`, keyed by the other person.
+ * @param {{links?: Array<{a: string, b: string, level: Level}>}} message
+ * @param {string} me
+ * @returns {Map<string, Level>}
+ */
+export function peerLevels(message, me) {
+  const levels = new Map();
+  for (const link of message.links ?? []) {
+    if (link.a === me) levels.set(link.b, link.level);
+    else if (link.b === me) levels.set(link.a, link.level);
+  }
+  return levels;
+}
 
 /**
  * The level one LinkStats sample suggests, or null when it says nothing yet.
@@ -47,11 +66,12 @@ export function levelFromStats(s) {
 }
 
 export class QualityBoard {
-  constructor({ now = () => Date.now(), upgradeAfterMs = 3000, serverFreshMs = 10000 } = {}) {
+  constructor({ now = () => Date.now(), upgradeAfterMs = 3000, downgradeAfter = 2, serverFreshMs = 10000 } = {}) {
     this.now = now;
     this.upgradeAfterMs = upgradeAfterMs;
+    this.downgradeAfter = downgradeAfter;
     this.serverFreshMs = serverFreshMs;
-    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, serverAt: number, source: string}>} */
+    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, serverAt: number, source: string}>} */
     this._links = new Map();
     this._handlers = new Set();
   }
@@ -90,7 +110,7 @@ export class QualityBoard {
   _entry(peerId) {
     let entry = this._links.get(peerId);
     if (!entry) {
-      entry = { shown: null, candidate: null, since: 0, serverAt: -Infinity, source: 'local' };
+      entry = { shown: null, candidate: null, since: 0, worse: 0, serverAt: -Infinity, source: 'local' };
       this._links.set(peerId, entry);
     }
     return entry;
@@ -99,11 +119,17 @@ export class QualityBoard {
   _offer(peerId, entry, level, source) {
     if (level === null) return;
     const now = this.now();
-    const worse = entry.shown === null || RANK[level] > RANK[entry.shown];
-    if (worse || source === 'server') {
+    if (source === 'server' || entry.shown === null) {
       this._show(peerId, entry, level, source);
       return;
     }
+    if (RANK[level] > RANK[entry.shown]) {
+      entry.candidate = null;
+      entry.worse += 1;
+      if (entry.worse >= this.downgradeAfter) this._show(peerId, entry, level, source);
+      return;
+    }
+    entry.worse = 0;
     if (level === entry.shown) {
       entry.candidate = null;
       return;
@@ -119,6 +145,7 @@ export class QualityBoard {
 
   _show(peerId, entry, level, source) {
     entry.candidate = null;
+    entry.worse = 0;
     entry.source = source;
     if (entry.shown === level) return;
     entry.shown = level;

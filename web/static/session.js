@@ -9,7 +9,7 @@
 import { SignalingClient, socketUrl, tokenFromPath } from './signaling.js';
 import { Mesh } from './peers.js';
 import { StatsSampler } from './stats.js';
-import { QualityBoard } from './quality.js';
+import { QualityBoard, peerLevels } from './quality.js';
 import { LocalMedia, explainMediaError } from './devices.js';
 import { CheckView } from './check.js';
 import { CallView } from './call.js';
@@ -161,12 +161,15 @@ export class RoomPage {
       this.call.clearBanner(`link-${peerId}`);
       this.call.clearBanner(`quality-${peerId}`);
     });
-    // The indicator follows the board, whatever feeds it: this page's stats now; the
-    // server's `quality` messages once they exist, with one line here:
-    //   sig.on('quality', (m) => this.board.fromServer(m.peer, m.level));
+    // The indicator follows the board, whatever feeds it: this page's stats (in _sendStats)
+    // and the server monitor's `quality` messages, which win while they are fresh.
+    sig.on('quality', (m) => {
+      if (!sig.me) return;
+      for (const [peerId, level] of peerLevels(m, sig.me.id)) this.board.fromServer(peerId, level);
+    });
     this.board.on('change', ({ peerId, level }) => {
       this.call.setQuality(peerId, level);
-      if (level === 'poor') {
+      if (level === 'poor' || level === 'lost') {
         this.call.banner(`quality-${peerId}`, `Your connection to ${this._name(peerId)} is weak. Video may freeze.`);
       } else {
         this.call.clearBanner(`quality-${peerId}`);

@@ -1,0 +1,243 @@
+"""A whole session in real Chromium: three people, three browser contexts, one real server.
+
+The therapist starts; two partners pass the check and wait; the therapist admits both and
+every page shows two remote videos whose frames advance. Then what happens in a session:
+a partner reloads and comes straight back, the therapist mutes, locks, removes, and ends.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, expect
+
+from signaling import protocol as p
+from signaling.endpoint import SIGNALING
+from signaling.hub import HubEvent, MemberEvent
+from tests.browser import (  # noqa: F401  (browser is a fixture)
+    PHONE,
+    ConsoleWatch,
+    axe_violations,
+    browser,
+    describe,
+    new_person_context,
+    screenshot,
+    watch_console,
+)
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.browser
+
+REMOTE_VIDEOS = """() => [...document.querySelectorAll('#tiles .tile')].map(tile => {
+    const v = tile.querySelector('video');
+    return {peer: tile.dataset.peer, width: v.videoWidth, time: v.currentTime,
+            frames: v.getVideoPlaybackQuality().totalVideoFrames};
+})"""
+
+ADVANCED = """([before, count]) => {
+    const tiles = [...document.querySelectorAll('#tiles .tile')];
+    if (tiles.length !== count) return false;
+    return tiles.every(tile => {
+        const v = tile.querySelector('video');
+        const was = before.find(b => b.peer === tile.dataset.peer);
+        const frames = v.getVideoPlaybackQuality().totalVideoFrames;
+        return v.videoWidth > 0 && (was ? v.currentTime > was.time + 0.5 && frames > was.frames + 5
+                                        : v.currentTime > 0.5);
+    });
+}"""
+
+
+@dataclass
+class Person:
+    name: str
+    context: BrowserContext
+    page: Page
+    console: ConsoleWatch
+
+
+@dataclass
+class Recorder:
+    """What the server saw: hub events and the stats each page sent."""
+
+    events: list[HubEvent] = field(default_factory=list)
+    stats: dict[str, list[p.LinkStats]] = field(default_factory=dict)
+
+    def on_stats(self, room: Any, member: Any, msg: p.Stats, now: float) -> None:
+        self.stats.setdefault(member.person.id, []).extend(msg.links)
+
+
+async def open_person(browser: Browser, name: str, url: str, **context_options: Any) -> Person:
+    context = await new_person_context(browser, **context_options)
+    page = await context.new_page()
+    page.set_default_timeout(20_000)
+    console = watch_console(page)
+    await page.goto(url)
+    return Person(name, context, page, console)
+
+
+async def wait_remote_frames_advance(page: Page, count: int = 2, timeout: float = 25.0) -> None:
+    """Until the page shows ``count`` remote videos, each decoding new frames."""
+    before: list[dict[str, Any]] = []
+    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
+    before = await page.evaluate(REMOTE_VIDEOS)
+    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
+
+
+async def assert_accessible(page: Page, what: str) -> None:
+    violations = await axe_violations(page)
+    assert not violations, f"axe found serious problems on {what}:\n{describe(violations)}"
+
+
+@pytest.fixture
+async def recorder(server: RunningServer) -> Recorder:
+    rec = Recorder()
+    sig = server.app[SIGNALING]
+    sig.event_sinks.append(rec.events.append)
+    sig.stats_sinks.append(rec.on_stats)
+    return rec
+
+
+@pytest.fixture
+async def people(browser: Browser) -> AsyncIterator[list[Person]]:  # noqa: F811
+    opened: list[Person] = []
+    yield opened
+    for person in opened:
+        await person.context.close()
+
+
+async def test_a_three_party_session_from_start_to_end(
+    server: RunningServer, browser: Browser, recorder: Recorder, people: list[Person],  # noqa: F811
+) -> None:
+    room = server.create_room()
+
+    # -- the therapist checks and starts the session -------------------------------------
+    therapist = await open_person(browser, "Dr Test", room.therapist_link)
+    people.append(therapist)
+    t = therapist.page
+    await expect(t.get_by_role("heading", level=1)).to_have_text("Session with Partner 1 and Partner 2")
+    await expect(t.locator("#net-verdict")).to_have_attribute("data-level", "good", timeout=20_000)
+    await screenshot(t, "01-therapist-check")
+    await t.get_by_role("button", name="Start session").click()
+    await expect(t.locator("#call-step")).to_be_visible()
+    await expect(t.locator("#lobby-empty")).to_have_text("No one is waiting.")
+
+    # -- two partners: welcome, check, join, wait ---------------------------------------
+    alex = await open_person(browser, "Partner 1", room.partner_links[0])
+    sam = await open_person(browser, "Partner 2", room.partner_links[1], viewport=PHONE)
+    people.extend([alex, sam])
+    for partner in (alex, sam):
+        page = partner.page
+        await expect(page.get_by_role("heading", level=1)).to_have_text(f"Welcome, {partner.name}")
+        await expect(page.locator("#welcome-title + .lead")).to_contain_text("Your session with Dr Test")
+        # The camera preview plays, the microphone meter moves, the network check says why.
+        await page.wait_for_function("() => document.getElementById('preview').videoWidth > 0")
+        await page.wait_for_function("() => document.getElementById('mic-level').value > 0")
+        await expect(page.locator("#mic-status")).to_have_text("We can hear you.")
+        await expect(page.locator("#net-verdict")).to_have_text("Connection: Good", timeout=20_000)
+        await expect(page.locator("#media-problem")).to_be_hidden()
+    await screenshot(alex.page, "02-partner-check", full_page=True)
+    await screenshot(sam.page, "02-partner-check-phone", full_page=True)
+    await assert_accessible(alex.page, "the partner's welcome and check")
+
+    for partner in (alex, sam):
+        await partner.page.get_by_role("button", name="Join session").click()
+        await expect(partner.page.get_by_role("heading", name="Your therapist will let you in")).to_be_visible()
+        # The waiting room shows nothing of anyone else.
+        await expect(partner.page.locator("#waiting-step")).not_to_contain_text("Partner")
+    await screenshot(alex.page, "03-partner-waiting")
+    await assert_accessible(alex.page, "the waiting room")
+
+    # -- the therapist admits both ------------------------------------------------------
+    admit = t.get_by_role("button", name="Admit Partner 1")
+    await expect(admit).to_be_visible()
+    await expect(t.get_by_role("button", name="Admit Partner 2")).to_be_visible()
+    await screenshot(t, "04-therapist-lobby")
+    await assert_accessible(t, "the therapist's call page with the waiting room")
+    await admit.click()
+    await t.get_by_role("button", name="Admit Partner 2").click()
+
+    for person in (therapist, alex, sam):
+        await expect(person.page.locator("#call-step")).to_be_visible()
+    for person in (therapist, alex, sam):
+        await wait_remote_frames_advance(person.page)
+        # Every link shows its quality in words (loopback is good; a loaded machine may
+        # conceal some audio, which is "unsteady", never "weak").
+        await expect(person.page.locator(".tile .quality[data-level=good], .tile .quality[data-level=fair]")
+                     ).to_have_count(2)
+        await expect(person.page.locator(".tile .quality-text").first).to_have_text(
+            re.compile("Good connection|Unsteady connection"))
+    await screenshot(alex.page, "05-partner-call")
+    await screenshot(sam.page, "05-partner-call-phone")
+    await screenshot(t, "06-therapist-call")
+    await assert_accessible(alex.page, "the partner's call page")
+
+    # On a laptop the two others sit side by side; on a phone held upright, one above the other.
+    alex_tiles = [await tile.bounding_box() for tile in await alex.page.locator(".tile").all()]
+    sam_tiles = [await tile.bounding_box() for tile in await sam.page.locator(".tile").all()]
+    assert alex_tiles[0]["y"] == alex_tiles[1]["y"] and alex_tiles[0]["x"] != alex_tiles[1]["x"]
+    assert sam_tiles[0]["x"] == sam_tiles[1]["x"] and sam_tiles[0]["y"] != sam_tiles[1]["y"]
+
+    # Each page reports its links once a second, with the numbers the monitor needs.
+    ids = {m.person_id: m.person_id for m in recorder.events if isinstance(m, MemberEvent)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+        any((s.frames_decoded or 0) > 10 for s in recorder.stats.get(pid, [])) for pid in ids
+    ):
+        await t.wait_for_timeout(200)
+    assert len(recorder.stats) == 3
+    for pid, samples in recorder.stats.items():
+        latest = {s.peer: s for s in samples}
+        assert set(latest) == set(ids) - {pid}
+        for s in latest.values():
+            assert s.pc and s.rtt_ms is not None and s.jitter_ms is not None
+            assert (s.packets_in or 0) > 0 and (s.bytes_in or 0) > 0 and (s.frames_decoded or 0) > 0
+            assert s.fps and s.in_bitrate and s.out_bitrate and s.loss is not None
+            assert s.candidate == "host" and s.video is True
+
+    # -- a partner reloads: straight back into the call, not the waiting room -----------
+    alex_id = next(e.person_id for e in recorder.events
+                   if isinstance(e, MemberEvent) and e.kind == "admitted")
+    seen = len(recorder.events)
+    await alex.page.reload()
+    await expect(alex.page.locator("#call-step")).to_be_visible(timeout=15_000)
+    await wait_remote_frames_advance(alex.page)
+    after = [e for e in recorder.events[seen:] if isinstance(e, MemberEvent) and e.person_id == alex_id]
+    assert [e.kind for e in after if e.kind in ("waiting", "admitted", "left")] == []
+    assert any(e.kind in ("back", "replaced") for e in after)
+    for person in (therapist, sam):
+        await wait_remote_frames_advance(person.page)
+
+    # -- the therapist's controls -------------------------------------------------------
+    await t.get_by_role("button", name="Mute Partner 1").click()
+    await expect(alex.page.get_by_role("button", name="Unmute")).to_be_visible()
+    await expect(alex.page.locator("#banners")).to_contain_text("Your therapist muted your microphone")
+    await expect(t.locator(f'.tile[data-peer="{alex_id}"] .badge')).to_have_text("Muted")
+
+    await t.get_by_role("button", name="Lock room").click()
+    await expect(t.get_by_role("button", name="Unlock room")).to_be_visible()
+
+    await t.get_by_role("button", name="Remove Partner 2").click()
+    await expect(t.get_by_role("dialog")).to_contain_text("Remove Partner 2?")
+    await t.get_by_role("dialog").get_by_role("button", name="Remove").click()
+    await expect(sam.page.get_by_role("heading", name="You have been removed from the session")).to_be_visible()
+    await expect(alex.page.locator("#banners")).to_contain_text("Partner 2 has left the session.")
+    await expect(alex.page.locator(".tile")).to_have_count(1)
+
+    await t.get_by_role("button", name="End session").click()
+    await expect(t.get_by_role("dialog")).to_contain_text("End the session for everyone?")
+    await t.get_by_role("dialog").get_by_role("button", name="End session").click()
+    for person in (therapist, alex):
+        await expect(person.page.get_by_role("heading", name="The session has ended")).to_be_visible()
+    await screenshot(alex.page, "07-partner-ended")
+    # Ending revokes the links.
+    response = await alex.page.goto(room.partner_links[0])
+    assert response is not None and response.status == 410
+    await expect(alex.page.get_by_role("heading", level=1)).to_have_text("This link does not work")
+
+    for person in (therapist, alex, sam):
+        assert person.console.csp_violations == [], person.console.csp_violations
