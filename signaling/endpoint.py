@@ -51,6 +51,8 @@ class Signaling:
     event_sinks: list[EventSink] = field(default_factory=list)
     error_sinks: list[ErrorSink] = field(default_factory=list)
     sockets: set[ClientSocket] = field(default_factory=set)
+    # Messages received, for the messages-per-second metric (a plain int: the hot path).
+    received: int = 0
     # time.monotonic() of the background loop's last pass, for /readyz.
     last_tick: float = field(default_factory=time.monotonic)
 
@@ -170,6 +172,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                sig.received += 1
                 _handle(sig, sock, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break

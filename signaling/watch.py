@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from fallback import events as fe
 from fallback.flow import FallbackFlow, FallbackTimings
-from fallback.ledger import Step
+from fallback.ledger import Disruption, Step
 from fallback.notices import Notice, call_prompt, mask_phone, notice_text
 from fallback.scoring import Cause, LinkSample, QualityMonitor, RoomQuality
 from signaling import protocol as p
@@ -28,6 +28,7 @@ log = logging.getLogger("telehealth.watch")
 PhoneListener = Callable[[RoomId, Person, Person], None]
 LedgerListener = Callable[[RoomId, list[p.LedgerRow]], None]
 QualityListener = Callable[[RoomId, RoomQuality], None]
+DisruptionListener = Callable[[Disruption], None]
 
 
 @dataclass
@@ -50,6 +51,7 @@ class RoomWatch:
         self.phone_listeners: list[PhoneListener] = []
         self.ledger_listeners: list[LedgerListener] = []
         self.quality_listeners: list[QualityListener] = []
+        self.disruption_listeners: list[DisruptionListener] = []
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -228,6 +230,8 @@ class RoomWatch:
                 for listener in self.phone_listeners:
                     listener(room_id, therapist, callee)
             elif isinstance(action, fe.LedgerEntry):
+                for listener in self.disruption_listeners:
+                    listener(action.record)
                 self._publish_ledger(room_id, watched)
             elif isinstance(action, (fe.Hold, fe.Unhold)):
                 msg = p.FallbackAction(action="hold" if isinstance(action, fe.Hold) else "unhold",

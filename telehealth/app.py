@@ -35,6 +35,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling import protocol
     from signaling.endpoint import SIGNALING, Signaling, expire_loop, websocket_handler
     from signaling.hub import HubEvent, MemberEvent, RoomHub
+    from signaling.metrics import CONTENT_TYPE, SessionMetrics
     from signaling.watch import RoomWatch
     from telehealth.store import Person, RoomRecord
     from signaling.ice import ice_servers_for
@@ -74,6 +75,17 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     watch.phone_listeners.append(on_phone_step)
     watch.ledger_listeners.append(on_ledger)
 
+    metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received,
+                             tick_seconds=config.store_poll_seconds)
+    sig.event_sinks.append(metrics.on_hub_event)
+    sig.error_sinks.append(metrics.on_error)
+    watch.quality_listeners.append(metrics.on_quality)
+    watch.disruption_listeners.append(metrics.on_disruption)
+    watch.phone_listeners.append(lambda room_id, therapist, callee: metrics.on_phone())
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     def audit_hub_event(event: HubEvent) -> None:
         if isinstance(event, MemberEvent) and event.kind in ("admitted", "removed"):
             kind = AuditEvent.PARTICIPANT_ADMITTED if event.kind == "admitted" else AuditEvent.PARTICIPANT_REMOVED
@@ -98,6 +110,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     pages.setup(app)
 
     async def purge_loop() -> None:

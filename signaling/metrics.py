@@ -1,0 +1,118 @@
+"""Prometheus metrics for operations. Labels carry roles, states, levels and codes only:
+never a name, a number, or (to keep series bounded) a room or person id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fallback.ledger import Disruption
+from fallback.scoring import RoomQuality
+from signaling.hub import HubEvent, MemberEvent, RoomEvent, RoomHub
+from telehealth.errors import ErrorCode
+from telehealth.tokens import RoomId
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _LiveState(Collector):
+    """Gauges read from the hub at scrape time, so they can never drift from the truth."""
+
+    def __init__(self, metrics: SessionMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        hub = self.m.hub
+        rooms = GaugeMetricFamily("telehealth_rooms", "Live rooms by state", labels=["state"])
+        opened = sum(1 for r in hub.rooms.values() if r.opened)
+        rooms.add_metric(["open"], opened)
+        rooms.add_metric(["waiting_for_therapist"], len(hub.rooms) - opened)
+        yield rooms
+        people = GaugeMetricFamily("telehealth_participants", "Participants by role and state",
+                                   labels=["role", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for room in hub.rooms.values():
+            for member in room.members.values():
+                key = (member.role, member.state)
+                counts[key] = counts.get(key, 0) + 1
+        for (role, state), n in sorted(counts.items()):
+            people.add_metric([role, state], n)
+        yield people
+        yield GaugeMetricFamily("telehealth_websocket_connections", "Open signaling sockets",
+                                value=self.m.sockets())
+        yield CounterMetricFamily("telehealth_signaling_messages", "Signaling messages received",
+                                  value=self.m.messages())
+        links = GaugeMetricFamily("telehealth_links", "Peer links by current quality level", labels=["level"])
+        levels: dict[str, int] = {}
+        for quality in self.m.last_quality.values():
+            for level in quality.pairs.values():
+                levels[level.value] = levels.get(level.value, 0) + 1
+        for level in ("good", "fair", "poor", "lost"):
+            links.add_metric([level], levels.get(level, 0))
+        yield links
+
+
+class SessionMetrics:
+    def __init__(self, hub: RoomHub, *, sockets: object, messages: object, tick_seconds: float) -> None:
+        self.hub = hub
+        self.sockets = sockets  # type: ignore[assignment]
+        self.messages = messages  # type: ignore[assignment]
+        self.tick_seconds = tick_seconds
+        self.last_quality: dict[RoomId, RoomQuality] = {}
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.joins = Counter("telehealth_joins", "Entrances into a call or lobby", ["role"], registry=r)
+        self.presence = Counter("telehealth_presence_changes", "Reconnecting, back and left",
+                                ["role", "change"], registry=r)
+        self.errors = Counter("telehealth_signaling_errors", "Refused signaling messages by code",
+                              ["code"], registry=r)
+        self.link_seconds = Counter("telehealth_link_quality_seconds",
+                                    "Time peer links spent at each quality level", ["level"], registry=r)
+        self.link_level = Histogram("telehealth_link_quality_level",
+                                    "Link quality level per evaluation (0 lost, 1 poor, 2 fair, 3 good)",
+                                    buckets=(0.5, 1.5, 2.5, 3.5), registry=r)
+        self.disruptions = Counter("telehealth_disruptions", "Disruptions by attributed cause and outcome",
+                                   ["cause", "outcome"], registry=r)
+        self.disruption_seconds = Histogram("telehealth_disruption_seconds", "How long disruptions lasted",
+                                            buckets=(1, 2, 5, 10, 20, 45, 90, 300, 1800), registry=r)
+        self.rejoins = Counter("telehealth_rejoin_steps", "Rejoin steps taken and their outcome",
+                               ["step", "outcome"], registry=r)
+        self.phone = Counter("telehealth_phone_fallbacks", "Partners moved to the phone step", registry=r)
+        r.register(_LiveState(self))
+
+    def on_hub_event(self, event: HubEvent) -> None:
+        if isinstance(event, MemberEvent):
+            if event.kind in ("joined", "waiting"):
+                self.joins.labels(event.role).inc()
+            elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced"):
+                self.presence.labels(event.role, event.kind).inc()
+        elif isinstance(event, RoomEvent) and event.kind in ("ended", "closed"):
+            self.last_quality.pop(event.room_id, None)
+
+    def on_error(self, code: ErrorCode) -> None:
+        self.errors.labels(code.value).inc()
+
+    def on_quality(self, room_id: RoomId, quality: RoomQuality) -> None:
+        self.last_quality[room_id] = quality
+        rank = {"lost": 0, "poor": 1, "fair": 2, "good": 3}
+        for level in quality.pairs.values():
+            self.link_seconds.labels(level.value).inc(self.tick_seconds)
+            self.link_level.observe(rank[level.value])
+
+    def on_disruption(self, record: Disruption) -> None:
+        outcome = record.outcome.value if record.outcome else "open"
+        self.disruptions.labels(record.cause.value, outcome).inc()
+        if record.ended_at is not None:
+            self.disruption_seconds.observe(record.ended_at - record.started_at)
+        for step in record.steps:
+            if step.step.value in ("ice_restart", "fresh_connection", "page_rejoin"):
+                self.rejoins.labels(step.step.value, step.outcome or "unknown").inc()
+
+    def on_phone(self) -> None:
+        self.phone.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
