@@ -18,13 +18,16 @@ and dies with the session.
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import hmac
 import re
 import secrets
 import sqlite3
+import sys
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, TextIO
 
 from telehealth.errors import ErrorCode, UserError
 from telehealth.store import Store
@@ -144,6 +147,22 @@ def check_new_password(password: str) -> None:
         raise UserError(ErrorCode.INVALID_MESSAGE, f"A password needs at least {MIN_PASSWORD} characters.")
     if len(password) > MAX_PASSWORD:
         raise UserError(ErrorCode.INVALID_MESSAGE, "That password is too long.")
+
+
+def read_password(password_file: Path | None = None, stdin: TextIO | None = None) -> str:
+    """A password for the CLI, never from a flag (flags show in `ps` and shell history):
+    the first line of ``password_file``, else typed at a terminal, else the first line of
+    standard input (``echo "$PW" | telehealth user add ...``)."""
+    if password_file is not None:
+        lines = password_file.read_text().splitlines()
+        return lines[0] if lines else ""
+    stream = stdin or sys.stdin
+    if stream.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise UserError(ErrorCode.INVALID_MESSAGE, "The two passwords differ.")
+        return first
+    return stream.readline().rstrip("\r\n")
 
 
 def clean_username(username: str) -> str:

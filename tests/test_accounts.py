@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,10 @@ def test_a_new_password_or_removal_logs_the_account_out(store: Store) -> None:
     assert accounts.find_session(store, session.token, now=NOW) is None
     with pytest.raises(UserError):
         accounts.remove_user(store, "drtest")
+
+
+def test_the_cli_reads_passwords_from_a_file_or_stdin_never_a_flag(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text(PASSWORD + "\nignored\n")
+    assert accounts.read_password(secret) == PASSWORD
+    assert accounts.read_password(None, io.StringIO(PASSWORD + "\r\n")) == PASSWORD

