@@ -326,7 +326,9 @@ class SyntheticParticipant:
             for s in self.ice_servers
         ]
         config = RTCConfiguration(
-            iceServers=servers or None,
+            # An empty list, not None: None makes aiortc look up a public STUN server, which
+            # hangs on a machine (or namespace) without DNS.
+            iceServers=servers,
             iceTransportPolicy=RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL,
         )
         pc = RTCPeerConnection(config)

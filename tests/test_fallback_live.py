@@ -24,7 +24,7 @@ from fallback.dialers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from media.participant import SyntheticParticipant
 from tests.conftest import RunningServer, free_port, start_server
 from tests.netfault import Namespace, namespace
-from tests.test_netfault import CounterWatch, call, media_everywhere
+from tests.remote_participant import CounterWatch, call, media_everywhere
 
 pytestmark = pytest.mark.netns
 
@@ -115,6 +115,7 @@ async def test_cut_partner_is_lost_within_2s_and_recovers_inside_the_window(
         recovery = frames_from_b.first_growth_after(restored.at) - restored.began  # type: ignore[operator]
         assert recovery < 2.0, f"video back after {recovery:.2f} s"
         await c.therapist.wait_message("notice", kind="back", about=b_id, timeout=5)
+        frames_from_b.stop()
         assert not any(m["type"] == "call_prompt" for m in c.therapist.received)
         assert phone_system[0].calls == []
         print(f"detection {detected:.3f} s, recovery {recovery:.3f} s")
