@@ -29,7 +29,7 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     screenshot,
     watch_console,
 )
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, eventually
 
 pytestmark = pytest.mark.browser
 
@@ -210,6 +210,22 @@ async def test_a_three_party_session_from_start_to_end(
     assert any(e.kind in ("back", "replaced") for e in after)
     for person in (therapist, sam):
         await wait_remote_frames_advance(person.page)
+
+    # -- the signaling connection drops (media keeps flowing): the page reconnects ------
+    sig = server.app[SIGNALING]
+    socket = next(conn for conn, seat in sig.hub.seats.items() if seat.person_id == alex_id)
+    seen = len(recorder.events)
+    await socket.ws.close(code=1012)
+
+    def alex_kinds() -> list[str]:
+        return [e.kind for e in recorder.events[seen:] if isinstance(e, MemberEvent) and e.person_id == alex_id]
+
+    await eventually(lambda: "back" in alex_kinds(), timeout=15)
+    assert alex_kinds()[:2] == ["reconnecting", "back"]
+    await expect(t.locator("#banners")).to_contain_text("Partner 1 is back.")
+    await expect(alex.page.locator("#call-step")).to_be_visible()
+    await expect(alex.page.locator("#connection-pill")).to_be_hidden()
+    await wait_remote_frames_advance(alex.page)
 
     # -- the therapist's controls -------------------------------------------------------
     await t.get_by_role("button", name="Mute Partner 1").click()

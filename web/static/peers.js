@@ -426,6 +426,48 @@ export class Mesh {
     await Promise.all(jobs);
   }
 
+  // ---- recovery and quality steps another module may ask for (the fallback flow) ------
+
+  /** Restart ICE on a pair now: the offerer restarts in place, the answerer asks the offerer. */
+  restartIce(peerId) {
+    const link = this.links.get(peerId);
+    if (!link) return false;
+    if (link.polite) return this.signaling.restart(peerId, link.pcId || null);
+    if (!link.pc || link.pc.signalingState !== 'stable') return false;
+    link.pc.restartIce();
+    return true;
+  }
+
+  /** Replace a pair's connection with a new one (a new pc id). */
+  freshConnection(peerId) {
+    const link = this.links.get(peerId);
+    if (!link) return false;
+    if (link.polite) return this.signaling.restart(peerId, link.pcId || null);
+    this._fresh(link);
+    return true;
+  }
+
+  /**
+   * Cap the video we send on every link (bits per second), or lift the cap (null); the
+   * call keeps its connections, only the encoder aims lower.
+   */
+  async limitVideo(maxBitrate) {
+    const jobs = [];
+    for (const link of this.links.values()) {
+      for (const sender of link.pc?.getSenders() ?? []) {
+        if (sender.track?.kind !== 'video') continue;
+        const params = sender.getParameters();
+        if (!params.encodings || params.encodings.length === 0) continue;
+        for (const encoding of params.encodings) {
+          if (maxBitrate) encoding.maxBitrate = maxBitrate;
+          else delete encoding.maxBitrate;
+        }
+        jobs.push(sender.setParameters(params).catch((e) => console.warn('setParameters failed', e)));
+      }
+    }
+    await Promise.all(jobs);
+  }
+
   /** Stop everything (leaving the call). */
   close() {
     if (this._closed) return;

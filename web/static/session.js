@@ -63,6 +63,8 @@ export class RoomPage {
     this.step = 'check';
     this.statsTimer = null;
     this.joining = false;
+    /** Whose own network the server's monitor blames for weak links, if it can tell. */
+    this.serverWeak = null;
     this._wire();
   }
 
@@ -161,21 +163,19 @@ export class RoomPage {
       this.call.removePeer(peerId);
       this.board.forget(peerId);
       this.call.clearBanner(`link-${peerId}`);
-      this.call.clearBanner(`quality-${peerId}`);
+      this._qualityBanner();
     });
     // The indicator follows the board, whatever feeds it: this page's stats (in _sendStats)
     // and the server monitor's `quality` messages, which win while they are fresh.
     sig.on('quality', (m) => {
       if (!sig.me) return;
+      this.serverWeak = m.weak ?? null;
       for (const [peerId, level] of peerLevels(m, sig.me.id)) this.board.fromServer(peerId, level);
+      this._qualityBanner();
     });
     this.board.on('change', ({ peerId, level }) => {
       this.call.setQuality(peerId, level);
-      if (level === 'poor' || level === 'lost') {
-        this.call.banner(`quality-${peerId}`, `Your connection to ${this._name(peerId)} is weak. Video may freeze.`);
-      } else {
-        this.call.clearBanner(`quality-${peerId}`);
-      }
+      this._qualityBanner();
     });
 
     this.media.on('change', ({ kind, track }) => {
@@ -240,6 +240,23 @@ export class RoomPage {
     this.signaling.media(!this.media.micMuted, Boolean(this.media.video));
     this.onWelcome?.(welcome);
     if (this.statsTimer === null) this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
+  }
+
+  /** One banner for weak links: when every link is weak, the problem is most likely ours. */
+  _qualityBanner() {
+    const peers = [...this.mesh.links.keys()];
+    const weak = peers.filter((id) => ['poor', 'lost'].includes(this.board.level(id)));
+    const mine = this.serverWeak === this.signaling.me?.id;
+    if (weak.length === 0) {
+      this.call.clearBanner('quality');
+    } else if (mine || (!this.serverWeak && weak.length === peers.length && peers.length > 1)) {
+      this.call.banner('quality', 'Your connection is weak, so video may freeze. Stopping your video can keep the sound clear.');
+    } else if (this.serverWeak && peers.includes(this.serverWeak)) {
+      this.call.banner('quality', `${this._name(this.serverWeak)}'s connection is weak. Their video may freeze.`);
+    } else {
+      const names = weak.map((id) => this._name(id)).join(' and ');
+      this.call.banner('quality', `The connection to ${names} is weak. Their video may freeze.`);
+    }
   }
 
   _presence(peerId, state) {

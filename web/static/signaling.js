@@ -53,7 +53,18 @@ export const VERSION = 1;
 /** @typedef {{type: 'room', room: RoomInfo}} RoomChanged */
 /** @typedef {{type: 'error', code: string, message: string, ref?: string}} ErrorMessage */
 /** @typedef {{type: 'bye', reason: string, action: string, message?: string}} Bye */
-/** @typedef {Welcome|Waiting|Lobby|PeerJoined|PresenceChanged|ServerSdp|ServerCandidate|ServerRestart|Pong|PeerMedia|MuteRequest|RoomChanged|ErrorMessage|Bye} ServerMessage */
+/** @typedef {'good'|'fair'|'poor'|'lost'} QualityLevel */
+/** The monitor's verdict on one pair. @typedef {{a: string, b: string, level: QualityLevel, mos?: number, relay?: boolean}} LinkQuality */
+/** Everyone's connection quality, sent when a level changes; `weak` names the person whose own network is the cause.
+ * @typedef {{type: 'quality', links: LinkQuality[], people: Object<string, QualityLevel>, weak?: string}} Quality */
+/** @typedef {'lower_video'|'audio_only'|'restore_video'|'ice_restart'|'fresh_connection'|'page_rejoin'|'hold'|'unhold'|'phone'} FallbackStep */
+/** A step of the fallback flow for `person`. @typedef {{type: 'fallback', action: FallbackStep, person: string, attempt?: number, waiting_for?: string}} FallbackAction */
+/** Plain words for this reader. @typedef {{type: 'notice', kind: string, text: string, about?: string}} Notice */
+/** Therapist only: call this partner now. @typedef {{type: 'call_prompt', callee: string, name: string, phone: string|null, href: string|null, text: string}} CallPrompt */
+/** @typedef {{disruption: number, person: string, cause: string, started_at: number, ended_at?: number, outcome?: string, step?: string, step_at?: number, step_outcome?: string}} LedgerRow */
+/** Therapist only: the session's disruptions. @typedef {{type: 'ledger', rows: LedgerRow[]}} Ledger */
+/** @typedef {Welcome|Waiting|Lobby|PeerJoined|PresenceChanged|ServerSdp|ServerCandidate|ServerRestart|Pong|PeerMedia|MuteRequest|RoomChanged|ErrorMessage|Bye|Quality|FallbackAction|Notice|CallPrompt|Ledger} ServerMessage */
+/** @typedef {'ice_restart'|'fresh_connection'|'page_rejoin'} RejoinStep */
 
 /** Why the server closes a socket (CloseReason in protocol.py). */
 export const CloseReason = Object.freeze({
@@ -407,5 +418,36 @@ export class SignalingClient {
 
   end() {
     return this.send({ type: 'end' });
+  }
+
+  // The fallback flow (docs/fallback.md).
+
+  /** Therapist: move a partner to the phone step now. */
+  switchToPhone(participant) {
+    return this.send({ type: 'switch_to_phone', participant });
+  }
+
+  /** Back from the phone step to video; the therapist names the partner, a partner omits it. */
+  returnToVideo(participant = null) {
+    return this.send(participant ? { type: 'return_to_video', participant } : { type: 'return_to_video' });
+  }
+
+  /** Therapist: put the session on hold, and resume it. */
+  hold() {
+    return this.send({ type: 'hold' });
+  }
+
+  resume() {
+    return this.send({ type: 'resume' });
+  }
+
+  /** How a rejoin step the server asked for went. @param {RejoinStep} step */
+  rejoinResult(step, ok) {
+    return this.send({ type: 'rejoin_result', step, ok: Boolean(ok) });
+  }
+
+  /** Therapist: ask for the session's disruption ledger. */
+  getLedger() {
+    return this.send({ type: 'get_ledger' });
   }
 }

@@ -1,0 +1,214 @@
+"""The page's DOM-free modules, run in Chromium as the pages load them, with fakes only at
+their seams (a socket, a clock, a stats report)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page
+
+from tests.browser import browser, new_person_context  # noqa: F401  (browser is a fixture)
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.browser
+
+# A WebSocket and timers the test drives by hand.
+SEAMS = """
+window.seams = () => {
+  const sockets = [];
+  class FakeSocket {
+    constructor(url) { this.url = url; this.readyState = 0; this.sent = []; sockets.push(this); }
+    send(data) { this.sent.push(JSON.parse(data)); }
+    close() { this.readyState = 3; }
+    open() { this.readyState = 1; this.onopen?.(); }
+    receive(message) { this.onmessage?.({ data: JSON.stringify(message) }); }
+    drop(code = 1006) { this.readyState = 3; this.onclose?.({ code }); }
+  }
+  let now = 0;
+  let next = 1;
+  const pending = new Map();
+  const timers = {
+    setTimeout: (fn, ms) => { const id = next++; pending.set(id, { at: now + ms, fn }); return id; },
+    clearTimeout: (id) => pending.delete(id),
+    setInterval: (fn, ms) => { const id = next++; pending.set(id, { at: now + ms, fn, every: ms }); return id; },
+    clearInterval: (id) => pending.delete(id),
+  };
+  const advance = (ms) => {
+    const until = now + ms;
+    for (;;) {
+      const due = [...pending.entries()].filter(([, t]) => t.at <= until).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      const [id, t] = due;
+      now = t.at;
+      if (t.every) t.at += t.every; else pending.delete(id);
+      t.fn();
+    }
+    now = until;
+  };
+  const delays = () => [...pending.values()].filter((t) => !t.every).map((t) => t.at - now);
+  return { FakeSocket, sockets, timers, advance, delays, clock: () => now };
+};
+"""
+
+
+@pytest.fixture
+async def page(server: RunningServer, browser: Browser) -> AsyncIterator[Page]:  # noqa: F811
+    context = await new_person_context(browser, ())
+    await context.add_init_script(SEAMS)
+    opened = await context.new_page()
+    await opened.goto(f"{server.base_url}/")
+    yield opened
+    await context.close()
+
+
+async def test_signaling_joins_with_the_token_in_the_message_and_resumes_after_a_drop(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { SignalingClient, socketUrl, tokenFromPath } = await import('/static/signaling.js');
+            const s = seams();
+            const token = tokenFromPath('/j/' + 'T'.repeat(43));
+            const client = new SignalingClient({ url: socketUrl(location), token, WebSocketImpl: s.FakeSocket,
+                                                  timers: s.timers, now: s.clock, random: () => 0.5 });
+            const states = [];
+            client.on('connection', (c) => states.push(c.state));
+            const welcomes = [];
+            client.on('welcome', (m) => welcomes.push(m.resumed));
+            client.connect();
+            const first = s.sockets[0];
+            first.open();
+            const you = { id: 'p_1', role: 'partner', name: 'Alex' };
+            first.receive({ type: 'welcome', v: 1, you, room: { id: 'r', locked: false }, peers: [], resumed: false, ice_servers: [], grace_s: 45 });
+
+            first.drop();                        // the network goes away without a goodbye
+            const retryIn = s.delays();
+            s.advance(retryIn[0]);
+            const second = s.sockets[1];
+            second.open();
+            second.receive({ type: 'welcome', v: 1, you, room: { id: 'r', locked: false }, peers: [], resumed: true, ice_servers: [], grace_s: 45 });
+
+            // A socket that stays silent through pings is dropped and replaced.
+            s.advance(21000);
+            const thirdMade = s.sockets.length === 3;
+
+            return { url: first.url, join: first.sent[0], rejoin: second.sent[0], states, welcomes, retryIn,
+                     thirdMade, pinged: second.sent.some((m) => m.type === 'ping') };
+        }"""
+    )
+    assert result["url"].endswith("/ws") and "T" * 43 not in result["url"]
+    assert result["join"] == {"type": "join", "v": 1, "token": "T" * 43}
+    assert result["rejoin"] == result["join"]
+    assert result["welcomes"] == [False, True]
+    assert result["states"][:4] == ["connecting", "open", "reconnecting", "connecting"]
+    assert result["retryIn"] == [500]
+    assert result["pinged"] and result["thirdMade"]
+
+
+async def test_signaling_backs_off_and_stops_when_the_session_is_over(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { SignalingClient } = await import('/static/signaling.js');
+            const s = seams();
+            const client = new SignalingClient({ url: 'ws://x/ws', token: 't', WebSocketImpl: s.FakeSocket,
+                                                  timers: s.timers, now: s.clock, random: () => 0.5 });
+            const closed = [];
+            client.on('closed', (d) => closed.push(d.reason));
+            client.connect();
+            // Never opens: the attempt times out after 10 s, then waits longer each time.
+            const waits = [];
+            for (let i = 0; i < 5; i++) {
+                s.advance(10000);
+                waits.push(s.delays()[0]);
+                s.advance(s.delays()[0]);
+            }
+            const attempts = s.sockets.length;
+            const last = s.sockets[attempts - 1];
+            last.open();
+            last.receive({ type: 'bye', reason: 'room_ended', action: 'none', message: 'The session has ended.' });
+            last.drop(4001);
+            s.advance(60000);
+            const afterBye = s.sockets.length;
+
+            // A refused join is final too.
+            const refused = new SignalingClient({ url: 'ws://x/ws', token: 't', WebSocketImpl: s.FakeSocket,
+                                                  timers: s.timers, now: s.clock });
+            refused.on('closed', (d) => closed.push(d.reason));
+            refused.connect();
+            const sock = s.sockets[s.sockets.length - 1];
+            sock.open();
+            sock.receive({ type: 'error', code: 'bad_link', message: 'no', ref: 'join' });
+            s.advance(60000);
+            return { waits, attempts, afterBye, closed, total: s.sockets.length, state: client.state };
+        }"""
+    )
+    assert result["waits"] == [500, 1000, 2000, 4000, 8000]
+    assert result["afterBye"] == result["attempts"] == 6
+    assert result["closed"] == ["room_ended", "bad_link"]
+    assert result["total"] == 7 and result["state"] == "closed"
+
+
+async def test_link_stats_from_a_report(page: Page) -> None:
+    stats = await page.evaluate(
+        """async () => {
+            const { linkStatsFromReport } = await import('/static/stats.js');
+            const report = (packets, lost, bytes, frames, concealed, samples, sent) => new Map([
+                ['T', { id: 'T', type: 'transport', selectedCandidatePairId: 'CP' }],
+                ['CP', { id: 'CP', type: 'candidate-pair', currentRoundTripTime: 0.042, localCandidateId: 'L', remoteCandidateId: 'R' }],
+                ['L', { id: 'L', type: 'local-candidate', candidateType: 'srflx' }],
+                ['R', { id: 'R', type: 'remote-candidate', candidateType: 'relay' }],
+                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: packets, packetsLost: lost,
+                        bytesReceived: bytes, jitter: 0.012, concealedSamples: concealed, totalSamplesReceived: samples }],
+                ['V', { id: 'V', type: 'inbound-rtp', kind: 'video', packetsReceived: packets * 2, packetsLost: 0,
+                        bytesReceived: bytes * 10, jitter: 0.02, framesDecoded: frames, framesDropped: 1, framesPerSecond: 24 }],
+                ['O', { id: 'O', type: 'outbound-rtp', kind: 'video', bytesSent: sent }],
+            ]);
+            const about = { peer: 'p_2', pcId: 'abc', video: true };
+            const first = linkStatsFromReport(report(100, 0, 10000, 50, 0, 48000, 50000), null, 1000, about);
+            const second = linkStatsFromReport(report(150, 10, 15000, 74, 960, 96000, 175000), first.snapshot, 2000, about);
+            return [first.stats, second.stats];
+        }"""
+    )
+    first, second = stats
+    assert first == {"peer": "p_2", "pc": "abc", "video": True, "rtt_ms": 42, "jitter_ms": 12, "loss": 0,
+                     "packets_in": 300, "bytes_in": 110000, "frames_decoded": 50, "frames_dropped": 1,
+                     "fps": 24, "concealed": 0, "candidate": "relay"}
+    # Over the second: 10 lost of 160 audio+video packets, 1/50 of the audio concealed.
+    assert second["loss"] == round(10 / (10 + 150), 4)
+    assert second["concealed"] == 0.02
+    assert second["in_bitrate"] == (165000 - 110000) * 8 and second["out_bitrate"] == 125000 * 8
+    assert second["packets_in"] == 450
+
+
+async def test_the_quality_indicator_smooths_local_estimates_and_defers_to_the_server(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { QualityBoard, levelFromStats, peerLevels } = await import('/static/quality.js');
+            let now = 0;
+            const board = new QualityBoard({ now: () => now });
+            const shown = [];
+            board.on('change', (c) => shown.push([now, c.level, c.source]));
+            const good = { peer: 'b', rtt_ms: 30, loss: 0, packets_in: 1000, concealed: 0, fps: 24, frames_decoded: 500 };
+            const fair = { ...good, loss: 0.04 };
+            const poor = { ...good, loss: 0.2 };
+            const tick = (s) => { now += 1000; board.fromStats('b', s); };
+            tick(good); tick(fair); tick(good);  // one unsteady second is not shown
+            tick(poor); tick(poor);              // two in a row are
+            tick(good); tick(good); tick(good); tick(good);  // better shows once it has held 3 s
+            board.fromServer('b', 'lost');       // the server's verdict shows at once ...
+            tick(good); tick(good); tick(good); tick(good);  // ... and local estimates wait while it is fresh
+            now += 10000; tick(good); tick(good); tick(good); tick(good);
+            return {
+                shown,
+                levels: [good, fair, poor, { ...good, packets_in: 10, loss: 0.5 }, { rtt_ms: null, loss: null }].map(levelFromStats),
+                pairs: [...peerLevels({ links: [{ a: 'me', b: 'x', level: 'poor' }, { a: 'y', b: 'me', level: 'good' },
+                                               { a: 'x', b: 'y', level: 'lost' }] }, 'me')],
+            };
+        }"""
+    )
+    assert result["shown"] == [
+        [1000, "good", "local"], [5000, "poor", "local"], [9000, "good", "local"],
+        [9000, "lost", "server"], [27000, "good", "local"],
+    ]
+    # Loss in the first seconds (few packets) is buffers settling, not a bad link.
+    assert result["levels"] == ["good", "fair", "poor", "good", None]
+    assert result["pairs"] == [["x", "poor"], ["y", "good"]]
