@@ -158,5 +158,26 @@ async def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "
     return [v for v in result if v["impact"] in impacts]
 
 
+async def tab_through(page: Page, presses: int) -> dict[str, dict[str, str]]:
+    """Press Tab ``presses`` times; what got focus (by id, else text) and its outline."""
+    reached: dict[str, dict[str, str]] = {}
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                const style = getComputedStyle(el);
+                return {id: el.id || el.textContent.trim(), tag: el.tagName,
+                        outline: style.outlineStyle, width: style.outlineWidth};
+            }"""
+        )
+        reached[focused["id"]] = focused
+    return reached
+
+
+def visibly_focused(info: dict[str, str]) -> bool:
+    return info["outline"] != "none" and info["width"] not in ("0px", "")
+
+
 def describe(violations: list[dict[str, Any]]) -> str:
     return json.dumps(violations, indent=2)

@@ -15,6 +15,8 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     describe,
     new_person_context,
     screenshot,
+    tab_through,
+    visibly_focused,
     watch_console,
 )
 from tests.conftest import RunningServer, eventually
@@ -165,25 +167,14 @@ async def test_every_control_of_the_check_is_reachable_by_keyboard_with_a_visibl
     room = server.create_room()
     page = await open_page(context, room.partner_links[0])
     await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=20_000)
-    reached: dict[str, dict[str, str]] = {}
-    for _ in range(40):
-        await page.keyboard.press("Tab")
-        focused = await page.evaluate(
-            """() => {
-                const el = document.activeElement;
-                const style = getComputedStyle(el);
-                return {id: el.id || el.textContent.trim(), tag: el.tagName,
-                        outline: style.outlineStyle, width: style.outlineWidth};
-            }"""
-        )
-        reached[focused["id"]] = focused
+    reached = await tab_through(page, 40)
     controls = await page.evaluate(
         """() => [...document.querySelectorAll('#check-step button, #check-step select, #check-step input')]
               .filter(el => el.offsetParent !== null).map(el => el.id)"""
     )
     assert controls and set(controls) <= set(reached), set(controls) - set(reached)
     for control in controls:
-        assert reached[control]["outline"] != "none" and reached[control]["width"] != "0px", reached[control]
+        assert visibly_focused(reached[control]), reached[control]
 
 
 async def test_the_page_runs_under_its_content_security_policy(

@@ -27,6 +27,8 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     describe,
     new_person_context,
     screenshot,
+    tab_through,
+    visibly_focused,
     watch_console,
 )
 from tests.conftest import RunningServer, eventually
@@ -174,6 +176,18 @@ async def test_a_three_party_session_from_start_to_end(
     await screenshot(sam.page, "05-partner-call-phone")
     await screenshot(t, "06-therapist-call")
     await assert_accessible(alex.page, "the partner's call page")
+
+    # The call's controls work from the keyboard, with a visible focus.
+    reached = await tab_through(alex.page, 8)
+    for control in ("toggle-mic", "toggle-camera", "open-settings", "leave"):
+        assert control in reached and visibly_focused(reached[control]), (control, reached)
+    await alex.page.locator("#open-settings").focus()
+    await alex.page.keyboard.press("Enter")
+    settings = alex.page.get_by_role("dialog", name="Settings")
+    await expect(settings.get_by_label("Camera")).to_be_visible()
+    await expect(settings.get_by_label("Speaker")).to_be_visible()
+    await alex.page.keyboard.press("Escape")
+    await expect(settings).to_be_hidden()
 
     # On a laptop the two others sit side by side; on a phone held upright, one above the other.
     alex_tiles = [await tile.bounding_box() for tile in await alex.page.locator(".tile").all()]

@@ -127,7 +127,7 @@ export class CheckView {
   }
 
   async openDevices() {
-    this.placeholder.textContent = 'Starting your camera…';
+    this.placeholder.textContent = 'Starting your camera… If your browser asks, choose Allow.';
     this.placeholder.hidden = false;
     $('retry-media').disabled = true;
     const problems = await this.media.open();
