@@ -77,3 +77,13 @@ async def eventually(check: Callable[[], bool], timeout: float, interval: float 
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Timing-sensitive suites each get one worker: the network-fault tests on one, the
+    browser tests on the other, so two heavy suites never share a core's worth of time."""
+    for item in items:
+        if item.get_closest_marker("netns"):
+            item.add_marker(pytest.mark.xdist_group("netns"))
+        elif item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
