@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telehealth import keys, retention, rooms, turn
+from telehealth import accounts, keys, retention, rooms, turn
 from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
 from telehealth.crypto import KeyFileError
@@ -89,6 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(purge)
     purge.add_argument("--older-than", type=_duration,
                        help="e.g. 30d, 12h, 90m, 600s (default: the retention setting, 30d)")
+
+    user = sub.add_parser("user", help="staff accounts for the console and the ops dashboard").add_subparsers(
+        dest="user_command", required=True)
+    add = user.add_parser("add", help="create an account; the password is typed, or read from stdin or a file")
+    _common(add)
+    add.add_argument("--username", required=True)
+    add.add_argument("--role", choices=["therapist", "ops"], required=True)
+    add.add_argument("--display-name", default="", help="for a therapist: the name partners see")
+    add.add_argument("--password-file", type=Path, help="read the password from this file's first line")
+    password = user.add_parser("password", help="set a new password (logs the account out everywhere)")
+    _common(password)
+    password.add_argument("--username", required=True)
+    password.add_argument("--password-file", type=Path)
+    user_list = user.add_parser("list", help="list accounts")
+    _common(user_list)
+    remove = user.add_parser("remove", help="delete an account")
+    _common(remove)
+    remove.add_argument("--username", required=True)
 
     turn = sub.add_parser("turn", help="TURN relay helpers").add_subparsers(dest="turn_command", required=True)
     turn_config = turn.add_parser("config", help="print a ready coturn configuration for your domain")
@@ -236,6 +254,27 @@ def cmd_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_user(args: argparse.Namespace, config: Config) -> int:
+    store = Store.open(config.data_dir, config.key_path)
+    try:
+        if args.user_command == "add":
+            created = accounts.add_user(store, args.username, accounts.read_password(args.password_file),
+                                        args.role, now=time.time(), display_name=args.display_name)
+            print(f"Created {created.role} account {created.username}.")
+        elif args.user_command == "password":
+            accounts.set_password(store, args.username, accounts.read_password(args.password_file))
+            print(f"Password changed for {args.username}; its sessions were signed out.")
+        elif args.user_command == "list":
+            for u in accounts.list_users(store):
+                print(f"{u.username}  {u.role}")
+        else:
+            accounts.remove_user(store, args.username)
+            print(f"Removed {args.username}.")
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_turn(args: argparse.Namespace) -> int:
     generated = args.secret is None
     secret = args.secret or secrets.token_urlsafe(32)
@@ -263,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_key(args, config)
         if args.command == "turn":
             return cmd_turn(args)
+        if args.command == "user":
+            return cmd_user(args, config)
         # Holding the key's shared lock keeps a rotation from running under our feet.
         with keys.key_in_use(config.key_path):
             return cmd_room(args, config)

@@ -212,3 +212,19 @@ def test_turn_config_prints_a_ready_coturn_file() -> None:
     generated = run("turn", "config", "--realm", "turn.clinic.example")
     secret = next(l for l in generated.stderr.splitlines() if "TELEHEALTH_TURN_SECRET=" in l).split("=", 1)[1]
     assert f"static-auth-secret={secret}" in generated.stdout and len(secret) >= 40
+
+
+def test_staff_accounts_from_the_command_line(tmp_path: Path) -> None:
+    added = subprocess.run([*TELEHEALTH, "user", "add", "--data-dir", str(tmp_path), "--username", "ada",
+                            "--role", "therapist", "--display-name", "Dr Ada"],
+                           input="correct horse battery staple\n", capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    again = subprocess.run([*TELEHEALTH, "user", "add", "--data-dir", str(tmp_path), "--username", "ada",
+                            "--role", "ops"], input="another long password\n", capture_output=True, text=True)
+    assert again.returncode == 2 and "taken" in again.stderr
+    short = subprocess.run([*TELEHEALTH, "user", "add", "--data-dir", str(tmp_path), "--username", "bob",
+                            "--role", "ops"], input="short\n", capture_output=True, text=True)
+    assert short.returncode == 2 and "at least" in short.stderr
+    assert run("user", "list", "--data-dir", str(tmp_path)).stdout.split() == ["ada", "therapist"]
+    raw = (tmp_path / "telehealth.sqlite3").read_bytes()
+    assert b"correct horse" not in raw
