@@ -121,7 +121,9 @@ async def main(runs: int) -> dict[str, Any]:
         await browser.close()
         await playwright.stop()
         await server.stop()
-    version = subprocess.run([str(CHROMIUM), "--version"], capture_output=True, text=True).stdout.strip()
+    version = (await asyncio.to_thread(
+        subprocess.run, [str(CHROMIUM), "--version"], capture_output=True, text=True, check=False,
+    )).stdout.strip()
     return {
         "what": "link opened to first remote video frame, for a partner in Chromium (server process, loopback)",
         "runs": [{k: round(v, 1) for k, v in r.items()} for r in results],

@@ -28,7 +28,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 
 from telehealth.errors import ErrorCode, UserError
 
@@ -90,7 +96,7 @@ class NetworkProbe:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - aiortc rejects bad SDP with many exception types
             await self._close(pc)
             log.info("network check offer refused: %s", type(exc).__name__)
             raise UserError(ErrorCode.INVALID_MESSAGE, "The network check offer could not be used.") from None

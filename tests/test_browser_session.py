@@ -73,7 +73,7 @@ class Recorder:
         self.stats.setdefault(member.person.id, []).extend(msg.links)
 
 
-async def open_person(browser: Browser, name: str, url: str, **context_options: Any) -> Person:
+async def open_person(browser: Browser, name: str, url: str, **context_options: Any) -> Person:  # noqa: F811
     context = await new_person_context(browser, **context_options)
     page = await context.new_page()
     page.set_default_timeout(20_000)

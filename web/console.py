@@ -121,7 +121,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 def _valid_zone(name: str) -> bool:
-    return bool(name) and len(name) < 64 and zone(name) is not datetime.timezone.utc
+    return bool(name) and len(name) < 64 and zone(name) is not datetime.UTC
 
 
 async def logout(request: web.Request) -> web.StreamResponse:

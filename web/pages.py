@@ -88,7 +88,7 @@ def error_page(request: web.Request, code: ErrorCode, status: int) -> web.Respon
     )
 
 
-def plain_time(ts: float, now: float, tz: datetime.tzinfo = datetime.timezone.utc) -> str:
+def plain_time(ts: float, now: float, tz: datetime.tzinfo = datetime.UTC) -> str:
     """A session time in words: "today at 15:00 UTC", "tomorrow at 09:30 UTC",
     "Tuesday 25 November at 15:00 UTC". The page rewrites it in the reader's own time zone."""
     when = datetime.datetime.fromtimestamp(ts, tz)
@@ -105,14 +105,14 @@ def plain_time(ts: float, now: float, tz: datetime.tzinfo = datetime.timezone.ut
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="minutes")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="minutes")
 
 
 def zone(name: str) -> datetime.tzinfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return datetime.timezone.utc
+        return datetime.UTC
 
 
 def _checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
