@@ -121,6 +121,14 @@ export class CheckView {
 
   /** Start the camera, microphone and network check. */
   async start() {
+    if (!('RTCPeerConnection' in globalThis)) {
+      $('problem-title').textContent = 'This browser can\'t make video calls';
+      $('problem-text').textContent = 'Please open your link in an up-to-date Chrome, Edge, Firefox or Safari.';
+      $('problem-steps').replaceChildren();
+      $('retry-media').hidden = true;
+      $('media-problem').hidden = false;
+      return null;
+    }
     const network = this.runNetwork();
     await this.openDevices();
     return network;

@@ -3,6 +3,7 @@
 
 import { RoomPage } from './session.js';
 import { $, el, announce, confirmDialog } from './ui.js';
+import { chimeWav } from './devices.js';
 
 /** @type {RoomPage} */
 let page;
@@ -44,6 +45,7 @@ function showLobby(waiting) {
   const rows = new Map([...list.children].map((li) => [li.dataset.person, li]));
   const ids = new Set(waiting.map((p) => p.id));
   let focusLost = false;
+  let arrived = false;
   for (const [id, li] of rows) {
     if (ids.has(id)) continue;
     focusLost = focusLost || li.contains(document.activeElement);
@@ -62,12 +64,26 @@ function showLobby(waiting) {
         },
       })));
     announce(`${person.name} is waiting to join.`);
+    arrived = true;
   }
   $('lobby-empty').hidden = waiting.length > 0;
+  // A background tab shows the count in its title; a soft chime says someone arrived.
+  document.title = document.title.replace(/^\(\d+\) /, '');
+  if (waiting.length) document.title = `(${waiting.length}) ${document.title}`;
+  if (arrived) chime();
   if (focusLost) (list.querySelector('button') ?? $('lobby-title')).focus();
 }
 
 let roomLocked = false;
+
+function chime() {
+  const url = URL.createObjectURL(chimeWav());
+  const audio = new Audio(url);
+  audio.volume = 0.5;
+  if (page.media.speaker && audio.setSinkId) audio.setSinkId(page.media.speaker).catch(() => {});
+  audio.addEventListener('ended', () => URL.revokeObjectURL(url), { once: true });
+  audio.play().catch(() => URL.revokeObjectURL(url));
+}
 
 function showLock(locked) {
   roomLocked = locked;

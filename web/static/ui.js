@@ -82,11 +82,19 @@ export function describeTime(when, now = new Date()) {
   const clock = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' }).format(when);
   const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
   const days = Math.round((day(when) - day(now)) / 86400000);
-  if (days === 0) return `today at ${clock}`;
-  if (days === 1) return `tomorrow at ${clock}`;
-  if (days === -1) return `yesterday at ${clock}`;
-  const date = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' }).format(when);
-  return `${date} at ${clock}`;
+  let words;
+  if (days === 0) words = `today at ${clock}`;
+  else if (days === 1) words = `tomorrow at ${clock}`;
+  else if (days === -1) words = `yesterday at ${clock}`;
+  else {
+    const date = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' }).format(when);
+    words = `${date} at ${clock}`;
+  }
+  // Close to the time, how close says more than the clock.
+  const minutes = Math.round((when.getTime() - now.getTime()) / 60000);
+  if (minutes > 0 && minutes <= 90) words += ` (in ${minutes} minute${minutes === 1 ? '' : 's'})`;
+  else if (minutes <= 0 && minutes > -90) words += minutes === 0 ? ' (now)' : ` (started ${-minutes} minute${minutes === -1 ? '' : 's'} ago)`;
+  return words;
 }
 
 /** Rewrite server-rendered times (in UTC) into the reader's time zone. */
