@@ -195,7 +195,8 @@ async def test_the_quality_indicator_smooths_local_estimates_and_defers_to_the_s
             tick(poor); tick(poor);              // two in a row are
             tick(good); tick(good); tick(good); tick(good);  // better shows once it has held 3 s
             board.fromServer('b', 'lost');       // the server's verdict shows at once ...
-            tick(good); tick(good); tick(good); tick(good);  // ... and local estimates wait while it is fresh
+            tick(good); tick(good); tick(good); tick(good);  // ... and stands over local estimates
+            board.serverGone();                  // until our signaling drops
             now += 10000; tick(good); tick(good); tick(good); tick(good);
             return {
                 shown,

@@ -31,6 +31,7 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     visibly_focused,
     watch_console,
 )
+from telehealth import rooms
 from tests.conftest import RunningServer, eventually
 
 pytestmark = pytest.mark.browser
@@ -115,13 +116,17 @@ async def people(browser: Browser) -> AsyncIterator[list[Person]]:  # noqa: F811
 async def test_a_three_party_session_from_start_to_end(
     server: RunningServer, browser: Browser, recorder: Recorder, people: list[Person],  # noqa: F811
 ) -> None:
-    room = server.create_room()
+    room = rooms.create_room(
+        server.store, therapist="Dr Rivera",
+        partners=[rooms.PartnerSpec("Alex", "+1 555 0100 201"), rooms.PartnerSpec("Sam", "+1 555 0100 202")],
+        base_url=server.base_url, link_ttl=3600, now=time.time(), starts_at=time.time() + 600,
+    )
 
     # -- the therapist checks and starts the session -------------------------------------
-    therapist = await open_person(browser, "Dr Test", room.therapist_link)
+    therapist = await open_person(browser, "Dr Rivera", room.therapist_link)
     people.append(therapist)
     t = therapist.page
-    await expect(t.get_by_role("heading", level=1)).to_have_text("Session with Partner 1 and Partner 2")
+    await expect(t.get_by_role("heading", level=1)).to_have_text("Session with Alex and Sam")
     await expect(t.locator("#net-verdict")).to_have_attribute("data-level", "good", timeout=20_000)
     await screenshot(t, "01-therapist-check")
     await t.get_by_role("button", name="Start session").click()
@@ -129,13 +134,14 @@ async def test_a_three_party_session_from_start_to_end(
     await expect(t.locator("#lobby-empty")).to_have_text("No one is waiting.")
 
     # -- two partners: welcome, check, join, wait ---------------------------------------
-    alex = await open_person(browser, "Partner 1", room.partner_links[0])
-    sam = await open_person(browser, "Partner 2", room.partner_links[1], viewport=PHONE)
+    alex = await open_person(browser, "Alex", room.partner_links[0])
+    sam = await open_person(browser, "Sam", room.partner_links[1], viewport=PHONE)
     people.extend([alex, sam])
     for partner in (alex, sam):
         page = partner.page
         await expect(page.get_by_role("heading", level=1)).to_have_text(f"Welcome, {partner.name}")
-        await expect(page.locator("#welcome-title + .lead")).to_contain_text("Your session with Dr Test")
+        await expect(page.locator("#welcome-title + .lead")).to_have_text(
+            re.compile(r"^Your session with Dr Rivera is (today|tomorrow) at .+ \(in \d+ minutes\)\.$"))
         # The camera preview plays, the microphone meter moves, the network check says why.
         await page.wait_for_function("() => document.getElementById('preview').videoWidth > 0")
         await page.wait_for_function("() => document.getElementById('mic-level').value > 0")
@@ -155,13 +161,13 @@ async def test_a_three_party_session_from_start_to_end(
     await assert_accessible(alex.page, "the waiting room")
 
     # -- the therapist admits both ------------------------------------------------------
-    admit = t.get_by_role("button", name="Admit Partner 1")
+    admit = t.get_by_role("button", name="Admit Alex")
     await expect(admit).to_be_visible()
-    await expect(t.get_by_role("button", name="Admit Partner 2")).to_be_visible()
+    await expect(t.get_by_role("button", name="Admit Sam")).to_be_visible()
     await screenshot(t, "04-therapist-lobby")
     await assert_accessible(t, "the therapist's call page with the waiting room")
     await admit.click()
-    await t.get_by_role("button", name="Admit Partner 2").click()
+    await t.get_by_role("button", name="Admit Sam").click()
 
     for person in (therapist, alex, sam):
         await expect(person.page.locator("#call-step")).to_be_visible()
@@ -236,13 +242,13 @@ async def test_a_three_party_session_from_start_to_end(
 
     await eventually(lambda: "back" in alex_kinds(), timeout=15)
     assert alex_kinds()[:2] == ["reconnecting", "back"]
-    await expect(t.locator("#banners")).to_contain_text("Partner 1 is back.")
+    await expect(t.locator("#banners")).to_contain_text("Alex is back.")
     await expect(alex.page.locator("#call-step")).to_be_visible()
     await expect(alex.page.locator("#connection-pill")).to_be_hidden()
     await wait_remote_frames_advance(alex.page)
 
     # -- the therapist's controls -------------------------------------------------------
-    await t.get_by_role("button", name="Mute Partner 1").click()
+    await t.get_by_role("button", name="Mute Alex").click()
     await expect(alex.page.get_by_role("button", name="Unmute")).to_be_visible()
     await expect(alex.page.locator("#banners")).to_contain_text("Your therapist muted your microphone")
     await expect(t.locator(f'.tile[data-peer="{alex_id}"] .badge')).to_have_text("Muted")
@@ -250,11 +256,11 @@ async def test_a_three_party_session_from_start_to_end(
     await t.get_by_role("button", name="Lock room").click()
     await expect(t.get_by_role("button", name="Unlock room")).to_be_visible()
 
-    await t.get_by_role("button", name="Remove Partner 2").click()
-    await expect(t.get_by_role("dialog")).to_contain_text("Remove Partner 2?")
+    await t.get_by_role("button", name="Remove Sam").click()
+    await expect(t.get_by_role("dialog")).to_contain_text("Remove Sam?")
     await t.get_by_role("dialog").get_by_role("button", name="Remove").click()
     await expect(sam.page.get_by_role("heading", name="You have been removed from the session")).to_be_visible()
-    await expect(alex.page.locator("#banners")).to_contain_text("Partner 2 has left the session.")
+    await expect(alex.page.locator("#banners")).to_contain_text("Sam has left the session.")
     await expect(alex.page.locator(".tile")).to_have_count(1)
 
     await t.get_by_role("button", name="End session").click()

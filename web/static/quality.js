@@ -3,7 +3,9 @@
 // DOM-free. Two sources feed a QualityBoard:
 //   - fromStats(peerId, linkStats): this page's own estimate from getStats (stats.js);
 //   - fromServer(peerId, level):    the server's verdict (its `quality` messages, read with
-//     peerLevels), which sees both ends of a link. While fresh, it wins over the local one.
+//     peerLevels), which sees both ends of a link. The server sends a verdict when a level
+//     changes, so once it has spoken about a link its word stands, until serverGone() (our
+//     signaling dropped: the server cannot see us) hands the link back to local estimates.
 // The board smooths local estimates: a worse level shows after two samples in a row (one
 // busy second on a loaded laptop is not a bad connection), a better one once it has held
 // for a few seconds, so the bars do not flicker. Server verdicts show at once.
@@ -66,12 +68,11 @@ export function levelFromStats(s) {
 }
 
 export class QualityBoard {
-  constructor({ now = () => Date.now(), upgradeAfterMs = 3000, downgradeAfter = 2, serverFreshMs = 10000 } = {}) {
+  constructor({ now = () => Date.now(), upgradeAfterMs = 3000, downgradeAfter = 2 } = {}) {
     this.now = now;
     this.upgradeAfterMs = upgradeAfterMs;
     this.downgradeAfter = downgradeAfter;
-    this.serverFreshMs = serverFreshMs;
-    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, serverAt: number, source: string}>} */
+    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, server: boolean, source: string}>} */
     this._links = new Map();
     this._handlers = new Set();
   }
@@ -91,7 +92,7 @@ export class QualityBoard {
   /** This page's own estimate for a link. */
   fromStats(peerId, linkStats) {
     const entry = this._entry(peerId);
-    if (this.now() - entry.serverAt < this.serverFreshMs) return; // the server's view is fresher
+    if (entry.server) return; // the server sees both ends; its verdict stands
     this._offer(peerId, entry, levelFromStats(linkStats), 'local');
   }
 
@@ -99,8 +100,13 @@ export class QualityBoard {
   fromServer(peerId, level) {
     if (!LEVELS.includes(level)) return;
     const entry = this._entry(peerId);
-    entry.serverAt = this.now();
+    entry.server = true;
     this._offer(peerId, entry, level, 'server');
+  }
+
+  /** The server can no longer see this page (signaling dropped): judge locally again. */
+  serverGone() {
+    for (const entry of this._links.values()) entry.server = false;
   }
 
   forget(peerId) {
@@ -110,7 +116,7 @@ export class QualityBoard {
   _entry(peerId) {
     let entry = this._links.get(peerId);
     if (!entry) {
-      entry = { shown: null, candidate: null, since: 0, worse: 0, serverAt: -Infinity, source: 'local' };
+      entry = { shown: null, candidate: null, since: 0, worse: 0, server: false, source: 'local' };
       this._links.set(peerId, entry);
     }
     return entry;

@@ -284,6 +284,7 @@ export class RoomPage {
   }
 
   _connectionChanged({ state }) {
+    if (state === 'reconnecting') this.board.serverGone();
     const pill = $('connection-pill');
     if (state === 'reconnecting' && this.signaling.seated) {
       pill.textContent = 'Reconnecting…';
