@@ -91,6 +91,14 @@ async def wait_remote_frames_advance(page: Page, count: int = 2, timeout: float 
     await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
 
 
+async def settle(page: Page, selector: str, count: int, *, seconds: float) -> None:
+    """Wait, at most ``seconds``, for ``count`` elements to match; carry on either way."""
+    try:
+        await expect(page.locator(selector)).to_have_count(count, timeout=seconds * 1000)
+    except AssertionError:
+        pass
+
+
 async def assert_accessible(page: Page, what: str) -> None:
     violations = await axe_violations(page)
     assert not violations, f"axe found serious problems on {what}:\n{describe(violations)}"
@@ -178,6 +186,8 @@ async def test_a_three_party_session_from_start_to_end(
         await expect(person.page.locator(".tile .quality:not([data-level=unknown])")).to_have_count(2)
         await expect(person.page.locator(".tile .quality-text")).to_have_text(
             [re.compile("^(Good|Unsteady|Weak) connection$")] * 2)
+    # For the picture, give the monitor's verdicts a moment to settle after the start.
+    await settle(alex.page, ".tile .quality[data-level=good]", 2, seconds=6)
     await screenshot(alex.page, "05-partner-call")
     await screenshot(sam.page, "05-partner-call-phone")
     await screenshot(t, "06-therapist-call")
