@@ -1,0 +1,167 @@
+"""Ops webhooks against a real local receiver: signatures, retries with backoff, order, and
+payloads that never carry a name or a number."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from telehealth import webhooks as wh
+from tests.conftest import eventually, free_port
+
+SECRET = "test-ops-secret"
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Receiver:
+    """The clinic's ops endpoint: records every attempt; answers from ``answers`` first."""
+
+    url: str = ""
+    attempts: list[Delivery] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[Delivery]:
+        return [d for d in self.attempts if d.headers.get("X-Answer") == "204"]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = dict(request.headers)
+        status = self.answers.pop(0) if self.answers else 204
+        headers["X-Answer"] = str(status)
+        self.attempts.append(Delivery(headers, body, time.monotonic()))
+        return web.Response(status=status)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/ops", found.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    found.url = f"http://127.0.0.1:{port}/ops"
+    yield found
+    await runner.cleanup()
+
+
+def signature_ok(delivery: Delivery, secret: str = SECRET) -> bool:
+    expected = wh.sign(secret, delivery.headers[wh.TIMESTAMP_HEADER], delivery.body)
+    return hmac.compare_digest(expected, delivery.headers[wh.SIGNATURE_HEADER])
+
+
+@pytest.fixture
+async def hooks(receiver: Receiver) -> AsyncIterator[wh.OpsWebhooks]:
+    sender = wh.OpsWebhooks(receiver.url, SECRET, attempts=4, backoff_s=0.2, timeout_s=2.0)
+    task = asyncio.create_task(sender.run())
+    yield sender
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_events_arrive_signed_in_order(receiver: Receiver, hooks: wh.OpsWebhooks) -> None:
+    hooks.emit(wh.room_started("r_0123456789abcdef", 1000.0))
+    hooks.emit(wh.phone_fallback("r_0123456789abcdef", "p_aaaaaaaaaaaa", "p_tttttttttttt", 1001.5))
+    hooks.emit(wh.disruption("r_0123456789abcdef", "p_aaaaaaaaaaaa", "partner", "own_network",
+                             1001.0, 1030.0, "recovered", ["ice_restart", "phone", "return_to_video"]))
+    hooks.emit(wh.room_ended("r_0123456789abcdef", 1060.0, "ended"))
+    await eventually(lambda: hooks.delivered == 4, 5.0)
+
+    kinds = [d.payload["event"] for d in receiver.attempts]
+    assert kinds == ["room_started", "phone_fallback", "disruption", "room_ended"]
+    for delivery in receiver.attempts:
+        assert signature_ok(delivery)
+        assert not signature_ok(delivery, "another secret")
+        assert delivery.headers[wh.EVENT_HEADER] == delivery.payload["event"]
+        assert delivery.headers[wh.DELIVERY_HEADER] == delivery.payload["delivery"]
+        assert delivery.headers["Content-Type"] == "application/json"
+        assert abs(int(delivery.headers[wh.TIMESTAMP_HEADER]) - time.time()) < 60
+    assert receiver.attempts[2].payload == {
+        "event": "disruption", "delivery": receiver.attempts[2].payload["delivery"],
+        "room_id": "r_0123456789abcdef", "person_id": "p_aaaaaaaaaaaa", "role": "partner",
+        "cause": "own_network", "started_at": 1001.0, "ended_at": 1030.0, "outcome": "recovered",
+        "steps": ["ice_restart", "phone", "return_to_video"],
+    }
+
+
+async def test_failures_are_retried_with_growing_waits(receiver: Receiver, hooks: wh.OpsWebhooks) -> None:
+    receiver.answers = [503, 500, 429]
+    hooks.emit(wh.room_started("r_0123456789abcdef", 1000.0))
+    await eventually(lambda: hooks.delivered == 1, 10.0)
+    assert [d.headers["X-Answer"] for d in receiver.attempts] == ["503", "500", "429", "204"]
+    # One delivery id across the retries, so the receiver can drop duplicates.
+    assert len({d.headers[wh.DELIVERY_HEADER] for d in receiver.attempts}) == 1
+    assert all(signature_ok(d) for d in receiver.attempts)
+    waits = [b.at - a.at for a, b in zip(receiver.attempts, receiver.attempts[1:])]
+    assert waits[0] >= 0.18 and waits[1] >= 0.38 and waits[2] >= 0.78, waits
+
+
+async def test_a_refusal_is_not_retried_and_the_next_event_still_goes(
+    receiver: Receiver, hooks: wh.OpsWebhooks,
+) -> None:
+    receiver.answers = [400]
+    hooks.emit(wh.room_started("r_0123456789abcdef", 1000.0))
+    hooks.emit(wh.room_ended("r_0123456789abcdef", 1001.0, "closed"))
+    await eventually(lambda: hooks.delivered == 1 and hooks.failed == 1, 5.0)
+    assert [(d.payload["event"], d.headers["X-Answer"]) for d in receiver.attempts] == [
+        ("room_started", "400"), ("room_ended", "204")]
+
+
+async def test_an_unreachable_endpoint_is_given_up_after_the_attempts() -> None:
+    sender = wh.OpsWebhooks(f"http://127.0.0.1:{free_port()}/ops", SECRET, attempts=3,
+                            backoff_s=0.05, timeout_s=1.0)
+    task = asyncio.create_task(sender.run())
+    try:
+        sender.emit(wh.room_started("r_0123456789abcdef", 1000.0))
+        await eventually(lambda: sender.failed == 1, 5.0)
+    finally:
+        task.cancel()
+
+
+async def test_a_full_queue_drops_instead_of_blocking() -> None:
+    sender = wh.OpsWebhooks("http://127.0.0.1:9/ops", SECRET, queue_limit=2)
+    for at in range(3):
+        sender.emit(wh.room_started("r_0123456789abcdef", float(at)))
+    assert (sender.queue.qsize(), sender.dropped) == (2, 1)
+
+
+@pytest.mark.parametrize(("fields", "private"), [
+    ({"room_id": "r_1", "name": "r_1"}, None),  # a key outside the allow-list
+    ({"room_id": "Alex Morgan"}, "Alex Morgan"),  # spaces: a name
+    ({"person_id": "+15555550101"}, "+15555550101"),  # "+": a phone number
+    ({"person_id": "alex@example.com"}, "alex@example.com"),  # "@": an address
+    ({"steps": ["phone", "call Alex"]}, "call Alex"),
+    ({"at": float("nan")}, None),
+])
+def test_payloads_refuse_anything_but_ids(fields: dict[str, Any], private: str | None) -> None:
+    with pytest.raises(ValueError) as refused:
+        wh.OpsEvent(wh.OpsEventKind.ROOM_STARTED, fields)
+    # The message names the key, never the refused value.
+    assert private is None or private not in str(refused.value)
+
+
+def test_a_webhook_needs_a_secret() -> None:
+    with pytest.raises(ValueError):
+        wh.OpsWebhooks("http://127.0.0.1:9/ops", "")
