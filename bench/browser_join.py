@@ -2,22 +2,26 @@
 
 Per run, a fresh room: the therapist (a Chromium page) has started the session and the other
 partner (another Chromium page) is already in the call. Then the measured partner opens the
-link and presses "Join session" as soon as it can be pressed (someone who checked earlier;
-the check is advice and never holds anyone back); the therapist presses "Admit" as soon as
-it appears (the script reacts within milliseconds, a person within seconds, so admission
-delay is not part of the figure). Measured from just before the page is requested:
+link and presses "Join session", and the therapist presses "Admit" as soon as it appears
+(the script reacts within milliseconds, a person within seconds, so admission delay is not
+part of the figure). Two ways of pressing "Join session":
+
+- ``after_check``: once the camera preview shows (the person has seen themselves; the
+  check's other parts are advice and hold no one back). This is the figure to quote.
+- ``at_once``: the moment the button can be pressed, before the camera has started (the
+  page then waits for the camera, up to 5 s, before it connects).
 
 The clock starts when the browser starts loading the page (``performance.timeOrigin``), so
-the test harness's own costs (making a browser context) are not counted.
+the harness's own costs (making a browser context) are not counted. Per run, in ms:
 
-- ``join_ms``: "Join session" pressed (the page is loaded and ready);
+- ``camera_ms``: the camera preview showing (``after_check`` only);
+- ``join_ms``: "Join session" pressed;
 - ``waiting_ms``: the waiting room shown (the server has seated the partner);
 - ``call_ms``: the call shown (admitted, welcome received);
 - ``first_frame_ms``: the first remote video frame presented (requestVideoFrameCallback);
-- ``both_frames_ms``: a frame from both others.
-
-Then the partner reloads the page (back within the grace window) and the same clock runs
-from the reload to the first remote frame (``rejoin_first_frame_ms``).
+- ``both_frames_ms``: a frame from both others;
+- ``rejoin_first_frame_ms``: then the partner reloads the page (back within the grace
+  window): from the reload to the first remote frame.
 
 Usage: python -m bench.browser_join [--runs 5]; prints JSON, writes bench/results/browser_join.json.
 """
@@ -69,7 +73,7 @@ async def frames_after(page: Page, count: int) -> list[float]:
     return sorted(await page.evaluate("() => Object.values(window.__frames)"))
 
 
-async def one_run(browser: Browser, server: ServerProcess) -> dict[str, float]:
+async def one_run(browser: Browser, server: ServerProcess, join_at: str) -> dict[str, float]:
     room = server.create_room()
     therapist = await person(browser, room.therapist_link)
     other = await person(browser, room.partner_links[1])
@@ -83,6 +87,10 @@ async def one_run(browser: Browser, server: ServerProcess) -> dict[str, float]:
 
         partner = await person(browser, room.partner_links[0], frame_clock=True)
         pages.append(partner)
+        times: dict[str, float] = {}
+        if join_at == "after_check":
+            await partner.wait_for_function("() => document.getElementById('preview').videoWidth > 0")
+            times["camera_ms"] = time.time()
         await partner.get_by_role("button", name="Join session").click()
         started = await partner.evaluate("() => window.__opened") / 1000
         joined = await partner.evaluate("() => window.__joinAt") / 1000
@@ -97,6 +105,7 @@ async def one_run(browser: Browser, server: ServerProcess) -> dict[str, float]:
         (again,) = (await frames_after(partner, 1))[:1]
         reloaded = await partner.evaluate("() => window.__opened") / 1000
         return {
+            **{key: (at - started) * 1000 for key, at in times.items()},
             "join_ms": (joined - started) * 1000,
             "waiting_ms": (waiting - started) * 1000,
             "call_ms": (in_call - started) * 1000,
@@ -114,9 +123,12 @@ async def main(runs: int) -> dict[str, Any]:
     server = await start_server()
     playwright = await async_playwright().start()
     browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS))
+    results: dict[str, list[dict[str, float]]] = {"after_check": [], "at_once": []}
     try:
-        await one_run(browser, server)  # warm-up: caches, first-use costs
-        results = [await one_run(browser, server) for _ in range(runs)]
+        await one_run(browser, server, "after_check")  # warm-up: caches, first-use costs
+        for _ in range(runs):
+            for join_at, done in results.items():
+                done.append(await one_run(browser, server, join_at))
     finally:
         await browser.close()
         await playwright.stop()
@@ -126,8 +138,8 @@ async def main(runs: int) -> dict[str, Any]:
     )).stdout.strip()
     return {
         "what": "link opened to first remote video frame, for a partner in Chromium (server process, loopback)",
-        "runs": [{k: round(v, 1) for k, v in r.items()} for r in results],
-        "ms": {key: summary([r[key] for r in results]) for key in results[0]},
+        "runs": {join_at: [{k: round(v, 1) for k, v in r.items()} for r in done] for join_at, done in results.items()},
+        "ms": {join_at: {key: summary([r[key] for r in done]) for key in done[0]} for join_at, done in results.items()},
         "chromium": version,
         # Other work on the machine slows Chromium's encoders and decoders: read figures with it.
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),

@@ -100,6 +100,8 @@ export class CheckView {
     this.netRunning = false;
     /** @type {AbortController|null} */
     this.netAbort = null;
+    /** @type {Promise<object>|null} */
+    this.opening = null;
 
     media.on('change', ({ kind, track }) => {
       if (kind === 'video') this._showPreview(track);
@@ -134,7 +136,13 @@ export class CheckView {
     return network;
   }
 
-  async openDevices() {
+  /** Resolves once the devices opened (or failed): the latest attempt's result. */
+  openDevices() {
+    this.opening = this._openDevices();
+    return this.opening;
+  }
+
+  async _openDevices() {
     this.placeholder.textContent = 'Starting your camera… If your browser asks, choose Allow.';
     this.placeholder.hidden = false;
     $('retry-media').disabled = true;

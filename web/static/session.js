@@ -97,8 +97,15 @@ export class RoomPage {
     if (this.joining) return;
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
-    $('join-status').textContent = 'Connecting…';
     this.check.stopNetwork();
+    if (this.check.opening) {
+      // Join with the camera and microphone, not before them: an offer without tracks
+      // would need a second negotiation a moment later. A prompt left open does not hold
+      // the person back for long.
+      $('join-status').textContent = 'Starting your camera and microphone…';
+      await Promise.race([this.check.opening, new Promise((resolve) => setTimeout(resolve, 5000))]);
+    }
+    $('join-status').textContent = 'Connecting…';
     this.signaling.connect();
   }
 
