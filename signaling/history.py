@@ -83,6 +83,7 @@ class RoomSeries:
     last_sample: float = -math.inf
     # When each link last had data; a link unseen for the whole window is dropped.
     last_seen: dict[str, float] = field(default_factory=dict)
+    latest: RoomQuality | None = None
 
     def __post_init__(self) -> None:
         self.times = deque(maxlen=self.window)
@@ -129,6 +130,8 @@ class QualityHistory:
         self.sample_every_s = sample_every_s
         self.window = max(1, int(window_s / sample_every_s))
         self.rooms: dict[RoomId, RoomSeries] = {}
+        # Counts sessions saved, so that readers can tell when the past has grown.
+        self.saved = 0
         store.db.executescript(SCHEMA)
 
     # -- inputs -------------------------------------------------------------------------
@@ -144,6 +147,7 @@ class QualityHistory:
             if _usable(quality):
                 series.usable_s += dt
         series.last_tick = t
+        series.latest = quality
         if t - series.last_sample >= self.sample_every_s:
             self._sample(room_id, series, quality)
 
@@ -201,6 +205,7 @@ class QualityHistory:
             (room_id, past.started_at, past.ended_at, past.session_s, past.usable_s,
              json.dumps({"links": past.links}, separators=(",", ":"))),
         )
+        self.saved += 1
         return past
 
     def past(self, *, limit: int = 50) -> list[PastSession]:

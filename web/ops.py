@@ -1,0 +1,470 @@
+"""The operations dashboard: every live room's health, its disruptions, and past sessions.
+
+For ops staff only: a signed-in account with the role "ops" (therapists get 403, strangers
+the sign-in page). The login is the console's (same accounts, same Secure, HttpOnly,
+SameSite=Strict session cookie, CSRF on every form), with its own form so that it lands here.
+Every page and every live stream opened is recorded in the audit log as ``ops_access`` with
+the account as actor (``u_<id>``); refused attempts too.
+
+Routes (``setup`` mounts them; call it after ``pages.setup``, which sets up the templates):
+
+- ``GET /ops``: live rooms and the latest past sessions; ops.js keeps it current from
+- ``GET /ops/live``: Server-Sent Events, one JSON snapshot a second: rooms (opaque ids), each
+  participant's role and state, each link's level and relay, new quality samples since the
+  last event, the disruption ledger, the usable share; the past sessions when they change.
+- ``GET /ops/sessions/{room_id}``: one past session: each link over the whole session, its
+  ledger and usable share.
+- ``GET|POST /ops/login``, ``POST /ops/logout``.
+
+Nothing here shows a name or a phone number: people are their role and opaque id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp_jinja2
+import msgspec
+from aiohttp import web
+
+from fallback.scoring import Pair
+from fallback.ledger import Disruption
+from signaling.endpoint import SIGNALING
+from signaling.history import QualityHistory, RoomSeries, link_key
+from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
+from signaling.watch import RoomWatch, WatchedRoom
+from telehealth import accounts, webhooks
+from telehealth.app import CONFIG, STORE
+from telehealth.audit import AuditEvent
+from telehealth.errors import ErrorCode, StateError, UserError
+from telehealth.requestlog import REQUEST_ID, route_of
+from telehealth.store import Person, Store
+from telehealth.tokens import PersonId, RoomId
+from telehealth.turn import turn_warning
+from web.console import LOGIN_COOKIE, SESSION_COOKIE
+from web.pages import same_origin
+
+# How often the live stream sends a snapshot; the history samples once a second too.
+LIVE_INTERVAL_S = 1.0
+# How often a live stream checks that its viewer is still signed in.
+SESSION_CHECK_S = 15.0
+PAST_SHOWN = 20
+_ROOM_ID = re.compile(r"^r_[0-9a-f]{16}$")
+
+
+@dataclass
+class OpsState:
+    watch: RoomWatch
+    history: QualityHistory
+    turn_warning: str | None
+    # Set at shutdown, so that open live streams end at once.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+OPS = web.AppKey("ops", OpsState)
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+def _session(request: web.Request) -> accounts.LoginSession | None:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
+
+
+def _audit_path(request: web.Request) -> str:
+    """The route as the audit log takes it: ``/ops/sessions/:room_id`` (no braces there)."""
+    return re.sub(r"\{(\w+)\}", r":\1", route_of(request))
+
+
+def _audit_access(request: web.Request, session: accounts.LoginSession, *, allowed: bool,
+                  room_id: str | None = None) -> None:
+    detail: dict[str, object] = {"method": request.method, "path": _audit_path(request),
+                                 "request_id": REQUEST_ID.get(), "role": session.user.role}
+    if not allowed:
+        detail["reason"] = "forbidden"
+    request.app[STORE].audit.append(AuditEvent.OPS_ACCESS, room_id=room_id,
+                                    actor=f"u_{session.user.id}", detail=detail)
+
+
+def _forbidden(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template("error.html", request, {
+        "title": "Not for this account",
+        "message": "The operations dashboard is for operations staff. "
+                   "Sign in with an operations account to see it.",
+        "code": "forbidden",
+    }, status=403)
+
+
+def _ops_session(request: web.Request, room_id: str | None = None) -> accounts.LoginSession | web.Response:
+    """The viewer's session if they may see ops pages (audited either way), else the answer."""
+    session = _session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/ops/login")
+    if session.user.role != "ops":
+        _audit_access(request, session, allowed=False, room_id=room_id)
+        return _forbidden(request)
+    _audit_access(request, session, allowed=True, room_id=room_id)
+    return session
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+def _login_page(request: web.Request, *, error: str = "", username: str = "", status: int = 200) -> web.Response:
+    nonce = secrets.token_urlsafe(24)
+    response = aiohttp_jinja2.render_template(
+        "ops_login.html", request,
+        {"user": None, "csrf": nonce, "error": error, "username": username}, status=status,
+    )
+    response.set_cookie(LOGIN_COOKIE, nonce, secure=True, httponly=True, samesite="Strict", path="/",
+                        max_age=3600)
+    return response
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    if session is not None and session.user.role == "ops":
+        raise web.HTTPSeeOther("/ops")
+    return _login_page(request)
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="This form may only be sent from this site.")
+    form = await request.post()
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    submitted = _text(form.get("csrf"))
+    # Double-submit: the hidden field must match the cookie this site set with the form.
+    if not nonce or not submitted.isascii() or not secrets.compare_digest(nonce, submitted):
+        return _login_page(request, error="The sign-in form had expired. Please try again.", status=400)
+    username, password = _text(form.get("username")), form.get("password")
+    store = request.app[STORE]
+    now = time.time()
+    audit_detail = {"path": _audit_path(request), "request_id": REQUEST_ID.get()}
+    try:
+        if not isinstance(password, str):
+            raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
+        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
+        user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
+    except UserError as exc:
+        limited = exc.code == ErrorCode.RATE_LIMITED
+        store.audit.append(AuditEvent.LOGIN_FAILED, actor="ops_login", detail={
+            **audit_detail, "reason": "rate_limited" if limited else "bad_credentials"})
+        return _login_page(request, error=exc.detail, username=username, status=429 if limited else 401)
+    if user.role != "ops":
+        store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
+                           detail={**audit_detail, "reason": "forbidden", "role": user.role})
+        return _login_page(request, username=username, status=403,
+                           error="This account cannot open the operations dashboard.")
+    session = accounts.start_session(store, user, now=now)
+    store.audit.append(AuditEvent.LOGIN_OK, actor=f"u_{user.id}", detail={**audit_detail, "role": user.role})
+    response = web.HTTPSeeOther("/ops")
+    response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
+                        path="/", max_age=int(accounts.SESSION_SECONDS))
+    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/ops/login")
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="This form may only be sent from this site.")
+    form = await request.post()
+    csrf = form.get("csrf")
+    if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
+        raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
+    accounts.end_session(request.app[STORE], session.token)
+    response = web.HTTPSeeOther("/ops/login")
+    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    raise response
+
+
+# -- what the dashboard shows ---------------------------------------------------------------
+
+
+def person_label(person: Person) -> str:
+    """How a person appears to ops: their role, never their name."""
+    return "Therapist" if person.role == "therapist" else f"Partner {person.ordinal}"
+
+
+def _labels(people: Collection[Person]) -> dict[str, str]:
+    return {person.id: person_label(person) for person in people}
+
+
+def _link_label(key: str, labels: dict[str, str]) -> str:
+    a, b = key.split("|")
+    first, second = sorted((labels.get(a, a), labels.get(b, b)), key=_label_order)
+    return f"{first} – {second}"
+
+
+def _label_order(label: str) -> tuple[int, str]:
+    """The therapist (and their links) first, then partners in order."""
+    return (0 if label.startswith("Therapist") else 1, label)
+
+
+def _people(room: LiveRoom, watched: WatchedRoom | None, series: RoomSeries | None) -> list[dict[str, Any]]:
+    latest = series.latest if series else None
+    people = []
+    for person in sorted(room.record.people, key=lambda x: x.ordinal):
+        member = room.members.get(person.id)
+        entry: dict[str, Any] = {
+            "id": person.id, "role": person.role, "label": person_label(person),
+            "state": member.state if member else "absent",
+            "level": latest.participants[person.id].value if latest and person.id in latest.participants
+            else None,
+            "flow": None, "video": None,
+        }
+        if watched is not None:
+            with contextlib.suppress(StateError):
+                status = watched.flow.status(person.id)
+                entry["flow"], entry["video"] = status.state.value, status.video.value
+        people.append(entry)
+    return people
+
+
+def _links(series: RoomSeries | None, relayed: Collection[Pair], labels: dict[str, str]) -> list[dict[str, Any]]:
+    latest = series.latest if series else None
+    if latest is None:
+        return []
+    links = []
+    for pair, level in latest.pairs.items():
+        key = link_key(pair)
+        links.append({"key": key, "label": _link_label(key, labels), "level": level.value,
+                      "relay": pair in relayed})
+    return sorted(links, key=lambda link: _label_order(link["label"]))
+
+
+def _ledger(watch: RoomWatch, watched: WatchedRoom | None) -> list[dict[str, Any]]:
+    if watched is None:
+        return []
+    return msgspec.to_builtins(watch.ledger_rows(watched))  # type: ignore[no-any-return]
+
+
+def live_rooms(hub: RoomHub, watch: RoomWatch, history: QualityHistory,
+               cursor: dict[RoomId, float]) -> list[dict[str, Any]]:
+    """Every live room as the dashboard shows it, with the samples taken after ``cursor``
+    (which it moves on): ids, roles, states and levels only."""
+    rooms = []
+    for room_id, room in sorted(hub.rooms.items()):
+        watched = watch.rooms.get(room_id)
+        series = history.rooms.get(room_id)
+        labels = _labels(room.record.people)
+        times: list[float] = []
+        samples: dict[str, list[int]] = {}
+        if series is not None:
+            times, samples = series.since(cursor.get(room_id, float("-inf")))
+            if times:
+                cursor[room_id] = times[-1]
+        rooms.append({
+            "id": room_id, "opened": room.opened, "locked": room.locked,
+            "started_at": series.started_at if series else None,
+            "people": _people(room, watched, series),
+            "links": _links(series, watched.relayed if watched else (), labels),
+            "labels": dict(sorted(((key, _link_label(key, labels)) for key in (series.links if series else ())),
+                                  key=lambda kv: _label_order(kv[1]))),
+            "usable": series.usable_share if series else None,
+            "session_s": series.session_s if series else 0.0,
+            "samples": {"times": [round(t, 1) for t in times], "links": samples},
+            "ledger": _ledger(watch, watched),
+            "people_labels": labels,
+        })
+    for gone in set(cursor) - set(hub.rooms):
+        del cursor[gone]
+    return rooms
+
+
+def past_rows(store: Store, history: QualityHistory, limit: int = PAST_SHOWN) -> list[dict[str, Any]]:
+    rows = []
+    for past in history.past(limit=limit):
+        ledger = json.loads(store.load_ledger(past.room_id) or "[]")
+        rows.append({
+            "id": past.room_id, "started_at": past.started_at, "ended_at": past.ended_at,
+            "session_s": past.session_s, "usable": past.usable_share,
+            "disruptions": len({row["disruption"] for row in ledger}),
+        })
+    return rows
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def utc(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def minutes(seconds: float) -> str:
+    return f"{round(seconds)} s" if seconds < 60 else f"{round(seconds / 60)} min"
+
+
+def share(value: float | None) -> str:
+    """A share as a whole percent, rounded down so that 100% means every moment."""
+    return "—" if value is None else f"{int(value * 100)}%"
+
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    session = _ops_session(request)
+    if isinstance(session, web.Response):
+        return session
+    state = request.app[OPS]
+    return aiohttp_jinja2.render_template("ops.html", request, {
+        "user": session.user, "csrf": session.csrf, "turn_warning": state.turn_warning,
+        "past": past_rows(request.app[STORE], state.history),
+        "interval_s": LIVE_INTERVAL_S, "window_s": state.history.window * state.history.sample_every_s,
+    })
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: a snapshot every LIVE_INTERVAL_S until the viewer goes or signs out."""
+    session = _session(request)
+    if session is None:
+        raise web.HTTPUnauthorized(text="Sign in to see the dashboard.")
+    if session.user.role != "ops":
+        _audit_access(request, session, allowed=False)
+        raise web.HTTPForbidden(text="The dashboard is for operations staff.")
+    _audit_access(request, session, allowed=True)
+    state, sig, store = request.app[OPS], request.app[SIGNALING], request.app[STORE]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    cursor: dict[RoomId, float] = {}
+    past_seen = -1
+    checked_at = time.monotonic()
+    try:
+        await response.write(b"retry: 2000\n\n")
+        while not state.stopping.is_set():
+            if time.monotonic() - checked_at > SESSION_CHECK_S:
+                checked_at = time.monotonic()
+                if _session(request) is None:
+                    await response.write(b"event: signed_out\ndata: {}\n\n")
+                    break
+            snapshot: dict[str, Any] = {"now": sig.clock(), "rooms": live_rooms(
+                sig.hub, state.watch, state.history, cursor)}
+            if state.history.saved != past_seen:
+                past_seen = state.history.saved
+                snapshot["past"] = past_rows(store, state.history)
+            await response.write(b"data: " + msgspec.json.encode(snapshot) + b"\n\n")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(state.stopping.wait(), LIVE_INTERVAL_S)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the viewer went away
+    return response
+
+
+async def past_session(request: web.Request) -> web.StreamResponse:
+    room_id = request.match_info["room_id"]
+    session = _ops_session(request, room_id if _ROOM_ID.match(room_id) else None)
+    if isinstance(session, web.Response):
+        return session
+    state, store = request.app[OPS], request.app[STORE]
+    past = state.history.past_session(room_id)
+    record = store.get_room(room_id) if past is not None else None
+    if past is None or record is None:
+        raise web.HTTPNotFound()
+    labels = _labels(record.people)
+    ledger = json.loads(store.load_ledger(room_id) or "[]")
+    data = {
+        "id": past.room_id, "started_at": past.started_at, "ended_at": past.ended_at,
+        "usable": past.usable_share, "session_s": past.session_s,
+        "links": [{"key": key, "label": _link_label(key, labels), "points": points}
+                  for key, points in sorted(past.links.items(),
+                                            key=lambda kv: _label_order(_link_label(kv[0], labels)))],
+        "ledger": ledger, "people_labels": labels,
+    }
+    return aiohttp_jinja2.render_template("ops_session.html", request, {
+        "user": session.user, "csrf": session.csrf, "past": past, "data": data,
+        "people": [(person_label(p), p.id) for p in sorted(record.people, key=lambda x: x.ordinal)],
+    })
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+class WebhookFeed:
+    """Turns hub and watch events into ops webhooks. Remembers each person's room and role
+    from the hub's events, since a disruption record carries only the person."""
+
+    def __init__(self, hooks: webhooks.OpsWebhooks, clock: Callable[[], float]) -> None:
+        self.hooks = hooks
+        self.clock = clock
+        self.people: dict[PersonId, tuple[RoomId, str]] = {}
+
+    def on_hub_event(self, event: HubEvent) -> None:
+        if isinstance(event, MemberEvent):
+            self.people[event.person_id] = (event.room_id, event.role)
+        elif event.kind == "opened":
+            self.hooks.emit(webhooks.room_started(event.room_id, event.at))
+        elif event.kind in ("ended", "closed"):
+            self.hooks.emit(webhooks.room_ended(event.room_id, event.at, event.kind))
+            for person in [p for p, (room, _) in self.people.items() if room == event.room_id]:
+                del self.people[person]
+
+    def on_disruption(self, record: Disruption) -> None:
+        room_id, role = self.people.get(record.person, (None, None))
+        if room_id is None:
+            return
+        self.hooks.emit(webhooks.disruption(
+            room_id, record.person, role, record.cause.value, record.started_at, record.ended_at,
+            record.outcome.value if record.outcome else None, [s.step.value for s in record.steps]))
+
+    def on_phone(self, room_id: RoomId, therapist: Person, callee: Person) -> None:
+        self.hooks.emit(webhooks.phone_fallback(room_id, callee.id, therapist.id, self.clock()))
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+def _relayed(watch: RoomWatch) -> Callable[[RoomId], Collection[Pair]]:
+    def relayed(room_id: RoomId) -> Collection[Pair]:
+        watched = watch.rooms.get(room_id)
+        return watched.relayed if watched is not None else ()
+    return relayed
+
+
+def setup(app: web.Application, *, hooks: webhooks.OpsWebhooks | None = None) -> None:
+    """Mount the dashboard, start recording quality history, and send ``hooks`` if given."""
+    sig = app[SIGNALING]
+    watch = sig.watch
+    if watch is None:
+        raise RuntimeError("the ops dashboard needs the room watch")
+    history = QualityHistory(app[STORE], _relayed(watch))
+    watch.quality_listeners.append(history.on_quality)
+    # A hub event reaches the watch before these sinks: the flow settles first.
+    sig.event_sinks.append(history.on_hub_event)
+    state = app[OPS] = OpsState(watch, history, turn_warning(app[CONFIG]))
+    aiohttp_jinja2.get_env(app).filters.update(utc=utc, minutes=minutes, share=share)
+
+    app.router.add_get("/ops", dashboard, name="ops-dashboard")
+    app.router.add_get("/ops/live", live, name="ops-live")
+    app.router.add_get("/ops/sessions/{room_id}", past_session, name="ops-session")
+    app.router.add_get("/ops/login", login_form, name="ops-login")
+    app.router.add_post("/ops/login", login)
+    app.router.add_post("/ops/logout", logout, name="ops-logout")
+
+    async def stop_streams(app: web.Application) -> None:
+        state.stopping.set()
+
+    app.on_shutdown.append(stop_streams)
+
+    if hooks is not None:
+        feed = WebhookFeed(hooks, sig.clock)
+        sig.event_sinks.append(feed.on_hub_event)
+        watch.disruption_listeners.append(feed.on_disruption)
+        watch.phone_listeners.append(feed.on_phone)
+        app.cleanup_ctx.append(hooks.running)

@@ -1,0 +1,103 @@
+// Shared pieces of the ops pages: formatting, level badges and the disruption ledger.
+// Builds DOM nodes (never HTML strings), so nothing from the server is parsed as markup.
+
+/** @param {string} tag @param {Record<string, string>} [attrs] @param {...(Node|string)} children */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+const pad = (n) => String(n).padStart(2, '0');
+
+/** "14:05:09" (UTC), or with the date: "2026-11-20 14:05". */
+export function utc(t, { date = false } = {}) {
+  const d = new Date(t * 1000);
+  const clock = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+  if (date) return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${clock}`;
+  return `${clock}:${pad(d.getUTCSeconds())}`;
+}
+
+export function minutes(seconds) {
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+/** A share as a whole percent, rounded down so that 100% means every moment. */
+export function share(value) {
+  return value === null || value === undefined ? '—' : `${Math.floor(value * 100)}%`;
+}
+
+export function levelBadge(level) {
+  return el('span', { class: `level level-${level ?? 'none'}` }, level ?? 'no data');
+}
+
+const CAUSES = {
+  own_network: 'their own network',
+  link: 'the link between two people',
+  everyone: 'every link',
+  unknown: 'not known',
+};
+
+const STEPS = {
+  lower_video: 'video lowered',
+  audio_only: 'audio only',
+  restore_video: 'video restored',
+  dropped: 'dropped',
+  ice_restart: 'ICE restart',
+  fresh_connection: 'fresh connection',
+  page_rejoin: 'page rejoin',
+  back: 'back',
+  phone: 'moved to the phone',
+  return_to_video: 'back to video',
+  hold: 'on hold',
+  resume: 'resumed',
+};
+
+const OUTCOMES = {
+  recovered: 'recovered',
+  left: 'left',
+  ended_on_phone: 'ended on the phone',
+  session_ended: 'session ended',
+};
+
+/** Rows of the ledger (one per step) grouped back into disruptions, in order. */
+export function disruptions(rows) {
+  const byId = new Map();
+  for (const row of rows) {
+    if (!byId.has(row.disruption)) byId.set(row.disruption, { ...row, steps: [] });
+    if (row.step) byId.get(row.disruption).steps.push({ step: row.step, at: row.step_at, outcome: row.step_outcome });
+  }
+  return [...byId.values()];
+}
+
+/**
+ * The disruption ledger as a table, or a sentence when there is none.
+ * @param {HTMLElement} container @param {Array<object>} rows @param {Record<string, string>} labels
+ */
+export function renderLedger(container, rows, labels) {
+  const list = disruptions(rows);
+  if (!list.length) {
+    container.replaceChildren(el('p', { class: 'muted ledger-empty' }, 'No disruptions.'));
+    return;
+  }
+  const head = el('tr', {}, ...['#', 'Who', 'Cause', 'Started', 'Steps', 'Outcome'].map((h) => el('th', { scope: 'col' }, h)));
+  const body = list.map((d) => {
+    const steps = d.steps.map((s) => `${STEPS[s.step] ?? s.step}${s.outcome ? ` (${s.outcome})` : ''} at ${utc(s.at)}`).join('; ');
+    const outcome = d.outcome ? `${OUTCOMES[d.outcome] ?? d.outcome} at ${utc(d.ended_at)}` : 'ongoing';
+    return el('tr', { 'data-disruption': String(d.disruption), 'data-open': String(!d.outcome) },
+      el('td', {}, String(d.disruption + 1)),
+      el('td', {}, labels[d.person] ?? 'Someone', ' ', el('code', {}, d.person)),
+      el('td', {}, CAUSES[d.cause] ?? d.cause),
+      el('td', {}, utc(d.started_at)),
+      el('td', {}, steps || '—'),
+      el('td', { class: 'ledger-outcome' }, outcome));
+  });
+  const table = el('table', { class: 'ops-table ledger' },
+    el('caption', { class: 'visually-hidden' }, 'Disruptions, one row each, with the steps taken'),
+    el('thead', {}, head), el('tbody', {}, ...body));
+  container.replaceChildren(table);
+}
