@@ -7,15 +7,19 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from telehealth import rooms
 from telehealth import webhooks as wh
-from tests.conftest import eventually, free_port
+from telehealth.app import create_app
+from telehealth.config import Config
+from tests.conftest import RunningServer, eventually, free_port
 
 SECRET = "test-ops-secret"
 
@@ -165,3 +169,103 @@ def test_payloads_refuse_anything_but_ids(fields: dict[str, Any], private: str |
 def test_a_webhook_needs_a_secret() -> None:
     with pytest.raises(ValueError):
         wh.OpsWebhooks("http://127.0.0.1:9/ops", "")
+
+
+# -- a real session ---------------------------------------------------------------------------
+
+
+class Client:
+    """A bare signaling client: joins with a link and keeps what the server says."""
+
+    def __init__(self, http: aiohttp.ClientSession, link: str) -> None:
+        self.http = http
+        self.link = link
+        self.received: list[dict[str, Any]] = []
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def join(self) -> None:
+        base, token = self.link.rsplit("/j/", 1)
+        self.ws = await self.http.ws_connect(f"{base.replace('http', 'ws', 1)}/ws")
+        self.reader = asyncio.create_task(self._read(self.ws))
+        await self.send({"type": "join", "v": 1, "token": token})
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            self.received.append(json.loads(message.data))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_json(message)
+
+    async def wait(self, kind: str) -> dict[str, Any]:
+        await eventually(lambda: any(m["type"] == kind for m in self.received), 5.0)
+        return next(m for m in self.received if m["type"] == kind)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.reader is not None:
+            await self.reader
+
+
+async def test_a_session_sends_its_events_without_a_name_or_number(
+    make_config: Callable[..., Config], receiver: Receiver,
+) -> None:
+    from web import ops
+
+    config = make_config()
+    app = create_app(config)
+    if "ops-dashboard" not in app.router.named_resources():
+        ops.setup(app)
+    hooks = wh.OpsWebhooks(receiver.url, SECRET, backoff_s=0.1)
+    ops.send_webhooks(app, hooks)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    server = RunningServer(config, app, runner)
+    created = rooms.create_room(
+        server.store, therapist="Dr Ada Quill",
+        partners=[rooms.PartnerSpec("Alex Morgan", "+1 555 0100 200"),
+                  rooms.PartnerSpec("Sam Lee", "+1 555 0100 300")],
+        base_url=server.base_url, link_ttl=3600, now=time.time(),
+    )
+    receiver.answers = [503]  # the first delivery fails once: it is retried, in order
+    try:
+        async with aiohttp.ClientSession() as http:
+            therapist, partner = Client(http, created.therapist_link), Client(http, created.partner_links[0])
+            await therapist.join()
+            await therapist.wait("welcome")
+            await partner.join()
+            waiting = await partner.wait("waiting")
+            partner_id = waiting["you"]["id"]
+            await therapist.send({"type": "admit", "participant": partner_id})
+            await partner.wait("welcome")
+            await therapist.send({"type": "switch_to_phone", "participant": partner_id})
+            await therapist.wait("call_prompt")
+            await therapist.send({"type": "return_to_video", "participant": partner_id})
+            await therapist.send({"type": "end"})
+            await therapist.wait("bye")
+            await eventually(lambda: hooks.delivered == 4, 10.0)
+            therapist_id = therapist.received[0]["you"]["id"]
+            await therapist.close()
+            await partner.close()
+    finally:
+        await runner.cleanup()
+
+    payloads = [d.payload for d in receiver.attempts if d.headers["X-Answer"] == "204"]
+    assert [p["event"] for p in payloads] == ["room_started", "phone_fallback", "disruption", "room_ended"]
+    assert receiver.attempts[0].headers["X-Answer"] == "503"
+    assert all(signature_ok(d) for d in receiver.attempts)
+    started, phone, disruption, ended = payloads
+    assert started["room_id"] == phone["room_id"] == disruption["room_id"] == ended["room_id"] == created.room_id
+    assert (phone["callee_id"], phone["therapist_id"]) == (partner_id, therapist_id)
+    assert (disruption["person_id"], disruption["role"], disruption["outcome"]) == (partner_id, "partner", "recovered")
+    assert disruption["steps"] == ["phone", "return_to_video"]
+    assert ended["reason"] == "ended"
+    sent = "\n".join(d.body.decode() for d in receiver.attempts)
+    # Names, and the numbers in any format (ids and times are hex and decimals: they could
+    # hold a short run of these digits by chance, but not all ten).
+    for private in ("Ada", "Quill", "Alex", "Morgan", "Sam Lee", "+1 555", "0100 200", "5550100200",
+                    "5550100300"):
+        assert private not in sent

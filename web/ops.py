@@ -6,7 +6,8 @@ SameSite=Strict session cookie, CSRF on every form), with its own form so that i
 Every page and every live stream opened is recorded in the audit log as ``ops_access`` with
 the account as actor (``u_<id>``); refused attempts too.
 
-Routes (``setup`` mounts them; call it after ``pages.setup``, which sets up the templates):
+Routes (``setup`` mounts them; call it after ``pages.setup``, which sets up the templates;
+``send_webhooks`` adds the optional ops webhooks):
 
 - ``GET /ops``: live rooms and the latest past sessions; ops.js keeps it current from
 - ``GET /ops/live``: Server-Sent Events, one JSON snapshot a second: rooms (opaque ids), each
@@ -437,8 +438,8 @@ def _relayed(watch: RoomWatch) -> Callable[[RoomId], Collection[Pair]]:
     return relayed
 
 
-def setup(app: web.Application, *, hooks: webhooks.OpsWebhooks | None = None) -> None:
-    """Mount the dashboard, start recording quality history, and send ``hooks`` if given."""
+def setup(app: web.Application) -> None:
+    """Mount the dashboard and start recording quality history."""
     sig = app[SIGNALING]
     watch = sig.watch
     if watch is None:
@@ -462,9 +463,15 @@ def setup(app: web.Application, *, hooks: webhooks.OpsWebhooks | None = None) ->
 
     app.on_shutdown.append(stop_streams)
 
-    if hooks is not None:
-        feed = WebhookFeed(hooks, sig.clock)
-        sig.event_sinks.append(feed.on_hub_event)
-        watch.disruption_listeners.append(feed.on_disruption)
-        watch.phone_listeners.append(feed.on_phone)
-        app.cleanup_ctx.append(hooks.running)
+
+def send_webhooks(app: web.Application, hooks: webhooks.OpsWebhooks) -> None:
+    """Send ops webhooks for the app's rooms: started, ended, disruptions, phone fallbacks."""
+    sig = app[SIGNALING]
+    watch = sig.watch
+    if watch is None:
+        raise RuntimeError("ops webhooks need the room watch")
+    feed = WebhookFeed(hooks, sig.clock)
+    sig.event_sinks.append(feed.on_hub_event)
+    watch.disruption_listeners.append(feed.on_disruption)
+    watch.phone_listeners.append(feed.on_phone)
+    app.cleanup_ctx.append(hooks.running)
