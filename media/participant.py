@@ -220,6 +220,7 @@ class SyntheticParticipant:
         if kind == "welcome":
             self.me = m["you"]
             self.ice_servers = m.get("ice_servers", [])
+            self.relay_only = self.relay_only or m.get("ice_transport_policy") == "relay"
             self.state = "in_call"
             for peer in m["peers"]:
                 await self._meet(peer["id"], offerer=peer["offer"], resumed=m["resumed"])

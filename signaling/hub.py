@@ -138,9 +138,11 @@ class Seat:
 
 
 class RoomHub:
-    def __init__(self, *, grace_seconds: float, extras: WelcomeExtras = no_extras) -> None:
+    def __init__(self, *, grace_seconds: float, extras: WelcomeExtras = no_extras,
+                 relay_only: bool = False) -> None:
         self.grace_seconds = grace_seconds
         self.extras = extras
+        self.ice_policy: Literal["all", "relay"] = "relay" if relay_only else "all"
         self.rooms: dict[RoomId, LiveRoom] = {}
         self.seats: dict[Conn, Seat] = {}
         self._seq = itertools.count(1)
@@ -258,7 +260,7 @@ class RoomHub:
         ]
         return p.Welcome(
             v=p.VERSION, you=member.me(), room=room.info(), peers=peers, resumed=resumed,
-            ice_servers=ice, grace_s=self.grace_seconds, fallback=plan,
+            ice_servers=ice, grace_s=self.grace_seconds, fallback=plan, ice_transport_policy=self.ice_policy,
         )
 
     @staticmethod

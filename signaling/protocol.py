@@ -269,6 +269,8 @@ class Welcome(_Msg, tag="welcome"):
     ice_servers: list[IceServer]
     grace_s: float
     fallback: FallbackPlan | None = None
+    # "relay": connect only through TURN, so no participant learns another's IP address.
+    ice_transport_policy: Literal["all", "relay"] = "all"
 
 
 class Waiting(_Msg, tag="waiting"):

@@ -53,7 +53,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         return (ice_servers_for(config, person.id, now),
                 fallback_plan(record, person, config.rejoin_window_seconds))
 
-    hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras)
+    hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras, relay_only=config.relay_only)
     watch = RoomWatch(hub, rejoin_window_s=config.rejoin_window_seconds)
     sig = Signaling(config=config, store=store, hub=hub, clock=clock, audit=audit, watch=watch)
     app[SIGNALING] = sig

@@ -47,6 +47,9 @@ class Config:
     turn_urls: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_credential_ttl_seconds: float = 3600.0
+    # Media only through the TURN relay: participants never learn each other's IP address
+    # (a partner may not want the other to know where they are). Needs TURN configured.
+    relay_only: bool = False
     # Phone step: without a webhook the therapist dials from a tel: link on their page.
     phone_webhook_url: str | None = None
     phone_webhook_secret: str | None = None

@@ -93,6 +93,8 @@ def turn_warning(config: Config) -> str | None:
     for url in config.turn_urls:
         if not _TURN_URL.match(url):
             raise ValueError(f"not a turn: or turns: URL: {url!r}")
+    if config.relay_only and not config.turn_urls:
+        raise ValueError("relay-only media needs a TURN server (TELEHEALTH_TURN_URLS)")
     if config.turn_urls and not config.turn_secret:
         raise ValueError("TURN URLs are configured without a TURN secret")
     if config.turn_secret and not config.turn_urls:
