@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,67 +80,99 @@ class Signaling:
 
 
 _CLOSE = object()
+# Above this many bytes waiting in the transport, messages queue for the writer task instead.
+WRITE_BUFFER_LIMIT = 64 * 1024
+
+
+def text_frame(data: bytes) -> bytes:
+    """A server-to-client WebSocket text frame: unmasked, uncompressed, unfragmented."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
 
 
 class ClientSocket:
-    """One participant's socket: a bounded send queue and the writer that drains it."""
+    """One participant's socket and its way out.
 
-    __slots__ = ("ws", "queue", "room_id", "closing", "__weakref__")
+    While the client keeps up, a message goes straight into the transport: no queue, no
+    task switch. Only when the transport holds more than WRITE_BUFFER_LIMIT unsent bytes do
+    messages queue, up to ``limit``, for a writer task that waits for the client to drain; a
+    client that fills its queue is closed rather than allowed to stall its room (Galène's
+    writer). Order is kept: while the writer has anything queued, everything queues behind it.
+    """
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+    __slots__ = ("ws", "transport", "backlog", "limit", "writer", "room_id", "closing", "__weakref__")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(limit)
+        self.transport = transport
+        self.backlog: deque[Any] = deque()
+        self.limit = limit
+        self.writer: asyncio.Task[None] | None = None
         self.room_id: str | None = None
         self.closing = False
 
     def send(self, data: bytes) -> bool:
         if self.closing:
             return True
-        try:
-            self.queue.put_nowait(data)
-            return True
-        except asyncio.QueueFull:
+        if self.writer is None:
+            transport = self.transport
+            if transport.is_closing() or self.ws.closed:
+                return True
+            if transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT:
+                transport.write(text_frame(data))
+                return True
+        if len(self.backlog) >= self.limit:
             return False
+        self._queue(data)
+        return True
 
     def close_after_flush(self, reason: p.CloseReason) -> None:
         if self.closing:
             return
         self.closing = True
-        self._put_close(reason)
+        self._queue((_CLOSE, reason))
 
     def abort(self, reason: p.CloseReason) -> None:
         self.closing = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self._put_close(reason)
+        self.backlog.clear()
+        self._queue((_CLOSE, reason))
 
-    def _put_close(self, reason: p.CloseReason) -> None:
+    def _queue(self, item: Any) -> None:
+        self.backlog.append(item)
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write_backlog())
+
+    async def _write_backlog(self) -> None:
+        ws, backlog = self.ws, self.backlog
         try:
-            self.queue.put_nowait((_CLOSE, reason))
-        except asyncio.QueueFull:
-            self.queue.get_nowait()
-            self.queue.put_nowait((_CLOSE, reason))
-
-    async def run_writer(self) -> None:
-        ws = self.ws
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, tuple):
-                await ws.close(code=p.CLOSE_CODES[item[1]], message=item[1].value.encode())
-                return
-            try:
+            while backlog:
+                item = backlog.popleft()
+                if item is None:
+                    return
+                if isinstance(item, tuple):
+                    await ws.close(code=p.CLOSE_CODES[item[1]], message=item[1].value.encode())
+                    return
                 await ws.send_frame(item, WSMsgType.TEXT)
-            except (ConnectionError, RuntimeError):
-                return
+        except (ConnectionError, RuntimeError):
+            return
+        finally:
+            self.writer = None
 
-    def stop_writer(self) -> None:
+    async def finish(self, timeout: float) -> None:
+        """The handler is done: let what is queued go out (and a queued close happen)."""
+        writer = self.writer
+        if writer is None:
+            return
+        if not self.closing:
+            self.backlog.append(None)
         try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            await asyncio.wait_for(writer, timeout=timeout)
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.cancel()
 
 
 SIGNALING = web.AppKey("signaling", Signaling)
@@ -166,9 +199,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         decode_text=False,
     )
     await ws.prepare(request)
-    sock = ClientSocket(ws, sig.config.send_queue_limit)
+    transport = request.transport
+    if transport is None:
+        return ws
+    sock = ClientSocket(ws, transport, sig.config.send_queue_limit)  # type: ignore[arg-type]
     sig.sockets.add(sock)
-    writer = asyncio.create_task(sock.run_writer())
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -181,12 +216,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         sig.deliver(sig.hub.disconnect(sock, sig.clock()))
         sig.sockets.discard(sock)
-        if not sock.closing:
-            sock.stop_writer()
-        try:
-            await asyncio.wait_for(writer, timeout=5.0)
-        except (asyncio.TimeoutError, ConnectionError):
-            writer.cancel()
+        await sock.finish(timeout=5.0)
         if not ws.closed:
             await ws.close()
     return ws
