@@ -1,8 +1,8 @@
 """The WebSocket endpoint: parse, validate, call the hub, deliver what it returns.
 
-Only the handler task reads a socket; every socket has one writer task draining a bounded
-queue, and a client that cannot keep up is closed rather than allowed to stall its room
-(Galène's writer).
+Only the handler task reads a socket. Messages go out straight into the transport while the
+client keeps up; behind a slow client they queue, bounded, for a writer task, and a client
+that cannot keep up is closed rather than allowed to stall its room (Galène's writer).
 """
 
 from __future__ import annotations
