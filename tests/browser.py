@@ -124,13 +124,15 @@ async def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
 
 @dataclass
 class ConsoleWatch:
-    """What a page printed: errors, and the Content-Security-Policy violations among them."""
+    """What a page printed: errors, and the Content-Security-Policy (and Trusted Types)
+    violations among them."""
 
     messages: list[str] = field(default_factory=list)
 
     @property
     def csp_violations(self) -> list[str]:
-        return [m for m in self.messages if "Content Security Policy" in m or "Refused to" in m]
+        markers = ("Content Security Policy", "Refused to", "Trusted Type", "TrustedHTML", "TrustedScript")
+        return [m for m in self.messages if any(marker in m for marker in markers)]
 
 
 def watch_console(page: Page) -> ConsoleWatch:

@@ -17,6 +17,7 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     describe,
     new_person_context,
     screenshot,
+    watch_console,
 )
 from tests.conftest import RunningServer
 
@@ -38,9 +39,11 @@ async def test_sign_in_create_a_session_and_copy_its_links(
     accounts.add_user(server.store, "drtest", PASSWORD, "therapist", display_name="Dr Test", now=time.time())
     page = await context.new_page()
     page.set_default_timeout(15_000)
+    console = watch_console(page)
 
     await page.goto(f"{server.base_url}/console")
     await expect(page).to_have_url(f"{server.base_url}/console/login")
+    assert console.csp_violations == []
     await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     violations = await axe_violations(page)
     assert not violations, describe(violations)
@@ -108,3 +111,4 @@ async def test_sign_in_create_a_session_and_copy_its_links(
     await expect(page).to_have_url(f"{server.base_url}/console/login")
     await page.goto(f"{server.base_url}/console")
     await expect(page).to_have_url(f"{server.base_url}/console/login")
+    assert console.csp_violations == []

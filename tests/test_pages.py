@@ -53,7 +53,8 @@ async def test_every_page_sends_strict_security_headers(server: RunningServer, h
             csp = h["Content-Security-Policy"]
             assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp, url
             for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'",
-                              "frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'"):
+                              "frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'",
+                              "require-trusted-types-for 'script'"):
                 assert directive in csp, (url, directive)
             assert h["Referrer-Policy"] == "no-referrer"
             assert h["X-Content-Type-Options"] == "nosniff"
