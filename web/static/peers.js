@@ -137,6 +137,8 @@ export class Mesh {
   /** @param {import('./signaling.js').Welcome} welcome */
   _onWelcome(welcome) {
     this.iceServers = (welcome.ice_servers ?? []).map((s) => ({ ...s }));
+    // "relay" when the server is relay-only: no one learns another's address.
+    this.iceTransportPolicy = welcome.ice_transport_policy ?? 'all';
     const listed = new Set(welcome.peers.map((p) => p.id));
     for (const peerId of [...this.links.keys()]) {
       if (!listed.has(peerId)) this._remove(peerId);
@@ -260,7 +262,9 @@ export class Mesh {
 
   _newPc(link, pcId) {
     this._closePc(link);
-    const pc = new this.RTCPeerConnectionImpl({ iceServers: this.iceServers });
+    const pc = new this.RTCPeerConnectionImpl({
+      iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy ?? 'all',
+    });
     link.pc = pc;
     link.pcId = pcId;
     link.createdAt = this.now();
