@@ -93,6 +93,9 @@ class ScoringThresholds:
     # Video targets: a 640x360 call at a steady frame rate.
     target_fps: float = 24.0
     target_bitrate: float = 500_000.0
+    # A new connection's video is not judged for this long: the sender's bandwidth estimate
+    # and frame rate ramp up over the first seconds, and that is not a weak network.
+    video_warmup_s: float = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +174,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def window_level(window: list[LinkSample], limits: ScoringThresholds) -> Quality | None:
-    """Score a window of samples (oldest first): the worse of audio and video, or None."""
+def window_level(window: list[LinkSample], limits: ScoringThresholds, *, video: bool = True) -> Quality | None:
+    """Score a window of samples (oldest first): the worse of audio and video, or None.
+    ``video=False`` scores audio only (a connection still warming up)."""
     levels: list[Quality] = []
     rtt = _mean(s.rtt_ms for s in window)
     jitter = _mean(s.jitter_ms for s in window)
@@ -184,7 +188,7 @@ def window_level(window: list[LinkSample], limits: ScoringThresholds) -> Quality
         levels.append(Quality.GOOD if mos >= limits.mos_good
                       else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
     newest = window[-1]
-    if newest.video:
+    if video and newest.video:
         fps = _mean(s.fps for s in window)
         first = window[0]
         if (fps is None and newest.t > first.t and first.frames_decoded is not None
@@ -218,12 +222,14 @@ class _LinkTrack:
     flowed: bool = False
     last_growth: float = 0.0
     growth_run_since: float | None = None
+    # When this connection's first media arrived (the video warm-up runs from here).
+    media_since: float | None = None
 
     def reset(self) -> None:
         self.samples.clear()
         self.level = self.rise_since = self.rise_floor = self.packets = None
         self.flowed = False
-        self.growth_run_since = None
+        self.growth_run_since = self.media_since = None
 
     def add(self, sample: LinkSample, limits: ScoringThresholds) -> None:
         newest = self.samples[-1] if self.samples else None
@@ -248,6 +254,8 @@ class _LinkTrack:
                 self.growth_run_since = sample.t
             self.flowed = True
             self.last_growth = sample.t
+            if self.media_since is None:
+                self.media_since = sample.t
         else:
             self.growth_run_since = None
 
@@ -256,7 +264,8 @@ class _LinkTrack:
             return Quality.LOST
         if not self.flowed and sample.packets_in is not None:
             return None  # still connecting: no judgement before the first media
-        scored = window_level(list(self.samples), limits)
+        warm = self.media_since is None or sample.t - self.media_since >= limits.video_warmup_s
+        scored = window_level(list(self.samples), limits, video=warm)
         return scored if scored is not None or not self.flowed else Quality.GOOD
 
     def _move(self, raw: Quality | None, t: float, limits: ScoringThresholds) -> None:

@@ -355,3 +355,20 @@ def test_forget_removes_a_participant_and_their_links() -> None:
     quality = monitor.evaluate(12.0)
     assert A not in quality.participants and quality.attributions == ()
     assert quality.participants == {T: Quality.GOOD, B: Quality.GOOD}
+
+
+def test_a_new_connections_video_ramp_up_is_not_a_weak_network() -> None:
+    monitor = QualityMonitor()
+    a, b = PersonId("p_a"), PersonId("p_b")
+    # The first seconds: good audio, video still ramping (low estimate, few frames).
+    for i in range(20):
+        t = i * 0.25
+        monitor.ingest(a, b, LinkSample(t=t, rtt_ms=20, jitter_ms=2, loss=0.0, packets_in=50 * (i + 1),
+                                        fps=5.0, out_bitrate=150_000, pc="1"))
+    assert monitor.evaluate(4.75).links[(a, b)].value == "good"
+    # Past the warm-up the same video would be judged: it is poor.
+    for i in range(20, 32):
+        t = i * 0.25
+        monitor.ingest(a, b, LinkSample(t=t, rtt_ms=20, jitter_ms=2, loss=0.0, packets_in=50 * (i + 1),
+                                        fps=5.0, out_bitrate=150_000, pc="1"))
+    assert monitor.evaluate(7.75).links[(a, b)].value == "poor"
