@@ -17,6 +17,13 @@ The page opens two data channels:
 
 Each check lives at most ``lifetime`` seconds; at most ``max_checks`` run at once, so the
 endpoint cannot be used to load the server.
+
+The page also proves the TURN relay works end to end: it sends an offer gathered with the
+"relay" policy, so every candidate in it is a relay address. The probe answers such an offer
+in kind, through the same TURN server with credentials of its own, so the connection runs
+relay to relay as in a relay-only call (and as it must when the relay may not send to this
+machine's private address). aiortc uses only the first TURN URL it is given; the probe picks
+a UDP one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiortc import (
     RTCConfiguration,
@@ -35,8 +43,11 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from telehealth.config import Config
 from telehealth.errors import ErrorCode, UserError
+from telehealth.turn import turn_credentials
 
 log = logging.getLogger("telehealth.probe")
 
@@ -47,25 +58,72 @@ MAX_DOWN_MS = 3000
 # Beyond this the link is plainly good enough; stop early and spare the server.
 MAX_DOWN_BYTES = 2 * 1024 * 1024
 MAX_OFFER_BYTES = 64 * 1024
+# The probe's own TURN username tag: coturn logs it, so it says what, never who.
+RELAY_USER_TAG = "netcheck"
+
+
+@dataclass(frozen=True)
+class ProbeRelay:
+    """How the probe reaches the TURN server: one URL and the shared secret, from which each
+    relayed check gets short-lived credentials of its own."""
+
+    url: str
+    secret: str
+    ttl: float = 120.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProbeRelay | None:
+        if not config.turn_urls or not config.turn_secret:
+            return None
+        return cls(url=preferred_turn_url(config.turn_urls), secret=config.turn_secret)
+
+    def ice_server(self, now: float) -> RTCIceServer:
+        username, password = turn_credentials(self.secret, RELAY_USER_TAG, now, self.ttl)
+        return RTCIceServer(urls=self.url, username=username, credential=password)
+
+
+def preferred_turn_url(urls: tuple[str, ...]) -> str:
+    """The first UDP TURN URL, else the first: the probe sits next to the relay, where UDP is
+    never blocked, and aiortc takes only one."""
+    for url in urls:
+        if url.startswith("turn:") and "transport=tcp" not in url:
+            return url
+    return urls[0]
+
+
+def offers_only_relay(sdp: str) -> bool:
+    """Whether an offer's candidates are all relay addresses (the page's relay test)."""
+    types = [line.split(" typ ", 1)[1].split()[0] for line in sdp.splitlines()
+             if line.startswith("a=candidate:") and " typ " in line]
+    return bool(types) and all(kind == "relay" for kind in types)
 
 
 class NetworkProbe:
     """Answers network-check offers. States of one check: answered -> connected -> closed
-    (by the page, by failure, or when its lifetime ends)."""
+    (by the page, by failure, or when its lifetime ends). With ``relay`` set, an offer of
+    relay candidates only is answered through that TURN server."""
 
     def __init__(
         self,
         *,
         stun_urls: tuple[str, ...] = (),
+        relay: ProbeRelay | None = None,
         max_checks: int = 4,
         lifetime: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.stun_urls = stun_urls
+        self.relay = relay
         self.max_checks = max_checks
         self.lifetime = lifetime
         self.clock = clock
+        self.wall_clock = wall_clock
         self._checks: dict[RTCPeerConnection, asyncio.Task[None]] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> NetworkProbe:
+        return cls(stun_urls=config.stun_urls, relay=ProbeRelay.from_config(config))
 
     @property
     def running(self) -> int:
@@ -77,8 +135,16 @@ class NetworkProbe:
             raise UserError(ErrorCode.RATE_LIMITED, "The network check is busy. Please try again in a moment.")
         if offer_type != "offer" or not offer_sdp or len(offer_sdp) > MAX_OFFER_BYTES:
             raise UserError(ErrorCode.INVALID_MESSAGE, "The network check needs an SDP offer.")
-        servers = [RTCIceServer(urls=url) for url in self.stun_urls[:1]]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        relay = self.relay if offers_only_relay(offer_sdp) else None
+        if relay is not None:
+            configuration = RTCConfiguration(
+                iceServers=[relay.ice_server(self.wall_clock())],
+                iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+            )
+        else:
+            servers = [RTCIceServer(urls=url) for url in self.stun_urls[:1]]
+            configuration = RTCConfiguration(iceServers=servers or None)
+        pc = RTCPeerConnection(configuration)
         self._checks[pc] = asyncio.create_task(self._expire(pc))
 
         @pc.on("datachannel")
@@ -95,11 +161,18 @@ class NetworkProbe:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            # Gathers every candidate first (aioice gives a TURN allocation at most 5 s).
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - aiortc rejects bad SDP with many exception types
             await self._close(pc)
             log.info("network check offer refused: %s", type(exc).__name__)
             raise UserError(ErrorCode.INVALID_MESSAGE, "The network check offer could not be used.") from None
+        if relay is not None and "typ relay" not in pc.localDescription.sdp:
+            await self._close(pc)
+            # The page reached the relay but the server cannot: wrong secret or URL, or a
+            # firewall between them. Worth an operator's attention; the page says "failed".
+            log.warning("network check: the TURN server gave the probe no relay address")
+            raise UserError(ErrorCode.INTERNAL, "The relay server did not answer the network check.")
         return pc.localDescription
 
     async def _expire(self, pc: RTCPeerConnection) -> None:
