@@ -4,7 +4,8 @@ Each process plays whole rooms of three synthetic participants against one targe
 ``ours`` (telehealth), ``bare`` (bench/bare_relay.py) or ``peerjs`` (the PeerJS server). No media:
 only the signaling a real join makes (join, the therapist's admit, then on every pair an offer,
 an answer and three trickled candidates each way), stats of two links once a second per
-participant, and rejoins churning (close the socket, open a new one with the same link).
+participant, a relayed candidate every two seconds per participant as an open-loop latency
+probe, and rejoins churning (close the socket, open a new one with the same link).
 
 The client is a minimal WebSocket speaker on asyncio.Protocol rather than aiohttp's client, so
 that one core of load generator can drive well over ten thousand participants; its frames carry
@@ -40,6 +41,10 @@ CLOSE_FRAME = b"\x88\x82" + ZERO_MASK + (1000).to_bytes(2, "big")
 MARK = b"x-sent="
 TICK = 0.02
 CANDIDATES_PER_SIDE = 3
+# Every participant in a call also sends one relayed probe every this many seconds.
+PROBE_EVERY = 2
+PROBE_PORT = 50009
+PROBE_MARK = b" %d typ " % PROBE_PORT
 # A rejoin whose close is not confirmed by then is treated as a network drop.
 CLOSE_WAIT = 2.0
 
@@ -210,6 +215,7 @@ class LoadGen:
                 self.by_id[m.id] = m
         self.window = (0, 0)  # ns; relays sent inside it are measured
         self.latencies_us: list[int] = []
+        self.probe_us: list[int] = []
         self.join_ms: list[float] = []
         self.counts: dict[str, int] = {
             "sent": 0, "received": 0, "relays_sent": 0, "relays_received": 0, "rejoins": 0,
@@ -351,6 +357,8 @@ class LoadGen:
         lo, hi = self.window
         if sent is not None and lo <= sent < hi:
             self.latencies_us.append((now - sent) // 1000)
+            if PROBE_MARK in payload:
+                self.probe_us.append((now - sent) // 1000)
         if kind == "offer":
             peer = self.by_id.get(src)
             if peer is not None:
@@ -386,6 +394,18 @@ class LoadGen:
             cand = {"candidate": CANDIDATE.format(n=n + 1, port=50000 + n, sent=self.stamp()),
                     "sdpMid": "0", "sdpMLineIndex": 0}
             m.conn.send(self.relay_message(m, peer.id, "candidate", pc, cand))
+
+    def probe(self, m: Member) -> None:
+        """A trickled candidate to one peer on a fixed schedule, whatever the server's state:
+        the open-loop part of the measurement (negotiation waits for the server's replies, so
+        alone it would never be sent into a stall)."""
+        peers = [p for p in m.peers() if p.state == "in_call" and p.id is not None]
+        if not peers:
+            return
+        peer = peers[m.ticks // PROBE_EVERY % len(peers)]
+        cand = {"candidate": CANDIDATE.format(n=9, port=PROBE_PORT, sent=self.stamp()),
+                "sdpMid": "0", "sdpMLineIndex": 0}
+        m.conn.send(self.relay_message(m, peer.id, "candidate", f"{m.id}.{m.pc_seq}", cand))  # type: ignore[union-attr]
 
     def stamp(self) -> int:
         """The send time to write into a relayed message; counts it if it is measured."""
@@ -440,6 +460,10 @@ class LoadGen:
             for m in buckets[tick % slots]:
                 if m.state in ("in_call", "waiting") and m.conn is not None:
                     m.conn.send(self.stats_message(m))
+            # Probes go half a second after the stats, every other second.
+            for m in buckets[(tick + slots // 2) % slots]:
+                if m.state == "in_call" and m.conn is not None and m.ticks % PROBE_EVERY == 0:
+                    self.probe(m)
             if self.churning:
                 owed += self.churn * len(self.members) * TICK
                 while owed >= 1.0:
@@ -510,6 +534,7 @@ async def run(cfg: dict[str, Any]) -> None:
     emit({
         "event": "result",
         "latencies_us": gen.latencies_us,
+        "probe_us": gen.probe_us,
         "join_ms": [round(x, 2) for x in gen.join_ms],
         "counts": counts,
         "errors": gen.error_codes,
