@@ -10,6 +10,7 @@ const STAGE_WORDS = {
   latency: 'Measuring delay…',
   download: 'Measuring download speed…',
   upload: 'Measuring upload speed…',
+  relay: 'Checking the relay server…',
 };
 
 /** A live microphone level on a <meter>, and words for whether we hear anything. */
@@ -246,6 +247,9 @@ export class CheckView {
     verdictNode.dataset.level = 'running';
     verdictNode.textContent = 'Checking your connection…';
     $('net-advice').textContent = '';
+    const relayLine = $('net-relay');
+    relayLine.textContent = '';
+    relayLine.hidden = true;
     retry.disabled = true;
     this.netAbort = new AbortController();
     try {
@@ -260,12 +264,14 @@ export class CheckView {
         numbers.textContent = '';
         return null;
       }
-      const words = verdict(result);
+      const words = verdict(result, { audience: document.querySelector('main')?.dataset.role ?? 'partner' });
       this.netResult = { result, words };
       verdictNode.dataset.level = words.level;
       verdictNode.textContent = `Connection: ${words.label}`;
       numbers.textContent = words.numbers;
       $('net-advice').textContent = words.advice;
+      relayLine.textContent = words.relay;
+      relayLine.hidden = !words.relay;
     } finally {
       retry.disabled = false;
       this.netRunning = false;

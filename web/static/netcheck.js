@@ -4,12 +4,24 @@
 // whole offer (no trickle). Over the connection we measure round-trip time and loss with
 // unreliable pings, then download and upload throughput on a reliable channel, and turn the
 // numbers into words with `verdict`.
+//
+// When the server hands out a TURN relay, the check also proves the relay works from this
+// network: it asks the relay for an address over UDP, and over TCP/TLS (the way out of
+// networks that block UDP), and makes a real relay-only connection to the probe. Without a
+// relay configured it says nothing about relays: there is nothing the person could do.
 
 const CHUNK = 16 * 1024;
 
 /**
+ * @typedef {{udp: boolean|null, tcp: boolean|null, connected: boolean|null, rtt_ms: number|null}} RelayResult
+ * udp/tcp: whether the relay gave us an address over that transport (null: no URL for it);
+ * connected: whether a relay-only connection reached the probe.
+ */
+
+/**
  * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
- *            down_kbps: number|null, up_kbps: number|null, candidate: string|null, error?: string}} CheckResult
+ *            down_kbps: number|null, up_kbps: number|null, candidate: string|null,
+ *            relay: RelayResult|null, error?: string}} CheckResult
  */
 
 function sleep(ms, timers) {
@@ -47,6 +59,69 @@ function gathered(pc) {
   });
 }
 
+/**
+ * The TURN servers of an ICE server list, split by how the browser reaches the relay:
+ * `turn:` URLs over UDP (the default) and over TCP, `turns:` over TLS (counted with TCP).
+ * @param {RTCIceServer[]} iceServers
+ * @returns {{udp: RTCIceServer[], tcp: RTCIceServer[]}}
+ */
+export function relayServers(iceServers) {
+  const out = { udp: [], tcp: [] };
+  for (const server of iceServers) {
+    if (!server.username || !server.credential) continue;
+    const urls = Array.isArray(server.urls) ? server.urls : [server.urls];
+    const byTransport = { udp: [], tcp: [] };
+    for (const url of urls) {
+      if (url.startsWith('turns:') || (url.startsWith('turn:') && /[?&]transport=tcp\b/.test(url))) {
+        byTransport.tcp.push(url);
+      } else if (url.startsWith('turn:')) {
+        byTransport.udp.push(url);
+      }
+    }
+    for (const transport of ['udp', 'tcp']) {
+      if (byTransport[transport].length) {
+        out[transport].push({ urls: byTransport[transport], username: server.username, credential: server.credential });
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Whether the relay gives us an address through these servers within `timeoutMs`: a relay
+ * candidate means we reached it and it accepted our credentials.
+ * @returns {Promise<boolean>}
+ */
+export function relayReachable(iceServers, {
+  RTCPeerConnectionImpl = globalThis.RTCPeerConnection, timers = globalThis, timeoutMs = 5000, signal = null,
+} = {}) {
+  if (signal?.aborted) return Promise.resolve(false);
+  const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: 'relay' });
+  return new Promise((resolve) => {
+    let timer = null;
+    const finish = (works) => {
+      if (timer === null) return;
+      timers.clearTimeout(timer);
+      timer = null;
+      signal?.removeEventListener('abort', abort);
+      pc.close();
+      resolve(works);
+    };
+    const abort = () => finish(false);
+    timer = timers.setTimeout(() => finish(false), timeoutMs);
+    signal?.addEventListener('abort', abort);
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate && (candidate.type === 'relay' || / typ relay /.test(candidate.candidate))) finish(true);
+    };
+    pc.onicegatheringstatechange = () => {
+      if (pc.iceGatheringState === 'complete') finish(false);
+    };
+    // Something to negotiate, so that gathering starts.
+    pc.createDataChannel('relay-test');
+    pc.setLocalDescription().catch(() => finish(false));
+  });
+}
+
 function median(values) {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
@@ -59,9 +134,9 @@ function median(values) {
  *   url: string, fetchImpl?: typeof fetch, RTCPeerConnectionImpl?: typeof RTCPeerConnection,
  *   now?: () => number, timers?: any, onStage?: (stage: string) => void,
  *   pings?: number, pingEveryMs?: number, bulkMs?: number, connectTimeoutMs?: number,
- *   signal?: AbortSignal,
+ *   relayTimeoutMs?: number, signal?: AbortSignal,
  * }} options
- * Aborting (the person joined the call meanwhile) closes the connection at once, so the
+ * Aborting (the person joined the call meanwhile) closes every connection at once, so the
  * check never competes with the call for bandwidth; the result then has error 'aborted'.
  * @returns {Promise<CheckResult>}
  */
@@ -69,11 +144,12 @@ export async function runNetworkCheck({
   url, fetchImpl = globalThis.fetch.bind(globalThis),
   RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
   now = () => globalThis.performance.now(), timers = globalThis, onStage = () => {},
-  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000, signal = null,
+  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000, relayTimeoutMs = 5000, signal = null,
 }) {
   /** @type {CheckResult} */
   const result = {
     connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
+    relay: null,
   };
   let iceServers = [];
   try {
@@ -82,6 +158,53 @@ export async function runNetworkCheck({
   } catch (error) {
     // Without the server's ICE list we still try directly.
   }
+  const io = { url, fetchImpl, RTCPeerConnectionImpl, now, timers, connectTimeoutMs, signal };
+  const relays = relayServers(iceServers);
+  const relayConfigured = relays.udp.length > 0 || relays.tcp.length > 0;
+  // Asking the relay for an address costs next to nothing: do it while the main check runs.
+  const reachable = (servers) => (servers.length
+    ? relayReachable(servers, { RTCPeerConnectionImpl, timers, timeoutMs: relayTimeoutMs, signal })
+    : Promise.resolve(null));
+  const reachability = relayConfigured ? Promise.all([reachable(relays.udp), reachable(relays.tcp)]) : null;
+
+  await checkDirect(result, iceServers, { ...io, onStage, pings, pingEveryMs, bulkMs });
+  if (reachability && !signal?.aborted) {
+    onStage('relay');
+    const [udp, tcp] = await reachability;
+    result.relay = { udp, tcp, connected: false, rtt_ms: null };
+    if (result.connected && result.candidate === 'relay') {
+      // The main check already went through the relay: that is the proof.
+      Object.assign(result.relay, { connected: true, rtt_ms: result.rtt_ms });
+    } else if (udp || tcp) {
+      Object.assign(result.relay, await checkRelayed([...relays.udp, ...relays.tcp], io));
+    }
+  }
+  if (signal?.aborted) result.error = 'aborted';
+  return result;
+}
+
+class ProbeRefused extends Error {}
+
+/** Offer to the probe and take its answer (the whole of either: no trickle either side). */
+async function offerToProbe(pc, { url, fetchImpl, timers }) {
+  await pc.setLocalDescription();
+  await within(gathered(pc), 5000, timers, 'ICE gathering').catch(() => {});
+  const response = await fetchImpl(url, {
+    method: 'POST', credentials: 'omit', cache: 'no-store',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new ProbeRefused(body.code || `http_${response.status}`);
+  }
+  await pc.setRemoteDescription(await response.json());
+}
+
+/** The main check, over whatever path ICE finds: connect, then delay, loss and throughput. */
+async function checkDirect(result, iceServers, {
+  RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, bulkMs, connectTimeoutMs, signal, ...io
+}) {
   const pc = new RTCPeerConnectionImpl({ iceServers });
   const abort = () => pc.close();
   signal?.addEventListener('abort', abort);
@@ -90,19 +213,7 @@ export async function runNetworkCheck({
     const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
     const bulk = pc.createDataChannel('bulk');
     bulk.binaryType = 'arraybuffer';
-    await pc.setLocalDescription();
-    await within(gathered(pc), 5000, timers, 'ICE gathering').catch(() => {});
-    const response = await fetchImpl(url, {
-      method: 'POST', credentials: 'omit', cache: 'no-store',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
-    });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      result.error = body.code || `http_${response.status}`;
-      return result;
-    }
-    await pc.setRemoteDescription(await response.json());
+    await offerToProbe(pc, { ...io, timers });
     await within(Promise.all([opened(ping), opened(bulk)]), connectTimeoutMs, timers, 'connection');
     result.connected = true;
 
@@ -113,14 +224,31 @@ export async function runNetworkCheck({
     onStage('upload');
     result.up_kbps = await measureUp(bulk, { bulkMs, now, timers });
     result.candidate = await selectedCandidateType(pc);
-    if (signal?.aborted) throw new Error('aborted');
   } catch (error) {
-    result.error = signal?.aborted ? 'aborted' : result.error ?? (error && error.message) ?? 'failed';
+    result.error = (error && error.message) || 'failed';
   } finally {
     signal?.removeEventListener('abort', abort);
     pc.close();
   }
-  return result;
+}
+
+/** A relay-only connection to the probe (which answers through the relay too), and its delay. */
+async function checkRelayed(iceServers, { RTCPeerConnectionImpl, now, timers, connectTimeoutMs, signal, ...io }) {
+  const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: 'relay' });
+  const abort = () => pc.close();
+  signal?.addEventListener('abort', abort);
+  try {
+    const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
+    await offerToProbe(pc, { ...io, timers });
+    await within(opened(ping), connectTimeoutMs, timers, 'relayed connection');
+    const { rtt_ms: rttMs } = await measurePings(ping, { pings: 10, pingEveryMs: 25, now, timers });
+    return { connected: rttMs !== null, rtt_ms: rttMs };
+  } catch (error) {
+    return { connected: false, rtt_ms: null };
+  } finally {
+    signal?.removeEventListener('abort', abort);
+    pc.close();
+  }
 }
 
 async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
@@ -238,29 +366,51 @@ async function selectedCandidateType(pc) {
   return null;
 }
 
+const RELAYED = 'Your network only allows a relayed connection. That works, but video may be a little slower.';
+const UNREACHABLE = {
+  partner: 'We could not reach the video service from this network. Try another network (for example your '
+    + 'phone\'s mobile data), or your therapist can call you instead.',
+  therapist: 'We could not reach the video service from this network. Try another network (for example your '
+    + 'phone\'s mobile data), or call your clients by phone instead.',
+};
+
 /**
  * Words for a check result. Thresholds are for a three-way call: each page sends two video
- * streams and receives two.
+ * streams and receives two. `relay` is a line about the TURN relay, empty when none is set up.
  * @param {CheckResult} r
- * @returns {{level: 'good'|'choppy'|'weak'|'failed', label: string, advice: string, numbers: string}}
+ * @param {{audience?: 'partner'|'therapist'}} [options]
+ * @returns {{level: 'good'|'relayed'|'choppy'|'weak'|'failed', label: string, advice: string,
+ *            numbers: string, relay: string}}
  */
-export function verdict(r) {
-  const numbers = describeNumbers(r);
-  if (!r.connected) {
+export function verdict(r, { audience = 'partner' } = {}) {
+  const relayLine = describeRelay(r.relay ?? null);
+  const relayed = r.connected ? r.candidate === 'relay' : r.relay?.connected === true;
+  if (!r.connected && !relayed) {
     return {
-      level: 'failed',
-      label: 'Too weak for video: we could not connect',
-      advice: 'This network may block video calls. Try turning off a VPN, moving closer to your Wi-Fi, '
-        + 'or switching between Wi-Fi and mobile data, then check again. You can still try to join.',
-      numbers,
+      level: 'failed', label: 'We could not connect', advice: UNREACHABLE[audience] ?? UNREACHABLE.partner,
+      numbers: describeNumbers(r), relay: relayLine,
     };
   }
+  if (!r.connected) {
+    // Only the relay-only connection got through: no throughput figures, but it works.
+    return {
+      level: 'relayed', label: 'Works, through a relay', advice: RELAYED,
+      numbers: describeNumbers({ ...r, rtt_ms: r.relay.rtt_ms }), relay: relayLine,
+    };
+  }
+  const words = { ...qualityWords(r), numbers: describeNumbers(r), relay: relayLine };
+  if (!relayed) return words;
+  if (words.level === 'good') return { ...words, level: 'relayed', label: 'Works, through a relay', advice: RELAYED };
+  return { ...words, advice: `Your network only allows a relayed connection. ${words.advice}` };
+}
+
+function qualityWords(r) {
   const rtt = r.rtt_ms ?? Infinity;
   const loss = r.loss ?? 1;
   const down = r.down_kbps ?? 0;
   const up = r.up_kbps ?? 0;
   if (rtt <= 250 && loss <= 0.02 && down >= 1500 && up >= 1200) {
-    return { level: 'good', label: 'Good', advice: 'Your connection is good for video.', numbers };
+    return { level: 'good', label: 'Good', advice: 'Your connection is good for video.' };
   }
   if (rtt <= 500 && loss <= 0.08 && down >= 500 && up >= 400) {
     return {
@@ -268,7 +418,6 @@ export function verdict(r) {
       label: 'May be choppy',
       advice: 'Video may freeze now and then. If you can, move closer to your Wi-Fi router or close '
         + 'other apps and downloads that use the internet.',
-      numbers,
     };
   }
   return {
@@ -276,8 +425,18 @@ export function verdict(r) {
     label: 'Too weak for video',
     advice: 'Sound may still work. Move closer to your Wi-Fi router, or switch between Wi-Fi and '
       + 'mobile data, then check again. During the session you can stop your video to keep the sound clear.',
-    numbers,
   };
+}
+
+/** One line about the relay: whether each way of reaching it works. Empty without a relay. */
+function describeRelay(relay) {
+  if (!relay) return '';
+  const reach = (works) => (works ? 'works' : 'could not reach it');
+  const parts = [];
+  if (relay.udp !== null) parts.push(`UDP relay: ${reach(relay.udp)}`);
+  if (relay.tcp !== null) parts.push(`TCP relay: ${reach(relay.tcp)}`);
+  if ((relay.udp || relay.tcp) && !relay.connected) parts.push('Connection through the relay: failed');
+  return parts.join(' · ');
 }
 
 function describeNumbers(r) {
