@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp_jinja2
 import msgspec
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from fallback.scoring import Pair
 from fallback.ledger import Disruption
@@ -143,10 +144,17 @@ def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+async def _posted_form(request: web.Request) -> MultiDictProxy[str | web.FileField]:
+    try:
+        return await request.post()
+    except ValueError:  # a body that is not UTF-8, or not a form at all
+        raise web.HTTPBadRequest(text="This form could not be read. Reload the page and try again.") from None
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await request.post()
+    form = await _posted_form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     submitted = _text(form.get("csrf"))
     # Double-submit: the hidden field must match the cookie this site set with the form.
@@ -186,7 +194,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/ops/login")
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await request.post()
+    form = await _posted_form(request)
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
         raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
