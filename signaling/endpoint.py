@@ -68,10 +68,15 @@ class Signaling:
         for conn, reason in out.closes:
             conn.close_after_flush(reason)  # type: ignore[attr-defined]
         for event in out.events:
-            if self.watch is not None:
-                self.deliver(self.watch.on_hub_event(event, self.clock()))
-            for sink in self.event_sinks:
-                sink(event)
+            # An observer's failure must not undo the room change that already happened,
+            # nor stop the other observers: log it (no personal data) and go on.
+            try:
+                if self.watch is not None:
+                    self.deliver(self.watch.on_hub_event(event, self.clock()))
+                for sink in self.event_sinks:
+                    sink(event)
+            except Exception:
+                log.exception("an observer failed on a %s event", event.kind, extra={"room_id": event.room_id})
 
     def _drop_slow(self, conn: ClientSocket) -> None:
         log.warning("closing a socket that cannot keep up", extra={"room_id": conn.room_id})
@@ -214,12 +219,23 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if sock.closing:
                 break
     finally:
-        sig.deliver(sig.hub.disconnect(sock, sig.clock()))
         sig.sockets.discard(sock)
+        sig.deliver(sig.hub.disconnect(sock, sig.clock()))
         await sock.finish(timeout=5.0)
         if not ws.closed:
             await ws.close()
+        _release(request)
     return ws
+
+
+def _release(request: web.Request) -> None:
+    """Break the cycle aiohttp leaves behind a closed WebSocket (connection -> heartbeat
+    callback -> response -> request -> connection), so reference counting frees the whole
+    connection at once instead of leaving it for a full garbage collection, which would walk
+    every live object with the loop stopped."""
+    protocol = request.protocol
+    if protocol is not None and hasattr(protocol, "_data_received_cb"):
+        protocol._data_received_cb = None
 
 
 def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:

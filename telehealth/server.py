@@ -21,13 +21,12 @@ from telehealth.turn import turn_warning
 log = logging.getLogger("telehealth")
 
 
-# How often what is alive is moved out of the collector's way, and how much the process may
-# grow (cyclic garbage among frozen objects, and new long-lived ones) before one full pass
-# reclaims what died there.
+# How often what is alive is moved out of the collector's way; and when one full pass reclaims
+# the cyclic garbage among frozen objects: every RECLAIM_EVERY_S, or sooner if the process has
+# grown RECLAIM_GROWTH times since the last pass.
 FREEZE_EVERY_S = 1.0
-RECLAIM_GROWTH = 2.0
-# Without /proc to read the process's size, a full pass this often instead.
-RECLAIM_EVERY_S = 600.0
+RECLAIM_EVERY_S = 3600.0
+RECLAIM_GROWTH = 4.0
 
 
 def tune_runtime() -> None:
@@ -48,9 +47,9 @@ async def collector(app: web.Application) -> AsyncIterator[None]:
     churn, which alone breaks any latency target. Sockets and rooms live for a session, so
     every FREEZE_EVERY_S what is alive is frozen (gc.freeze: never walked again) and the
     automatic collections only walk what is younger. Frozen objects freed by reference
-    counting go at once; only cyclic garbage among them waits, for one full pass when the
-    process has grown RECLAIM_GROWTH times since the last (under real sessions' churn hours
-    apart; under the benchmark's 2 % rejoins a second, minutes).
+    counting go at once (the endpoint breaks the one cycle aiohttp leaves per connection);
+    the little cyclic garbage among them waits for one full pass an hour, or sooner if the
+    process has grown RECLAIM_GROWTH times.
     """
     gc.collect()
     gc.freeze()
@@ -78,11 +77,8 @@ async def _freeze_loop() -> None:
         await asyncio.sleep(FREEZE_EVERY_S)
         gc.freeze()
         size = _resident_bytes()
-        if size is None or baseline is None:
-            due = loop.time() - last_pass > RECLAIM_EVERY_S
-        else:
-            due = size > RECLAIM_GROWTH * baseline
-        if due:
+        grown = size is not None and baseline is not None and size > RECLAIM_GROWTH * baseline
+        if grown or loop.time() - last_pass > RECLAIM_EVERY_S:
             started = time.perf_counter()
             gc.unfreeze()
             gc.collect()
