@@ -110,6 +110,7 @@ class Member:
     admitted: set[str] = field(default_factory=set)
     pc_seq: int = 0
     ticks: int = 0
+    phase: int = 0  # which of the PROBE_EVERY seconds this participant probes in
     join_started: int = 0
 
     def peers(self) -> list[Member]:
@@ -208,6 +209,8 @@ class LoadGen:
         for room, creds in zip(self.rooms, cfg["rooms"]):
             room.members = [Member(room, seat, cred) for seat, cred in enumerate(creds)]
         self.members = [m for r in self.rooms for m in r.members]
+        for i, m in enumerate(self.members):
+            m.phase = i % PROBE_EVERY
         self.by_id: dict[str, Member] = {}
         if self.target != "ours":
             for m in self.members:
@@ -460,9 +463,10 @@ class LoadGen:
             for m in buckets[tick % slots]:
                 if m.state in ("in_call", "waiting") and m.conn is not None:
                     m.conn.send(self.stats_message(m))
-            # Probes go half a second after the stats, every other second.
+            # Probes go half a second after the stats, every other second, half of the
+            # participants in even seconds and half in odd ones.
             for m in buckets[(tick + slots // 2) % slots]:
-                if m.state == "in_call" and m.conn is not None and m.ticks % PROBE_EVERY == 0:
+                if m.state == "in_call" and m.conn is not None and (m.ticks + m.phase) % PROBE_EVERY == 0:
                     self.probe(m)
             if self.churning:
                 owed += self.churn * len(self.members) * TICK
