@@ -80,26 +80,34 @@ class IceCandidate(msgspec.Struct, omit_defaults=True):
     usernameFragment: str | None = None
 
 
+# Bounds for measured values: anything outside is not a measurement but bad input, and
+# must not reach the scorer's arithmetic.
+Millis = Annotated[float, msgspec.Meta(ge=0, le=600_000)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Rate = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+
+
 class LinkStats(msgspec.Struct, omit_defaults=True):
-    """One participant's view of its link to one peer, sampled about once a second.
+    """One participant's view of its link to one peer, sampled every 250–500 ms.
 
     Counters are cumulative since the peer connection started; rates are over the last
     interval. Units: milliseconds, fractions 0..1, bits per second.
     """
 
-    peer: str
-    pc: str | None = None
-    rtt_ms: float | None = None
-    jitter_ms: float | None = None
-    loss: float | None = None
-    packets_in: int | None = None
-    bytes_in: int | None = None
-    frames_decoded: int | None = None
-    frames_dropped: int | None = None
-    fps: float | None = None
-    concealed: float | None = None
-    out_bitrate: float | None = None
-    in_bitrate: float | None = None
+    peer: Ref
+    pc: Ref | None = None
+    rtt_ms: Millis | None = None
+    jitter_ms: Millis | None = None
+    loss: Fraction | None = None
+    packets_in: Count | None = None
+    bytes_in: Count | None = None
+    frames_decoded: Count | None = None
+    frames_dropped: Count | None = None
+    fps: Annotated[float, msgspec.Meta(ge=0, le=1000)] | None = None
+    concealed: Fraction | None = None
+    out_bitrate: Rate | None = None
+    in_bitrate: Rate | None = None
     candidate: Literal["host", "srflx", "prflx", "relay"] | None = None
     video: bool = True
 

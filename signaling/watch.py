@@ -36,6 +36,8 @@ class WatchedRoom:
     monitor: QualityMonitor
     flow: FallbackFlow
     people: dict[PersonId, Person]
+    # Who has entered the call: the flow knows only them (a partner in the lobby is not yet).
+    entered: set[PersonId] = field(default_factory=set)
     relayed: set[frozenset[PersonId]] = field(default_factory=set)
     last_quality: p.Quality | None = None
 
@@ -73,6 +75,7 @@ class RoomWatch:
             )
         flow_event: fe.Event | None = None
         if event.kind == "joined":
+            watched.entered.add(event.person_id)
             flow_event = fe.Joined(event.person_id, event.role)
         elif event.kind == "reconnecting" and self._known(watched, event.person_id):
             flow_event = fe.SignalingLost(event.person_id)
@@ -83,6 +86,7 @@ class RoomWatch:
             # window and phone step decide what happens to someone who vanished.
             flow_event = fe.Left(event.person_id)
             watched.monitor.forget(event.person_id)
+            watched.entered.discard(event.person_id)
         if flow_event is not None:
             self._apply(event.room_id, watched, self._handle(watched, flow_event, now), out)
         return out
@@ -149,7 +153,7 @@ class RoomWatch:
 
     @staticmethod
     def _known(watched: WatchedRoom, person: PersonId) -> bool:
-        return person in watched.people
+        return person in watched.entered
 
     @staticmethod
     def _require_therapist(member: Member) -> None:

@@ -67,6 +67,12 @@ def test_valid_messages_parse_to_their_types(message: dict, expected: p.ClientMe
         (b'{"type": "mute", "participant": "p", "kind": "screen"}', ErrorCode.INVALID_MESSAGE),
         (b'{"type": "lock", "locked": "yes"}', ErrorCode.INVALID_MESSAGE),
         (json.dumps({"type": "stats", "links": [{"peer": "p"}] * 9}).encode(), ErrorCode.INVALID_MESSAGE),
+        # Measurements out of any real range are bad input, not numbers for the scorer.
+        (json.dumps({"type": "stats", "links": [{"peer": "p", "rtt_ms": 1.7e308}]}).encode(),
+         ErrorCode.INVALID_MESSAGE),
+        (json.dumps({"type": "stats", "links": [{"peer": "p", "loss": 1.5}]}).encode(), ErrorCode.INVALID_MESSAGE),
+        (json.dumps({"type": "stats", "links": [{"peer": "p", "packets_in": -1}]}).encode(),
+         ErrorCode.INVALID_MESSAGE),
         (json.dumps({"type": "sdp", "to": "p", "pc": "a",
                      "description": {"type": "offer", "sdp": "x" * LIMIT}}).encode(), ErrorCode.TOO_LARGE),
     ],

@@ -24,6 +24,7 @@ from telehealth.app import CONFIG, STORE
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
+from web.forms import read_form
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
@@ -59,7 +60,7 @@ async def _checked_form(request: web.Request, session: accounts.LoginSession) ->
     """The posted form, once it is known to come from this site and this session."""
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await request.post()
+    form = await read_form(request)
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
         raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
@@ -94,7 +95,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await request.post()
+    form = await read_form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     submitted = _text(form, "csrf")
     # Double-submit: the hidden field must match the cookie this site set with the form.
