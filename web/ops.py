@@ -285,7 +285,7 @@ def live_rooms(hub: RoomHub, watch: RoomWatch, history: QualityHistory,
             "started_at": series.started_at if series else None,
             "people": _people(room, watched, series),
             "links": _links(series, watched.relayed if watched else (), labels),
-            "labels": dict(sorted(((key, _link_label(key, labels)) for key in (series.links if series else ())),
+            "link_labels": dict(sorted(((key, _link_label(key, labels)) for key in (series.links if series else ())),
                                   key=lambda kv: _label_order(kv[1]))),
             "usable": series.usable_share if series else None,
             "session_s": series.session_s if series else 0.0,
@@ -371,7 +371,7 @@ async def live(request: web.Request) -> web.StreamResponse:
             await response.write(b"data: " + msgspec.json.encode(snapshot) + b"\n\n")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(state.stopping.wait(), LIVE_INTERVAL_S)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass  # the viewer went away
     return response
 

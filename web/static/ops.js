@@ -91,7 +91,7 @@ function drawLinks(card, room, held, now) {
   const box = card.querySelector('.ops-links');
   const current = new Map(room.links.map((link) => [link.key, link]));
   // The server orders the labels (the therapist's links first); keep that order.
-  const keys = [...Object.keys(room.labels), ...held.links.keys()]
+  const keys = [...Object.keys(room.link_labels), ...held.links.keys()]
     .filter((key, i, all) => held.links.has(key) && all.indexOf(key) === i);
   for (const figure of box.querySelectorAll('figure')) {
     if (!held.links.has(figure.dataset.link)) figure.remove();
@@ -103,7 +103,7 @@ function drawLinks(card, room, held, now) {
         el('figcaption', {}), createChart(), el('p', { class: 'chart-summary' }));
     }
     box.append(figure);
-    const label = room.labels[key] ?? key;
+    const label = room.link_labels[key] ?? key;
     const link = current.get(key);
     const caption = [el('span', {}, label), levelBadge(link?.level ?? null)];
     if (link?.relay) caption.push(el('span', { class: 'relay-badge' }, 'via TURN relay'));
