@@ -21,8 +21,9 @@ from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
 from signaling.watch import RoomWatch
 from telehealth import rooms
-from telehealth.audit import AuditEvent, AuditLog, LinkRejectReason
+from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
 from telehealth.config import Config
+from telehealth.ratelimit import LinkOpenLimits
 from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
 from telehealth.store import Store
 from telehealth.tokens import check_link, hash_token, well_formed
@@ -47,6 +48,7 @@ class Signaling:
     hub: RoomHub
     clock: Callable[[], float]
     audit: AuditLog | None = None
+    link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
     watch: RoomWatch | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
     event_sinks: list[EventSink] = field(default_factory=list)
@@ -311,15 +313,6 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
         sig.deliver(hub.end_room(room_id, now))
 
 
-LINK_REJECT_REASONS = {
-    ErrorCode.BAD_LINK: LinkRejectReason.FORGED,
-    ErrorCode.LINK_EXPIRED: LinkRejectReason.EXPIRED,
-    ErrorCode.LINK_REVOKED: LinkRejectReason.REVOKED,
-    ErrorCode.ROOM_ENDED: LinkRejectReason.ROOM_ENDED,
-    ErrorCode.RATE_LIMITED: LinkRejectReason.RATE_LIMITED,
-}
-
-
 def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     if msg.v != p.VERSION:
         raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, close=True)
@@ -327,7 +320,18 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
         raise ProtocolError(ErrorCode.ALREADY_JOINED)
     now = sig.clock()
     try:
-        link = check_link(sig.store.find_link(hash_token(msg.token)) if well_formed(msg.token) else None, now)
+        token_hash = hash_token(msg.token)
+        peer = sock.transport.get_extra_info("peername")
+        address, tick = (str(peer[0]) if peer else "?"), time.monotonic()
+        wait = sig.link_limits.check(address, token_hash, tick)
+        if wait is not None:
+            raise LinkError(ErrorCode.RATE_LIMITED,
+                            f"Too many attempts. Please wait {max(1, round(wait))} seconds and try again.")
+        try:
+            link = check_link(sig.store.find_link(token_hash) if well_formed(msg.token) else None, now)
+        except LinkError:
+            sig.link_limits.failed(address, tick)
+            raise
         record = sig.store.get_room(link.room_id)
         person = next((x for x in record.people if x.id == link.person_id), None) if record else None
         if record is None or person is None:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from telehealth.errors import ErrorCode
+
 GENESIS_HASH = "0" * 64
 
 _SCHEMA = (
@@ -109,6 +111,16 @@ class LinkRejectReason(str, enum.Enum):
     REVOKED = "revoked"
     RATE_LIMITED = "rate_limited"
     ROOM_ENDED = "room_ended"
+
+
+# Why a link was refused, by the error code the person was shown.
+LINK_REJECT_REASONS = {
+    ErrorCode.BAD_LINK: LinkRejectReason.FORGED,
+    ErrorCode.LINK_EXPIRED: LinkRejectReason.EXPIRED,
+    ErrorCode.LINK_REVOKED: LinkRejectReason.REVOKED,
+    ErrorCode.ROOM_ENDED: LinkRejectReason.ROOM_ENDED,
+    ErrorCode.RATE_LIMITED: LinkRejectReason.RATE_LIMITED,
+}
 
 
 @dataclass(frozen=True, slots=True)

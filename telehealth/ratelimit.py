@@ -71,3 +71,27 @@ class RateLimiter:
             if bucket.tokens + (now - bucket.updated) * self.refill_per_second < self.capacity:
                 return
             del self._buckets[key]
+
+
+class LinkOpenLimits:
+    """How often join links may be opened. Per client address only failed attempts count (a
+    link that does not work: someone guessing), so a clinic's shared address is never slowed
+    by its own sessions; per link every attempt counts (a link that leaked). The page and the
+    signaling join share them; a reconnecting partner's few attempts never come near."""
+
+    def __init__(self, *, failures_per_address: int = 20, per_link: int = 20, per_seconds: float = 60.0) -> None:
+        self.failures = RateLimiter(failures_per_address, failures_per_address / per_seconds)
+        self.by_link = RateLimiter(per_link, per_link / per_seconds)
+
+    def check(self, address: str, link_hash: str, now: float) -> float | None:
+        """None when this attempt may go ahead; else the seconds to wait before retrying."""
+        wait = self.failures.retry_after(address, now)
+        if wait > 0:
+            return wait
+        if not self.by_link.allow(link_hash, now):
+            return self.by_link.retry_after(link_hash, now)
+        return None
+
+    def failed(self, address: str, now: float) -> None:
+        """An attempt from ``address`` used a link that does not work."""
+        self.failures.allow(address, now)

@@ -177,3 +177,26 @@ async def test_health_and_readiness(server: RunningServer) -> None:
         async with session.get(f"{server.base_url}/readyz") as r:
             body = await r.json()
             assert r.status == 503 and "background loop stale" in body["problems"]
+
+
+async def test_opening_links_too_often_is_rate_limited_with_a_clear_message(server: RunningServer) -> None:
+    room = server.create_room()
+    base = room.partner_links[0][:-6]
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for i in range(21):  # someone guessing links from one address
+            async with session.get(f"{base}Z{i:05d}") as r:
+                statuses.append(r.status)
+        assert statuses[:20] == [404] * 20 and statuses[20] == 429
+        async with session.get(f"{base}ZZZZZZ") as r:
+            assert r.status == 429 and "Too many attempts" in await r.text()
+    # The address is refused over signaling too, even with a good link, until it cools down.
+    person = SyntheticParticipant(room.partner_links[1])
+    try:
+        await person.join()
+        error = await last_error(person, 1)
+        assert error["code"] == "rate_limited" and "wait" in error["message"]
+    finally:
+        await person.close()
+    reasons = [(json.loads(x).get("detail") or {}).get("reason") for x in server.store.audit.export()]
+    assert reasons.count("forged") == 20 and "rate_limited" in reasons

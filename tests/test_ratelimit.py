@@ -94,3 +94,18 @@ def test_memory_is_capped_under_a_flood_of_distinct_keys() -> None:
 def test_nonsense_settings_are_refused(capacity: int, refill: float, max_keys: int) -> None:
     with pytest.raises(ValueError):
         RateLimiter(capacity, refill, max_keys=max_keys)
+
+
+def test_link_opening_counts_failures_per_address_and_every_attempt_per_link() -> None:
+    from telehealth.ratelimit import LinkOpenLimits
+
+    limits = LinkOpenLimits(failures_per_address=3, per_link=5, per_seconds=60)
+    # Good links from one address are never slowed by the address limit.
+    assert all(limits.check("10.0.0.1", f"link{i}", 0.0) is None for i in range(50))
+    for _ in range(3):
+        assert limits.check("10.0.0.1", "bad", 1.0) is None
+        limits.failed("10.0.0.1", 1.0)
+    assert limits.check("10.0.0.1", "good", 1.0) == pytest.approx(20.0)
+    assert limits.check("10.0.0.2", "good", 1.0) is None  # another address is unaffected
+    # One link opened over and over (leaked) is limited whatever the address.
+    assert [limits.check(f"10.1.0.{i}", "leaked", 2.0) is None for i in range(6)] == [True] * 5 + [False]

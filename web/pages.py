@@ -20,6 +20,7 @@ from media.probe import NetworkProbe
 from signaling.endpoint import SIGNALING
 from telehealth import accounts
 from telehealth.app import CONFIG, STORE
+from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError, UserError
 from telehealth.store import Person, RoomRecord
 from telehealth.tokens import JoinLink, check_link, hash_token, well_formed
@@ -43,6 +44,7 @@ LINK_STATUS = {
     ErrorCode.LINK_EXPIRED: 410,
     ErrorCode.LINK_REVOKED: 410,
     ErrorCode.ROOM_ENDED: 410,
+    ErrorCode.RATE_LIMITED: 429,
 }
 
 PROBE = web.AppKey("probe", NetworkProbe)
@@ -122,7 +124,20 @@ def _checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
     """The request's link, its room and person; raises LinkError when it lets no one in."""
     store = request.app[STORE]
     token = request.match_info["token"]
-    link = check_link(store.find_link(hash_token(token)) if well_formed(token) else None, time.time())
+    token_hash = hash_token(token)
+    limits, address, now = request.app[SIGNALING].link_limits, request.remote or "?", time.monotonic()
+    try:
+        if limits.check(address, token_hash, now):
+            raise LinkError(ErrorCode.RATE_LIMITED)
+        try:
+            link = check_link(store.find_link(token_hash) if well_formed(token) else None, time.time())
+        except LinkError:
+            limits.failed(address, now)
+            raise
+    except LinkError as exc:
+        store.audit.append(AuditEvent.LINK_REJECTED, actor="web",
+                           detail={"reason": LINK_REJECT_REASONS[exc.code].value})
+        raise
     record = store.get_room(link.room_id)
     person = next((x for x in record.people if x.id == link.person_id), None) if record else None
     if record is None or person is None:
