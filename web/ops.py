@@ -335,7 +335,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("ops.html", request, {
         "user": session.user, "csrf": session.csrf, "turn_warning": state.turn_warning,
         "past": past_rows(request.app[STORE], state.history),
-        "interval_s": LIVE_INTERVAL_S, "window_s": state.history.window * state.history.sample_every_s,
+        "window_s": state.history.window * state.history.sample_every_s,
     })
 
 
