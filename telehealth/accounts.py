@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
+from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, UserError
 from telehealth.store import Store
 
@@ -274,6 +275,19 @@ def authenticate(store: Store, username: str, password: str, *, now: float) -> U
         raise wrong
     store.db.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?", (user.id,))
     return user
+
+
+def audit_login(store: Store, username: str, user: User | None, error: UserError | None) -> None:
+    """Record a login attempt (on the event loop: the store's connection is not shared with
+    the thread that checks the password). Ids and reasons only, never the name typed."""
+    if user is not None:
+        store.audit.append(AuditEvent.LOGIN_OK, actor=f"u_{user.id}", detail={"role": user.role})
+        return
+    known = _find_user(store, username.strip().lower()) if username.strip() else None
+    reason = "locked" if error is not None and error.code == ErrorCode.RATE_LIMITED else (
+        "password" if known else "unknown_user")
+    store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{known.id}" if known else None,
+                       detail={"reason": reason})
 
 
 # -- login sessions -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from telehealth import retention
 from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.keys import key_in_use
+from telehealth.ratelimit import RateLimiter
 from telehealth.store import Store
 
 log = logging.getLogger("telehealth")
@@ -25,6 +26,8 @@ log = logging.getLogger("telehealth")
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", AuditLog)
+# Failed logins per client address (the console's and the ops dashboard's): ten a minute.
+LOGIN_FAILURES = web.AppKey("login_failures", RateLimiter)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
 
@@ -47,6 +50,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[CONFIG] = config
     app[STORE] = store
     app[AUDIT] = audit
+    app[LOGIN_FAILURES] = RateLimiter(10, 10 / 60)
     def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
             list[protocol.IceServer], protocol.FallbackPlan]:
         # Fresh TURN credentials on every (re)join; each person's own fallback plan.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import re
 import time
 import zoneinfo
@@ -322,3 +323,19 @@ async def test_signing_out_ends_the_session(server: RunningServer, http: aiohttp
     assert response.status == 303 and response.headers["Location"] == "/console/login"
     async with http.get(f"{server.base_url}/console", headers=user.headers, allow_redirects=False) as page:
         assert page.status == 303
+
+
+async def test_logins_are_audited_and_one_address_guessing_passwords_is_slowed(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    accounts.add_user(server.store, "drlog", PASSWORD, "therapist", now=time.time())
+    assert (await sign_in(http, server.base_url, "drlog", PASSWORD)).status == 303
+    statuses = [(await sign_in(http, server.base_url, f"guess{i}", "not the password")).status for i in range(11)]
+    assert statuses[:10] == [401] * 10 and statuses[10] == 429
+    # Even the right password waits now, from that address.
+    blocked = await sign_in(http, server.base_url, "drlog", PASSWORD)
+    assert blocked.status == 429 and "Too many attempts" in await blocked.text()
+    events = [json.loads(x) for x in server.store.audit.export()]
+    logins = [(e["event"], (e.get("detail") or {}).get("reason")) for e in events if e["event"].startswith("login")]
+    assert logins[0] == ("login_ok", None) and logins.count(("login_failed", "unknown_user")) == 10
+    assert "guess" not in json.dumps(events)

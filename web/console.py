@@ -20,7 +20,7 @@ from multidict import MultiDictProxy
 
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, rooms
-from telehealth.app import CONFIG, STORE
+from telehealth.app import CONFIG, LOGIN_FAILURES, STORE
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
@@ -104,14 +104,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     username, password = _text(form, "username"), form.get("password")
     store = request.app[STORE]
     now = time.time()
+    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
     try:
+        if failures.retry_after(address, time.monotonic()) > 0:
+            raise UserError(ErrorCode.RATE_LIMITED)
         if not isinstance(password, str):
             raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
         # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
         user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
     except UserError as exc:
+        failures.allow(address, time.monotonic())
+        accounts.audit_login(store, username, None, exc)
         status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
         return _login_page(request, error=exc.detail, username=username, status=status)
+    accounts.audit_login(store, username, user, None)
     tz_name = _text(form, "timezone")
     session = accounts.start_session(store, user, now=now, timezone=tz_name if _valid_zone(tz_name) else "UTC")
     response = web.HTTPSeeOther("/console")
