@@ -2,7 +2,8 @@
 
 For ops staff only: a signed-in account with the role "ops" (therapists get 403, strangers
 the sign-in page). The login is the console's (same accounts, same Secure, HttpOnly,
-SameSite=Strict session cookie, CSRF on every form), with its own form so that it lands here.
+SameSite=Strict session cookie, CSRF on every form, the same budget of failed attempts per
+address, audited alike), with its own form so that it lands here and refuses other roles.
 Every page and every live stream opened is recorded in the audit log as ``ops_access`` with
 the account as actor (``u_<id>``); refused attempts too.
 
@@ -36,7 +37,6 @@ from typing import Any
 import aiohttp_jinja2
 import msgspec
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from fallback.scoring import Pair
 from fallback.ledger import Disruption
@@ -45,7 +45,7 @@ from signaling.history import QualityHistory, RoomSeries, link_key
 from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
 from signaling.watch import RoomWatch, WatchedRoom
 from telehealth import accounts, webhooks
-from telehealth.app import CONFIG, STORE
+from telehealth.app import CONFIG, LOGIN_FAILURES, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, StateError, UserError
 from telehealth.requestlog import REQUEST_ID, route_of
@@ -53,6 +53,7 @@ from telehealth.store import Person, Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
 from web.console import LOGIN_COOKIE, SESSION_COOKIE
+from web.forms import read_form
 from web.pages import same_origin
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -144,17 +145,10 @@ def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-async def _posted_form(request: web.Request) -> MultiDictProxy[str | web.FileField]:
-    try:
-        return await request.post()
-    except ValueError:  # a body that is not UTF-8, or not a form at all
-        raise web.HTTPBadRequest(text="This form could not be read. Reload the page and try again.") from None
-
-
 async def login(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await _posted_form(request)
+    form = await read_form(request)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     submitted = _text(form.get("csrf"))
     # Double-submit: the hidden field must match the cookie this site set with the form.
@@ -163,24 +157,28 @@ async def login(request: web.Request) -> web.StreamResponse:
     username, password = _text(form.get("username")), form.get("password")
     store = request.app[STORE]
     now = time.time()
-    audit_detail = {"path": _audit_path(request), "request_id": REQUEST_ID.get()}
+    # One budget of failed attempts per address for the console's login and this one.
+    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
     try:
+        if failures.retry_after(address, time.monotonic()) > 0:
+            raise UserError(ErrorCode.RATE_LIMITED)
         if not isinstance(password, str):
             raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
         # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
         user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
     except UserError as exc:
-        limited = exc.code == ErrorCode.RATE_LIMITED
-        store.audit.append(AuditEvent.LOGIN_FAILED, actor="ops_login", detail={
-            **audit_detail, "reason": "rate_limited" if limited else "bad_credentials"})
-        return _login_page(request, error=exc.detail, username=username, status=429 if limited else 401)
+        failures.allow(address, time.monotonic())
+        accounts.audit_login(store, username, None, exc)
+        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
+        return _login_page(request, error=exc.detail, username=username, status=status)
     if user.role != "ops":
+        # The right password for an account that may not come here: no session.
         store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
-                           detail={**audit_detail, "reason": "forbidden", "role": user.role})
+                           detail={"reason": "forbidden", "role": user.role, "path": _audit_path(request)})
         return _login_page(request, username=username, status=403,
                            error="This account cannot open the operations dashboard.")
+    accounts.audit_login(store, username, user, None)
     session = accounts.start_session(store, user, now=now)
-    store.audit.append(AuditEvent.LOGIN_OK, actor=f"u_{user.id}", detail={**audit_detail, "role": user.role})
     response = web.HTTPSeeOther("/ops")
     response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
                         path="/", max_age=int(accounts.SESSION_SECONDS))
@@ -194,7 +192,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/ops/login")
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await _posted_form(request)
+    form = await read_form(request)
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
         raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
