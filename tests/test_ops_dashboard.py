@@ -212,6 +212,16 @@ async def test_an_operator_watches_a_live_call_its_disruptions_and_its_past(
         await assert_private(page)
         await assert_accessible(page)
 
+        # A page that reports its link runs through the TURN relay (as a browser's stats say
+        # when its selected candidate is a relay one): the link is marked, on the chart too.
+        relayed = figures.filter(has_text="Therapist – Partner 1")
+        await expect(relayed.locator(".relay-badge")).to_have_count(0)
+        await therapist.send({"type": "stats", "links": [
+            {"peer": ids["a"], "pc": therapist.links[ids["a"]].pc_id, "candidate": "relay"}]})
+        await expect(relayed.locator(".relay-badge")).to_have_text("via TURN relay")
+        await expect(relayed.locator("svg rect.relay").first).to_be_attached()
+        await expect(relayed.locator(".chart-summary")).to_contain_text("through the TURN relay")
+
         # The therapist ends the session: it leaves the live list and joins the past ones.
         await therapist.send({"type": "end"})
         await expect(card).to_have_count(0)
