@@ -104,10 +104,11 @@ class Socket:
         self.closed = True
         self.arrived.set()
 
-    async def wait(self, kind: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+    async def wait(self, kind: str, timeout: float = 5.0, *, since: int = 0, **match: Any) -> dict[str, Any]:
+        """The first message of ``kind`` matching ``match`` from index ``since`` on."""
         async def found() -> dict[str, Any]:
             while True:
-                for m in self.received:
+                for m in self.received[since:]:
                     if m["type"] == kind and all(m.get(k) == v for k, v in match.items()):
                         return m
                 if self.closed:
@@ -116,17 +117,19 @@ class Socket:
                 await self.arrived.wait()
         return await asyncio.wait_for(found(), timeout)
 
-    async def exchange(self, frame: str | bytes, t: float) -> list[dict[str, Any]]:
+    async def exchange(self, frame: str | bytes, n: float) -> list[dict[str, Any]]:
         """Send ``frame`` then a ping; everything that came back before the pong."""
+        # A ping time no fuzzed ping will carry, so that its pong marks the end.
+        t = -1e15 - n
         start = len(self.received)
         if isinstance(frame, bytes):
             await self.ws.send_bytes(frame)
         else:
             await self.ws.send_str(frame)
         await self.ws.send_json({"type": "ping", "t": t})
-        await self.wait("pong", t=t)
+        pong = await self.wait("pong", since=start, t=t)
         replies = self.received[start:]
-        return replies[:next(i for i, m in enumerate(replies) if m["type"] == "pong" and m.get("t") == t)]
+        return replies[:replies.index(pong)]
 
 
 @dataclass
