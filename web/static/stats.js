@@ -108,6 +108,7 @@ export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null
     const sampled = samples - previous.samples;
     concealedShare = sampled > 0 ? (concealed - previous.concealed) / sampled : null;
     inBitrate = ((bytesIn - previous.bytesIn) * 8) / seconds;
+    // What we actually sent: only when the browser gives no estimate of what the link can carry.
     outBitrate = ((bytesOut - previous.bytesOut) * 8) / seconds;
     if (fps === null && framesDecoded !== null) fps = (framesDecoded - previous.framesDecoded) / seconds;
   } else if (sawInbound && packetsIn + packetsLost > 0) {
@@ -115,6 +116,10 @@ export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null
     concealedShare = samples > 0 ? concealed / samples : null;
   }
   const jitter = audioJitter ?? videoJitter;
+  // out_bitrate is the browser's estimate of what the link can carry (docs/protocol.md), not
+  // what we send: when the fallback flow lowers our video on purpose, what we send drops, and
+  // that must not read as a worse network.
+  if (pair && typeof pair.availableOutgoingBitrate === 'number') outBitrate = pair.availableOutgoingBitrate;
 
   /** @type {import('./signaling.js').LinkStats} */
   const stats = { peer, video: Boolean(video) };
