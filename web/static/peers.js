@@ -20,6 +20,13 @@
 
 const KINDS = ['audio', 'video'];
 
+/** Lowered video: half the resolution each way, at most this many bits per second. */
+export const LOWERED_VIDEO = Object.freeze({ scale: 2, maxBitrate: 250000 });
+
+/** @typedef {{video: 'full'|'lowered'|'off', audio: boolean}} SendPolicy */
+/** @type {SendPolicy} */
+export const FULL_SEND = Object.freeze({ video: 'full', audio: true });
+
 /** A short random id for a peer connection. */
 export function randomId() {
   const bytes = new Uint8Array(6);
@@ -49,6 +56,8 @@ class Link {
     this.presence = info.state === 'reconnecting' ? 'reconnecting' : 'in_call';
     // Signaling for this pair is handled one message at a time.
     this.queue = Promise.resolve();
+    /** @type {SendPolicy} */
+    this.sendPolicy = FULL_SEND;
   }
 
   /** The side that does not make offers yields on a collision. */
@@ -123,11 +132,16 @@ export class Mesh {
     }
   }
 
-  /** Every live connection, for stats. */
+  /** Every live connection, for stats and recovery: whether we offer on it, and since when (`now`). */
   connections() {
     const out = [];
     for (const link of this.links.values()) {
-      if (link.pc) out.push({ peerId: link.peerId, pcId: link.pcId, pc: link.pc, info: link.info });
+      if (link.pc) {
+        out.push({
+          peerId: link.peerId, pcId: link.pcId, pc: link.pc, info: link.info,
+          offerer: !link.polite, createdAt: link.createdAt,
+        });
+      }
     }
     return out;
   }
@@ -337,6 +351,8 @@ export class Mesh {
       this._clearRecovery(link);
       link.freshAttempts = 0;
       link.iceRestarts = 0;
+      // A new connection starts at full quality: give it the pair's policy.
+      if (link.sendPolicy.video !== 'full' || !link.sendPolicy.audio) this._applySendPolicy(link);
     } else if (state === 'failed') {
       this._recover(link);
     } else if (state === 'disconnected') {
@@ -452,22 +468,42 @@ export class Mesh {
   }
 
   /**
-   * Cap the video we send on every link (bits per second), or lift the cap (null); the
-   * call keeps its connections, only the encoder aims lower.
+   * What we send to one peer, as the fallback flow decides (docs/fallback.md): video at full
+   * quality, lowered (less resolution and bitrate, same frame rate) or off, and audio on or
+   * off (a hold). The call keeps its connections and tracks; only the encoders change, so
+   * nothing is renegotiated. The policy stays with the pair and is applied again to every new
+   * connection the pair gets.
+   * @param {string} peerId @param {SendPolicy} policy
    */
-  async limitVideo(maxBitrate) {
+  async setSendPolicy(peerId, policy) {
+    const link = this.links.get(peerId);
+    if (!link) return;
+    link.sendPolicy = { ...policy };
+    await this._applySendPolicy(link);
+  }
+
+  async _applySendPolicy(link) {
+    const pc = link.pc;
+    if (!pc || pc.signalingState === 'closed') return;
+    const { video, audio } = link.sendPolicy;
     const jobs = [];
-    for (const link of this.links.values()) {
-      for (const sender of link.pc?.getSenders() ?? []) {
-        if (sender.track?.kind !== 'video') continue;
-        const params = sender.getParameters();
-        if (!params.encodings || params.encodings.length === 0) continue;
-        for (const encoding of params.encodings) {
-          if (maxBitrate) encoding.maxBitrate = maxBitrate;
+    for (const transceiver of pc.getTransceivers()) {
+      const kind = transceiver.receiver.track?.kind;
+      const sender = transceiver.sender;
+      if (!kind || transceiver.currentDirection === 'stopped') continue;
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length === 0) continue;
+      for (const encoding of params.encodings) {
+        if (kind === 'audio') {
+          encoding.active = audio;
+        } else {
+          encoding.active = video !== 'off';
+          encoding.scaleResolutionDownBy = video === 'lowered' ? LOWERED_VIDEO.scale : 1;
+          if (video === 'lowered') encoding.maxBitrate = LOWERED_VIDEO.maxBitrate;
           else delete encoding.maxBitrate;
         }
-        jobs.push(sender.setParameters(params).catch((e) => console.warn('setParameters failed', e)));
       }
+      jobs.push(sender.setParameters(params).catch((e) => console.warn('setParameters failed', e)));
     }
     await Promise.all(jobs);
   }

@@ -315,6 +315,26 @@ export class SignalingClient {
     }
   }
 
+  /**
+   * Give up on the current socket or attempt and connect again now. For a page that found
+   * the server reachable again while its socket is silent (dead after a network change) or
+   * its attempt hangs on a lost packet.
+   */
+  retryNow() {
+    if (this._stopped) return;
+    const ws = this._ws;
+    if (ws) {
+      ws.close();
+      this._lost(ws, 'silent');
+    }
+    this.reconnectNow();
+  }
+
+  /** Milliseconds since the server last said anything on an open socket (else Infinity). */
+  silentForMs() {
+    return this.state === 'open' ? this.now() - this._lastHeard : Infinity;
+  }
+
   _clearRetry() {
     if (this._retryTimer !== null) this.timers.clearTimeout(this._retryTimer);
     this._retryTimer = null;
