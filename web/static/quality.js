@@ -8,7 +8,8 @@
 //     signaling dropped: the server cannot see us) hands the link back to local estimates.
 // The board smooths local estimates: a worse level shows after two samples in a row (one
 // busy second on a loaded laptop is not a bad connection), a better one once it has held
-// for a few seconds, so the bars do not flicker. Server verdicts show at once.
+// for a few seconds, so the bars do not flicker. Server verdicts show at once. A link whose
+// packets have stopped arriving shows lost at once, whoever spoke last.
 // Handlers of 'change' get {peerId, level, source}.
 
 /** @typedef {'good'|'fair'|'poor'|'lost'} Level */
@@ -72,7 +73,7 @@ export class QualityBoard {
     this.now = now;
     this.upgradeAfterMs = upgradeAfterMs;
     this.downgradeAfter = downgradeAfter;
-    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, server: boolean, source: string}>} */
+    /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, server: boolean, serverLevel: Level|null, source: string}>} */
     this._links = new Map();
     this._handlers = new Set();
   }
@@ -89,11 +90,20 @@ export class QualityBoard {
     return this._links.get(peerId)?.shown ?? null;
   }
 
-  /** This page's own estimate for a link. */
-  fromStats(peerId, linkStats) {
+  /**
+   * This page's own estimate for a link. `lost`: its inbound packets have stopped (plan.js
+   * LinkHealth), which one sample cannot tell.
+   */
+  fromStats(peerId, linkStats, { lost = false } = {}) {
     const entry = this._entry(peerId);
-    if (entry.server) return; // the server sees both ends; its verdict stands
-    this._offer(peerId, entry, levelFromStats(linkStats), 'local');
+    if (entry.server) {
+      // The server sees both ends and its verdict stands, except that nothing arriving here
+      // is plain to see at once, even when the server cannot tell us (we may be cut off).
+      const level = lost ? 'lost' : entry.serverLevel;
+      if (level !== entry.shown) this._show(peerId, entry, level, lost ? 'local' : 'server');
+      return;
+    }
+    this._offer(peerId, entry, lost ? 'lost' : levelFromStats(linkStats), 'local');
   }
 
   /** The server's verdict for a link (from a `quality` message). */
@@ -101,6 +111,7 @@ export class QualityBoard {
     if (!LEVELS.includes(level)) return;
     const entry = this._entry(peerId);
     entry.server = true;
+    entry.serverLevel = level;
     this._offer(peerId, entry, level, 'server');
   }
 
@@ -116,7 +127,7 @@ export class QualityBoard {
   _entry(peerId) {
     let entry = this._links.get(peerId);
     if (!entry) {
-      entry = { shown: null, candidate: null, since: 0, worse: 0, server: false, source: 'local' };
+      entry = { shown: null, candidate: null, since: 0, worse: 0, server: false, serverLevel: null, source: 'local' };
       this._links.set(peerId, entry);
     }
     return entry;
