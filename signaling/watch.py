@@ -18,7 +18,7 @@ from fallback.ledger import Disruption, Step
 from fallback.notices import Notice, call_prompt, mask_phone, notice_text
 from fallback.scoring import Cause, LinkSample, QualityMonitor, RoomQuality
 from signaling import protocol as p
-from signaling.hub import HubEvent, LiveRoom, Member, MemberEvent, Outbox, RoomEvent, RoomHub
+from signaling.hub import HubEvent, LiveRoom, Member, Outbox, RoomEvent, RoomHub
 from telehealth.errors import ErrorCode, UserError
 from telehealth.store import Person
 from telehealth.tokens import PersonId, RoomId

@@ -38,15 +38,17 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling import protocol
     from signaling.endpoint import SIGNALING, Signaling, expire_loop, websocket_handler
     from signaling.hub import HubEvent, MemberEvent, RoomHub
+    from signaling.ice import ice_servers_for
     from signaling.metrics import CONTENT_TYPE, SessionMetrics
     from signaling.watch import RoomWatch
+    from telehealth import requestlog
     from telehealth.store import Person, RoomRecord
-    from signaling.ice import ice_servers_for
-    from web import pages
+    from telehealth.webhooks import OpsWebhooks
+    from web import ops, pages
 
     store = Store.open(config.data_dir, config.key_path)
     audit = store.audit
-    app = web.Application(middlewares=[pages.security_headers])
+    app = web.Application(middlewares=[requestlog.middleware, pages.security_headers])
     app[CONFIG] = config
     app[STORE] = store
     app[AUDIT] = audit
@@ -116,6 +118,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     pages.setup(app)
+    ops.setup(app)
+    if config.ops_webhook_url:
+        ops.send_webhooks(app, OpsWebhooks(config.ops_webhook_url, config.ops_webhook_secret or ""))
 
     async def purge_loop() -> None:
         while True:

@@ -53,6 +53,10 @@ class Config:
     # Phone step: without a webhook the therapist dials from a tel: link on their page.
     phone_webhook_url: str | None = None
     phone_webhook_secret: str | None = None
+    # Ops events (room started/ended, disruption, phone fallback) to a monitoring endpoint,
+    # HMAC-signed, ids only.
+    ops_webhook_url: str | None = None
+    ops_webhook_secret: str | None = None
     # Key for personal data at rest; defaults to <data_dir>/telehealth.key.
     key_file: Path | None = None
     # Ended rooms lose their names, phone numbers and links after this long.

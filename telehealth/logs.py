@@ -8,7 +8,8 @@ import time
 
 # Extra attributes a log call may carry; anything else passed in `extra` is dropped so that
 # personal data cannot slip into a log line by accident.
-ALLOWED_EXTRAS = ("room_id", "person_id", "role", "request_id", "code", "event", "peer_id")
+ALLOWED_EXTRAS = ("room_id", "person_id", "role", "request_id", "code", "event", "peer_id",
+                  "method", "route", "status", "duration_ms")
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from telehealth import logs
+from telehealth import logs, requestlog
 from telehealth.app import create_app
 from telehealth.config import Config
 from telehealth.tls import self_signed, server_context
@@ -89,6 +89,7 @@ async def _freeze_loop() -> None:
 
 def serve(config: Config) -> None:
     logs.configure(config.log_level)
+    requestlog.install()
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = server_context(config.tls_cert, config.tls_key)

@@ -17,12 +17,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from media.participant import SyntheticParticipant
 from telehealth import accounts, rooms
-from telehealth.app import create_app
 from telehealth.audit import AuditEvent
 from telehealth.config import Config
 from telehealth.turn import turn_warning
@@ -36,7 +34,7 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     visibly_focused,
     watch_console,
 )
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -50,16 +48,7 @@ PRIVATE = (THERAPIST, ALEX, SAM, "Morgan", "Quill", "+1 555", "0100 200", "55501
 
 
 async def start_ops_server(config: Config) -> RunningServer:
-    """The app as create_app builds it, with the ops pages mounted if it does not yet."""
-    from web import ops
-
-    app = create_app(config)
-    if "ops-dashboard" not in app.router.named_resources():
-        ops.setup(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
-    return RunningServer(config, app, runner)
+    return await start_server(config)
 
 
 @pytest.fixture

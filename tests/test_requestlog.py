@@ -53,17 +53,12 @@ def lines() -> Iterator[Lines]:
     root.setLevel(level)
 
 
-def with_request_log(app: web.Application) -> web.Application:
-    """The middleware first, as create_app will have it (added here until it does)."""
-    if requestlog.middleware not in app.middlewares:
-        app.middlewares.insert(0, requestlog.middleware)
-    return app
 
 
 @pytest.fixture
 async def logged_server(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
     config = make_config()
-    app = with_request_log(create_app(config))
+    app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()

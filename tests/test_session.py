@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from media.participant import SyntheticParticipant
-from signaling.hub import RoomHub
 from signaling.endpoint import SIGNALING
-from tests.conftest import RunningServer, eventually
+from signaling.hub import RoomHub
+from tests.conftest import RunningServer
 
 
 @contextlib.asynccontextmanager

@@ -216,8 +216,6 @@ async def test_a_session_sends_its_events_without_a_name_or_number(
 
     config = make_config()
     app = create_app(config)
-    if "ops-dashboard" not in app.router.named_resources():
-        ops.setup(app)
     hooks = wh.OpsWebhooks(receiver.url, SECRET, backoff_s=0.1)
     ops.send_webhooks(app, hooks)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
