@@ -13,7 +13,10 @@ class Tile {
     this.video = el('video', { autoplay: true, playsinline: true, 'aria-label': `Video of ${this.name}` });
     this.video.autoplay = true;
     this.video.playsInline = true;
-    this.placeholder = el('p', { className: 'tile-placeholder', text: `Connecting to ${this.name}…` });
+    this.placeholderText = el('p', { className: 'tile-placeholder-text', text: `Connecting to ${this.name}…` });
+    /** Buttons that belong to what the picture's place says (the therapist's "Switch to phone"). */
+    this.statusActions = el('div', { className: 'tile-status-actions' });
+    this.placeholder = el('div', { className: 'tile-placeholder' }, this.placeholderText, this.statusActions);
     this.nameNode = el('span', { className: 'tile-name', text: this.name });
     this.mutedBadge = el('span', { className: 'badge', text: 'Muted', hidden: true });
     this.qualityText = el('span', { className: 'quality-text', text: LEVEL_WORDS.unknown });
@@ -22,10 +25,13 @@ class Tile {
       this.qualityText);
     this.caption = el('figcaption', {}, this.nameNode, this.mutedBadge, this.quality);
     this.root = el('figure', { className: 'tile', 'data-peer': peerId }, this.video, this.placeholder, this.caption);
-    if (adminActions) this.root.append(adminActions(this));
+    if (adminActions) this.root.append(adminActions(this, this.statusActions));
     this.hasVideo = false;
     this.videoOn = true;
     this.connection = 'new';
+    this.playbackPaused = false;
+    /** The fallback flow's word on this person, if any. @type {TileStatus|null} */
+    this.status = null;
   }
 
   rename(name) {
@@ -38,22 +44,36 @@ class Tile {
 
   _placeholder() {
     let text = '';
-    if (!this.videoOn) text = `${this.name} has turned their camera off`;
+    if (this.status) text = STATUS_WORDS[this.status](this.name);
+    else if (!this.videoOn) text = `${this.name} has turned their camera off`;
     else if (this.connection !== 'connected' && !this.hasVideo) text = `Connecting to ${this.name}…`;
     else if (!this.hasVideo) text = `Waiting for ${this.name}'s video…`;
-    this.placeholder.textContent = text;
+    this.placeholderText.textContent = text;
     this.placeholder.hidden = text === '';
+    if (this.status) this.root.dataset.status = this.status;
+    else delete this.root.dataset.status;
   }
 }
 
+/** @typedef {'reconnecting'|'audio_only'|'phone'|'hold'} TileStatus */
+
+/** What a tile says over the picture while the fallback flow has taken a step for its person. */
+const STATUS_WORDS = Object.freeze({
+  reconnecting: (name) => `Reconnecting to ${name}…`,
+  audio_only: (name) => `${name}: audio only. Video is paused to keep the sound clear.`,
+  phone: (name) => `${name} is on the phone`,
+  hold: (name) => `Session paused: ${name} is waiting`,
+});
+
 export class CallView {
   /**
-   * @param {{adminActions?: (tile: Tile) => HTMLElement, onSoundBlocked?: () => void}} options
+   * @param {{adminActions?: (tile: Tile, statusActions: HTMLElement) => HTMLElement}} options
    */
   constructor({ adminActions = null } = {}) {
     this.tilesNode = $('tiles');
     this.empty = $('tiles-empty');
     this.banners = $('banners');
+    this.alerts = $('alerts');
     this.selfVideo = /** @type {HTMLVideoElement} */ ($('self-video'));
     this.soundButton = $('sound-on');
     this.adminActions = adminActions;
@@ -105,7 +125,7 @@ export class CallView {
       tile.hasVideo = false;
       this._applySpeaker(tile.video);
     }
-    tile.video.muted = this.soundBlocked;
+    tile.video.muted = this.soundBlocked || Boolean(tile.playbackPaused);
     tile.video.play().catch((error) => {
       if (error.name !== 'NotAllowedError') return;
       // Autoplay rules: play silently now, and offer a button to turn the sound on.
@@ -121,7 +141,7 @@ export class CallView {
     this.soundBlocked = false;
     this.soundButton.hidden = true;
     for (const tile of this.tiles.values()) {
-      tile.video.muted = false;
+      tile.video.muted = Boolean(tile.playbackPaused);
       tile.video.play().catch(() => {});
     }
   }
@@ -131,6 +151,22 @@ export class CallView {
     if (!tile) return;
     tile.connection = state;
     tile._placeholder();
+  }
+
+  /** The fallback flow's step for a person, or null when they are simply in the call. */
+  setStatus(peerId, status) {
+    const tile = this.tiles.get(peerId);
+    if (!tile || tile.status === status) return;
+    tile.status = status;
+    tile._placeholder();
+  }
+
+  /** Stop playing a person's sound here (a hold, the phone step), or play it again. */
+  setPlaybackPaused(peerId, paused) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    tile.playbackPaused = paused;
+    tile.video.muted = paused || this.soundBlocked;
   }
 
   setPeerMedia(peerId, { audio, video }) {
@@ -172,12 +208,23 @@ export class CallView {
     }
   }
 
-  /** A banner in plain words; the same key replaces the earlier text. kind: warn|info|bad */
-  banner(key, text, kind = 'warn') {
-    let node = this.banners.querySelector(`[data-key="${CSS.escape(key)}"]`);
-    if (!node) {
+  _bannerNode(key) {
+    const selector = `[data-key="${CSS.escape(key)}"]`;
+    return this.alerts.querySelector(selector) ?? this.banners.querySelector(selector);
+  }
+
+  /**
+   * A banner in plain words; the same key replaces the earlier text. kind: warn|info|bad.
+   * Urgent banners (a drop, the phone step) go to the assertive live region, read out at once;
+   * the rest to the polite one.
+   */
+  banner(key, text, kind = 'warn', { urgent = false } = {}) {
+    const region = urgent ? this.alerts : this.banners;
+    let node = this._bannerNode(key);
+    if (!node || node.parentNode !== region) {
+      node?.remove();
       node = el('p', { className: `banner ${kind}`, 'data-key': key });
-      this.banners.append(node);
+      region.append(node);
     }
     node.className = `banner ${kind}`;
     node.textContent = text;
@@ -186,7 +233,7 @@ export class CallView {
 
   /** Remove a banner, now or after a while (unless its text has changed meanwhile). */
   clearBanner(key, afterMs = 0) {
-    const node = this.banners.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    const node = this._bannerNode(key);
     if (!node) return;
     if (afterMs <= 0) {
       node.remove();
@@ -199,6 +246,7 @@ export class CallView {
   clear() {
     for (const peerId of [...this.tiles.keys()]) this.removePeer(peerId);
     this.banners.replaceChildren();
+    this.alerts.replaceChildren();
     this.setSelf(null);
   }
 }

@@ -13,10 +13,13 @@ import { QualityBoard, peerLevels } from './quality.js';
 import { LocalMedia, explainMediaError } from './devices.js';
 import { CheckView } from './check.js';
 import { CallView } from './call.js';
+import { FallbackController } from './fallback.js';
 import { $, maybe, announce, confirmDialog, localizeTimes } from './ui.js';
 
 const REJOIN_KEY = 'telehealth:rejoin';
-const STATS_EVERY_MS = 1000;
+// docs/protocol.md: every 250-500 ms. A cut is declared 1 s after packets stop, so the
+// report interval is part of the 2-second detection promise.
+const STATS_EVERY_MS = 250;
 
 const STEP_TITLES = {
   check: 'Get ready',
@@ -41,14 +44,15 @@ const ENDINGS = {
 
 export class RoomPage {
   /**
-   * @param {{adminActions?: Function, onWelcome?: Function}} hooks role-specific additions
+   * @param {{adminActions?: Function, onWelcome?: Function, onEnded?: Function}} hooks role-specific additions
    */
-  constructor({ adminActions = null, onWelcome = null } = {}) {
+  constructor({ adminActions = null, onWelcome = null, onEnded = null } = {}) {
     const main = $('main');
     this.role = main.dataset.role;
     this.graceMs = Number(main.dataset.grace || '45') * 1000;
     this.token = tokenFromPath(location.pathname);
     this.onWelcome = onWelcome;
+    this.onEnded = onEnded;
     this.media = new LocalMedia();
     this.check = new CheckView(this.media, { netcheckUrl: `${location.pathname.replace(/\/$/, '')}/netcheck` });
     this.call = new CallView({ adminActions });
@@ -56,12 +60,20 @@ export class RoomPage {
     this.mesh = new Mesh({ signaling: this.signaling, localTracks: () => this.media.tracks() });
     this.sampler = new StatsSampler();
     this.board = new QualityBoard();
+    this.fallback = new FallbackController({
+      signaling: this.signaling, mesh: this.mesh, call: this.call, name: (id) => this._name(id),
+      rejoinPage: () => {
+        this._markSeated();
+        location.reload();
+      },
+    });
     /** @type {Map<string, {audio: boolean, video: boolean}>} */
     this.peerMedia = new Map();
     /** @type {Map<string, string>} */
     this.names = new Map();
     this.step = 'check';
     this.statsTimer = null;
+    this.sampling = false;
     this.joining = false;
     /** Whose own network the server's monitor blames for weak links, if it can tell. */
     this.serverWeak = null;
@@ -164,6 +176,7 @@ export class RoomPage {
       if (info.state === 'reconnecting') this.call.banner(`presence-${peerId}`, `${this._name(peerId)} is reconnecting…`);
     });
     this.mesh.on('stream', ({ peerId, stream }) => this.call.setStream(peerId, stream));
+    this.fallback.onChange(() => this._qualityBanner());
     this.mesh.on('state', ({ peerId, state }) => this._linkState(peerId, state));
     this.mesh.on('presence', ({ peerId, state }) => this._presence(peerId, state));
     this.mesh.on('removed', ({ peerId }) => {
@@ -249,15 +262,21 @@ export class RoomPage {
     if (this.statsTimer === null) this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
   }
 
-  /** One banner for weak links: when every link is weak, the problem is most likely ours. */
+  /**
+   * One banner for weak links: when every link is weak, the problem is most likely ours.
+   * People the fallback flow is already speaking about (dropped, on the phone, audio only)
+   * are left to its words.
+   */
   _qualityBanner() {
-    const peers = [...this.mesh.links.keys()];
+    const peers = [...this.mesh.links.keys()].filter((id) => !this.fallback.speaksFor(id));
     const weak = peers.filter((id) => ['poor', 'lost'].includes(this.board.level(id)));
     const mine = this.serverWeak === this.signaling.me?.id;
     if (weak.length === 0) {
       this.call.clearBanner('quality');
     } else if (mine || (!this.serverWeak && weak.length === peers.length && peers.length > 1)) {
       this.call.banner('quality', 'Your connection is weak, so video may freeze. Stopping your video can keep the sound clear.');
+    } else if (this.serverWeak && this.fallback.speaksFor(this.serverWeak)) {
+      this.call.clearBanner('quality');
     } else if (this.serverWeak && peers.includes(this.serverWeak)) {
       this.call.banner('quality', `${this._name(this.serverWeak)}'s connection is weak. Their video may freeze.`);
     } else {
@@ -269,6 +288,7 @@ export class RoomPage {
   _presence(peerId, state) {
     const name = this._name(peerId);
     const key = `presence-${peerId}`;
+    if (this.fallback.speaksFor(peerId) && state !== 'left') return;
     if (state === 'reconnecting') {
       this.call.banner(key, `${name} is reconnecting…`);
     } else if (state === 'back') {
@@ -283,7 +303,9 @@ export class RoomPage {
   _linkState(peerId, state) {
     this.call.setConnection(peerId, state);
     const key = `link-${peerId}`;
-    if (state === 'disconnected' || state === 'failed') {
+    if (this.fallback.speaksFor(peerId)) {
+      this.call.clearBanner(key);
+    } else if (state === 'disconnected' || state === 'failed') {
       this.call.banner(key, `The connection to ${this._name(peerId)} was interrupted. Reconnecting…`);
     } else if (state === 'connected') {
       this.call.clearBanner(key);
@@ -369,20 +391,38 @@ export class RoomPage {
   // ---- stats ---------------------------------------------------------------------------
 
   async _sendStats() {
-    const connections = this.mesh.connections().filter((c) => c.pc.connectionState !== 'closed');
-    const links = [];
-    for (const c of connections) {
-      const video = this.peerMedia.get(c.peerId)?.video ?? true;
-      try {
-        const stats = await this.sampler.sample(c.pc, { peer: c.peerId, pcId: c.pcId, video });
-        links.push(stats);
-        this.board.fromStats(c.peerId, stats);
-      } catch (error) {
-        // A connection closed while sampling: the next round will not include it.
-      }
+    // A slow getStats must not let rounds pile up; the next tick samples again.
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      await this._sampleLinks();
+    } finally {
+      this.sampling = false;
     }
+  }
+
+  async _sampleLinks() {
+    const connections = this.mesh.connections().filter((c) => c.pc.connectionState !== 'closed');
+    const samples = await Promise.all(connections.map(async (c) => {
+      const video = (this.peerMedia.get(c.peerId)?.video ?? true) && this.fallback.videoExpected(c.peerId);
+      try {
+        return await this.sampler.sample(c.pc, { peer: c.peerId, pcId: c.pcId, video });
+      } catch (error) {
+        return null; // a connection closed while sampling: the next round will not include it
+      }
+    }));
+    const links = [];
+    connections.forEach((c, i) => {
+      const stats = samples[i];
+      if (!stats) return;
+      links.push(stats);
+      this.fallback.observe(c.peerId, c.pcId, stats.packets_in);
+      this.board.fromStats(c.peerId, stats, { lost: this.fallback.health.lost(c.peerId, Date.now()) });
+    });
     this.sampler.keepOnly(connections.map((c) => c.pcId));
+    this.fallback.health.keepOnly(connections.map((c) => c.peerId));
     if (links.length) this.signaling.stats(links);
+    this.fallback.afterStats();
     if (this.step === 'call') this._markSeated();
   }
 
@@ -408,5 +448,6 @@ export class RoomPage {
     if (again) rejoin.textContent = again;
     $('ended-step').dataset.reason = reason;
     this.showStep('ended');
+    this.onEnded?.(reason);
   }
 }

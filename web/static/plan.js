@@ -1,0 +1,141 @@
+// A page's own view of its links and of the server, and the fallback plan it carries out on
+// its own once it has lost both (docs/fallback.md, section 5): no message can reach a page
+// whose network is gone, so it cannot wait to be told.
+//
+// DOM-free, with the time passed in (milliseconds), so it can be tested with a fake clock.
+//
+// LinkHealth reads the inbound packet counters the page samples for the server anyway. A link
+// whose counter has not grown for LOST_AFTER_MS is lost (the server's own rule), whatever
+// ICE says: Chromium says "disconnected" only after ~6 s.
+//
+// OfflinePlan, one per page:
+//   online --every link lost and the server silent--> reconnecting
+//   reconnecting --a link or the server back--> online                        ('back')
+//   reconnecting --the rejoin window is over (counted from the links' loss)--> phone
+//   phone --a link or the server back--> phone, back online                   ('online')
+//   phone --returnToVideo()--> online
+// While reconnecting or on the phone it asks for a rejoin attempt ('retry') with backoff.
+
+/** Inbound packets flat this long: the link is lost (fallback/scoring.py lost_after_s). */
+export const LOST_AFTER_MS = 1000;
+/** A probe ping unanswered this long: the server is out of reach. */
+export const SERVER_SILENT_MS = 2500;
+/** Waits between rejoin attempts while offline; the last one repeats. */
+export const RETRY_BACKOFF_MS = Object.freeze([1000, 2000, 4000, 8000]);
+
+export class LinkHealth {
+  constructor({ lostAfterMs = LOST_AFTER_MS } = {}) {
+    this.lostAfterMs = lostAfterMs;
+    /** @type {Map<string, {pcId: string, packets: number, grewAt: number|null}>} */
+    this._links = new Map();
+    /** Peers whose link has carried media at least once, on any connection. */
+    this._carried = new Set();
+  }
+
+  /** One sample of a link: its current connection and cumulative inbound packets. */
+  observe(peerId, pcId, packetsIn, now) {
+    const packets = packetsIn ?? 0;
+    const link = this._links.get(peerId);
+    if (!link || link.pcId !== pcId) {
+      // A new connection counts from zero; it is judged once it carries media.
+      this._links.set(peerId, { pcId, packets, grewAt: packets > 0 ? now : null });
+    } else if (packets > link.packets) {
+      link.packets = packets;
+      link.grewAt = now;
+    }
+    if (packets > 0) this._carried.add(peerId);
+  }
+
+  keepOnly(peerIds) {
+    const live = new Set(peerIds);
+    for (const peerId of [...this._links.keys()]) {
+      if (!live.has(peerId)) this._links.delete(peerId);
+    }
+  }
+
+  /** Media from this peer arrived within the last LOST_AFTER_MS. */
+  receiving(peerId, now) {
+    const grewAt = this._links.get(peerId)?.grewAt ?? null;
+    return grewAt !== null && now - grewAt < this.lostAfterMs;
+  }
+
+  /** Not receiving from a peer whose link carried media before (not still connecting). */
+  lost(peerId, now) {
+    return this._carried.has(peerId) && this._links.has(peerId) && !this.receiving(peerId, now);
+  }
+
+  /** Every link is lost: this page's own network is the likely cause. */
+  allLost(now) {
+    const peers = [...this._links.keys()];
+    return peers.length > 0 && peers.every((peerId) => this.lost(peerId, now));
+  }
+}
+
+/**
+ * @typedef {{type: 'reconnecting', since: number} | {type: 'retry', attempt: number}
+ *   | {type: 'phone'} | {type: 'online'} | {type: 'back'}} PlanStep
+ */
+
+export class OfflinePlan {
+  /** @param {{rejoinWindowMs: number, backoffMs?: readonly number[]}} options */
+  constructor({ rejoinWindowMs, backoffMs = RETRY_BACKOFF_MS }) {
+    this.rejoinWindowMs = rejoinWindowMs;
+    this.backoffMs = backoffMs;
+    /** @type {'online'|'reconnecting'|'phone'} */
+    this.state = 'online';
+    this.backOnline = false;
+    this.attempt = 0;
+    /** When every link was first seen lost (the window counts from there, as the server's). */
+    this.lostSince = null;
+    this.nextRetryAt = 0;
+  }
+
+  /**
+   * Feed what the page sees now; returns the steps to carry out, in order.
+   * @param {{linksLost: boolean, serverLost: boolean}} seen
+   * @returns {PlanStep[]}
+   */
+  update({ linksLost, serverLost }, now) {
+    const steps = [];
+    if (!linksLost) this.lostSince = null;
+    else if (this.lostSince === null) this.lostSince = now;
+    const offline = linksLost && serverLost;
+    if (this.state === 'online') {
+      if (!offline) return steps;
+      this.state = 'reconnecting';
+      this.attempt = 0;
+      this.nextRetryAt = now + this.backoffMs[0];
+      steps.push({ type: 'reconnecting', since: this.lostSince });
+    } else if (!offline) {
+      if (this.state === 'reconnecting') {
+        this.state = 'online';
+        steps.push({ type: 'back' });
+      } else if (!this.backOnline) {
+        this.backOnline = true;
+        steps.push({ type: 'online' });
+      }
+      return steps;
+    } else if (this.state === 'phone') {
+      this.backOnline = false;
+    }
+    if (this.state === 'reconnecting' && now - this.lostSince >= this.rejoinWindowMs) {
+      this.state = 'phone';
+      this.backOnline = false;
+      steps.push({ type: 'phone' });
+    }
+    if (now >= this.nextRetryAt) {
+      this.attempt += 1;
+      const wait = this.backoffMs[Math.min(this.attempt, this.backoffMs.length - 1)];
+      this.nextRetryAt = now + wait;
+      steps.push({ type: 'retry', attempt: this.attempt });
+    }
+    return steps;
+  }
+
+  /** The person (or the therapist, or the server) brought the page back to video. */
+  returnToVideo() {
+    this.state = 'online';
+    this.backOnline = false;
+    this.attempt = 0;
+  }
+}
