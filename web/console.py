@@ -7,7 +7,6 @@ login cookie is Secure, HttpOnly and SameSite=Strict.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import secrets
 import time
@@ -20,16 +19,15 @@ from multidict import MultiDictProxy
 
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, rooms
-from telehealth.app import CONFIG, LOGIN_FAILURES, STORE
+from telehealth.app import CONFIG, STORE
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import read_form
+from web.forms import LOGIN_COOKIE, SignedIn, field, read_form, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
 SESSION_COOKIE = "__Host-telehealth-console"
-LOGIN_COOKIE = "__Host-telehealth-login"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +65,6 @@ async def _checked_form(request: web.Request, session: accounts.LoginSession) ->
     return form  # type: ignore[return-value]
 
 
-def _text(form: Mapping[str, object], name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
 # -- login ----------------------------------------------------------------------------------
 
 
@@ -93,32 +86,12 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await read_form(request)
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
-    submitted = _text(form, "csrf")
-    # Double-submit: the hidden field must match the cookie this site set with the form.
-    if not nonce or not submitted.isascii() or not secrets.compare_digest(nonce, submitted):
-        return _login_page(request, error="The login form had expired. Please try again.", status=400)
-    username, password = _text(form, "username"), form.get("password")
-    store = request.app[STORE]
-    now = time.time()
-    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
-    try:
-        if failures.retry_after(address, time.monotonic()) > 0:
-            raise UserError(ErrorCode.RATE_LIMITED)
-        if not isinstance(password, str):
-            raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
-        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
-        user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
-    except UserError as exc:
-        failures.allow(address, time.monotonic())
-        accounts.audit_login(store, username, None, exc)
-        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
-        return _login_page(request, error=exc.detail, username=username, status=status)
-    accounts.audit_login(store, username, user, None)
-    tz_name = _text(form, "timezone")
+    signed = await sign_in(request, _login_page)
+    if not isinstance(signed, SignedIn):
+        return signed
+    store, user, form, now = request.app[STORE], signed.user, signed.form, time.time()
+    accounts.audit_login(store, signed.username, user, None)
+    tz_name = field(form, "timezone")
     session = accounts.start_session(store, user, now=now, timezone=tz_name if _valid_zone(tz_name) else "UTC")
     response = web.HTTPSeeOther("/console")
     response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
@@ -199,7 +172,7 @@ def _dashboard(
     values["therapist"] = session.user.display_name
     values["starts_at"] = _default_time(tz, time.time())
     if form is not None:
-        values.update({k: _text(form, k) for k in (
+        values.update({k: field(form, k) for k in (
             "therapist", "partner1", "phone1", "partner2", "phone2", "starts_at")})
     todays, upcoming = _room_rows(request, session)
     return aiohttp_jinja2.render_template("console.html", request, {
@@ -229,12 +202,12 @@ async def create(request: web.Request) -> web.StreamResponse:
     config, store = request.app[CONFIG], request.app[STORE]
     now = time.time()
     try:
-        partners = [rooms.PartnerSpec(_text(form, "partner1"), _text(form, "phone1") or None)]
-        if _text(form, "partner2") or _text(form, "phone2"):
-            partners.append(rooms.PartnerSpec(_text(form, "partner2"), _text(form, "phone2") or None))
-        starts_at = _parse_local_time(_text(form, "starts_at"), zone(session.timezone))
+        partners = [rooms.PartnerSpec(field(form, "partner1"), field(form, "phone1") or None)]
+        if field(form, "partner2") or field(form, "phone2"):
+            partners.append(rooms.PartnerSpec(field(form, "partner2"), field(form, "phone2") or None))
+        starts_at = _parse_local_time(field(form, "starts_at"), zone(session.timezone))
         created = rooms.create_room(
-            store, therapist=_text(form, "therapist"), partners=partners,
+            store, therapist=field(form, "therapist"), partners=partners,
             base_url=config.public_base_url, link_ttl=config.link_ttl_seconds, now=now,
             starts_at=starts_at,
         )

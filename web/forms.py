@@ -1,9 +1,24 @@
-"""Reading posted forms: a body that cannot be read is the sender's mistake (400), never ours."""
+"""Posted forms: reading them, and the staff sign-in form shared by the console and the ops
+dashboard. A body that cannot be read is the sender's mistake (400), never ours."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from aiohttp import web
 from multidict import MultiDictProxy
+
+from telehealth import accounts
+from telehealth.app import LOGIN_FAILURES, STORE
+from telehealth.errors import ErrorCode, UserError
+from web.pages import same_origin
+
+# The double-submit cookie of the sign-in forms.
+LOGIN_COOKIE = "__Host-telehealth-login"
 
 
 async def read_form(request: web.Request) -> MultiDictProxy[str | web.FileField]:
@@ -11,3 +26,45 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | web.FileField]
         return await request.post()
     except ValueError:  # not UTF-8 (UnicodeDecodeError), or not a form at all
         raise web.HTTPBadRequest(text="This form could not be read. Reload the page and try again.") from None
+
+
+def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    user: accounts.User
+    username: str
+    form: MultiDictProxy[str | web.FileField]
+
+
+async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse]) -> SignedIn | web.StreamResponse:
+    """Check a posted sign-in form end to end: same site, the double-submit token, the
+    per-address budget of failed attempts, the password (off the event loop). A failure is
+    audited and answered with ``render(request, error=..., username=..., status=...)``."""
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="This form may only be sent from this site.")
+    form = await read_form(request)
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    submitted = field(form, "csrf")
+    if not nonce or not submitted.isascii() or not secrets.compare_digest(nonce, submitted):
+        return render(request, error="The sign-in form had expired. Please try again.", status=400)
+    username, password = field(form, "username"), form.get("password")
+    store = request.app[STORE]
+    # One budget of failed attempts per address for every sign-in form.
+    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
+    try:
+        if failures.retry_after(address, time.monotonic()) > 0:
+            raise UserError(ErrorCode.RATE_LIMITED)
+        if not isinstance(password, str):
+            raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
+        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
+        user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=time.time())
+    except UserError as exc:
+        failures.allow(address, time.monotonic())
+        accounts.audit_login(store, username, None, exc)
+        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
+        return render(request, error=exc.detail, username=username, status=status)
+    return SignedIn(user, username, form)

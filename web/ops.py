@@ -45,15 +45,15 @@ from signaling.history import QualityHistory, RoomSeries, link_key
 from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
 from signaling.watch import RoomWatch, WatchedRoom
 from telehealth import accounts, webhooks
-from telehealth.app import CONFIG, LOGIN_FAILURES, STORE
+from telehealth.app import CONFIG, STORE
 from telehealth.audit import AuditEvent
-from telehealth.errors import ErrorCode, StateError, UserError
+from telehealth.errors import StateError
 from telehealth.requestlog import REQUEST_ID, route_of
 from telehealth.store import Person, Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
-from web.console import LOGIN_COOKIE, SESSION_COOKIE
-from web.forms import read_form
+from web.console import SESSION_COOKIE
+from web.forms import LOGIN_COOKIE, SignedIn, read_form, sign_in
 from web.pages import same_origin
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -141,36 +141,11 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     return _login_page(request)
 
 
-def _text(value: object) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
 async def login(request: web.Request) -> web.StreamResponse:
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await read_form(request)
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
-    submitted = _text(form.get("csrf"))
-    # Double-submit: the hidden field must match the cookie this site set with the form.
-    if not nonce or not submitted.isascii() or not secrets.compare_digest(nonce, submitted):
-        return _login_page(request, error="The sign-in form had expired. Please try again.", status=400)
-    username, password = _text(form.get("username")), form.get("password")
-    store = request.app[STORE]
-    now = time.time()
-    # One budget of failed attempts per address for the console's login and this one.
-    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
-    try:
-        if failures.retry_after(address, time.monotonic()) > 0:
-            raise UserError(ErrorCode.RATE_LIMITED)
-        if not isinstance(password, str):
-            raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
-        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
-        user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=now)
-    except UserError as exc:
-        failures.allow(address, time.monotonic())
-        accounts.audit_login(store, username, None, exc)
-        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
-        return _login_page(request, error=exc.detail, username=username, status=status)
+    signed = await sign_in(request, _login_page)
+    if not isinstance(signed, SignedIn):
+        return signed
+    store, user, username, now = request.app[STORE], signed.user, signed.username, time.time()
     if user.role != "ops":
         # The right password for an account that may not come here: no session.
         store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
