@@ -1,5 +1,6 @@
-"""Chromium through a real coturn: a relay-only session of three pages, and the network check's
-words when the relay works, when it cannot be reached, and when there is none."""
+"""Chromium through a real coturn: a relay-only session of three pages, the network check's
+words when the relay works, when it cannot be reached, and when there is none, and a partner
+whose Chromium sits in a network namespace that reaches only the server and TURN over TLS."""
 
 from __future__ import annotations
 
@@ -9,13 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from media.probe import ProbeRelay
 from telehealth.config import Config
-from tests.browser import browser, screenshot  # noqa: F401  (browser is a fixture)
+from telehealth.tls import self_signed
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser, new_person_context, screenshot, watch_console  # noqa: F401
 from tests.conftest import RunningServer, start_server
-from tests.coturn import CoturnServer, start_coturn
+from tests.coturn import (
+    REALM,
+    CoturnServer,
+    config_text,
+    free_port,
+    launch_coturn,
+    relay_port_window,
+    sandbox_lines,
+    start_coturn,
+)
+from tests.netfault import Namespace, namespace
 from tests.test_browser_session import Person, open_person, wait_remote_frames_advance
 from web.pages import PROBE
 
@@ -32,18 +44,36 @@ window.RTCPeerConnection = class extends RealPeerConnection {
 };
 """
 
-# The local candidate type of the selected pair of every live call connection.
-SELECTED_LOCAL_TYPES = """async () => {
-  const types = [];
+# The selected candidate pair of every live call connection: candidate types at each end,
+# and how this end reaches its relay (udp, tcp or tls).
+SELECTED_PAIRS = """async () => {
+  const pairs = [];
   for (const pc of window.__connections) {
     if (pc.connectionState !== 'connected' || pc.getTransceivers().length === 0) continue;
     const report = await pc.getStats();
     let pairId = null;
     for (const s of report.values()) if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     const pair = pairId && report.get(pairId);
-    types.push(pair ? report.get(pair.localCandidateId).candidateType : null);
+    const local = pair && report.get(pair.localCandidateId);
+    const remote = pair && report.get(pair.remoteCandidateId);
+    pairs.push({local: local?.candidateType ?? null, remote: remote?.candidateType ?? null,
+                relayProtocol: local?.relayProtocol ?? null});
   }
-  return types;
+  return pairs;
+}"""
+
+
+# The check as a relay-only server's GET /netcheck describes it (ice_transport_policy "relay").
+RELAY_ONLY_CHECK = """async (url) => {
+  const { runNetworkCheck, verdict } = await import('/static/netcheck.js');
+  const fetchImpl = async (target, init) => {
+    const response = await fetch(target, init);
+    if (init && init.method === 'POST') return response;
+    const body = await response.json();
+    return new Response(JSON.stringify({ ...body, ice_transport_policy: 'relay' }), { status: response.status });
+  };
+  const result = await runNetworkCheck({ url, fetchImpl, bulkMs: 400 });
+  return { result, words: verdict(result) };
 }"""
 
 
@@ -72,15 +102,19 @@ async def people() -> AsyncIterator[list[Person]]:
         await person.context.close()
 
 
-async def open_with_recorder(browser: Browser, name: str, url: str) -> Person:  # noqa: F811
-    person = await open_person(browser, name, "about:blank")
+async def open_with_recorder(browser: Browser, name: str, url: str, **context_options: Any) -> Person:  # noqa: F811
+    person = await open_person(browser, name, "about:blank", **context_options)
     await person.page.add_init_script(RECORD_CONNECTIONS)
     await person.page.goto(url)
     return person
 
 
 async def check_done(page: Page) -> None:
-    await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=30_000)
+    try:
+        await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=40_000)
+    except AssertionError as exc:
+        stage = await page.locator("#net-numbers").inner_text()
+        raise AssertionError(f"the network check is still at {stage!r}") from exc
 
 
 async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
@@ -104,6 +138,13 @@ async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
         await expect(page.locator("#net-verdict")).to_have_text("Connection: Good")
         await expect(page.locator("#net-relay")).to_have_text("UDP relay: works · TCP relay: works")
         await screenshot(page, "turn-01-partner-check-relay-works", full_page=True)
+        # On a relay-only server the whole check takes the relay, as the call will, and a
+        # relayed result is no news to the partner.
+        relay_only = await page.evaluate(RELAY_ONLY_CHECK, f"{room.partner_links[0]}/netcheck")
+        assert relay_only["result"]["connected"] and relay_only["result"]["candidate"] == "relay"
+        assert relay_only["result"]["relay_only"] and relay_only["words"]["level"] != "relayed", relay_only
+        assert "only allows" not in relay_only["words"]["advice"]
+        assert relay_only["words"]["relay"] == "UDP relay: works · TCP relay: works"
 
         for partner in partners:
             await check_done(partner.page)
@@ -113,7 +154,8 @@ async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
         for person in (therapist, *partners):
             await wait_remote_frames_advance(person.page)
         for person in (therapist, *partners):
-            assert await person.page.evaluate(SELECTED_LOCAL_TYPES) == ["relay", "relay"], person.name
+            pairs = await person.page.evaluate(SELECTED_PAIRS)
+            assert [pair["local"] for pair in pairs] == ["relay", "relay"], (person.name, pairs)
     finally:
         await server.runner.cleanup()
 
@@ -184,3 +226,113 @@ async def test_without_a_relay_the_check_says_nothing_about_relays(
     assert words["therapist"]["advice"].endswith("or call your clients by phone instead.")
     assert words["brokenProbe"]["relay"] == "UDP relay: works · Connection through the relay: failed"
     assert re.search("could not connect", words["nothing"]["label"])
+
+
+# -- a partner whose network reaches only the server and TURN over TLS ----------------------
+
+
+def start_coturn_for_namespace(tmp_dir: Path, ns: Namespace) -> tuple[CoturnServer, int]:
+    """coturn on loopback and on the host's end of the namespace's link, with TLS (a
+    self-signed certificate) on a port of its own; yields the server and its TLS port."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed(tmp_dir / "tls", ns.host_ip)
+    port, tls_port = free_port(), free_port()
+    min_relay, max_relay = relay_port_window()
+    lines: dict[str, str | None] = {
+        "listening-ip": "127.0.0.1",
+        "listening-port": str(port),
+        "tls-listening-port": str(tls_port),
+        "cert": str(cert),
+        "pkey": str(key),
+        # Relay addresses on loopback, where the pages on the host reach them.
+        "relay-ip": "127.0.0.1",
+        "realm": REALM,
+        "use-auth-secret": None,
+        "static-auth-secret": SECRET,
+        "allow-loopback-peers": None,
+        "no-dtls": None,
+        "no-cli": None,
+        "no-rfc5780": None,
+        "fingerprint": None,
+        "min-port": str(min_relay),
+        "max-port": str(max_relay),
+        **sandbox_lines(tmp_dir, port),
+    }
+    text = config_text(lines) + f"listening-ip={ns.host_ip}\n"
+    return launch_coturn(tmp_dir, text, port=port, secret=SECRET), tls_port
+
+
+@pytest.fixture
+async def ns() -> AsyncIterator[Namespace]:
+    async with namespace() as created:
+        yield created
+
+
+@pytest.fixture
+async def browser_in(tmp_path: Path) -> AsyncIterator[Any]:
+    """``await browser_in(ns, origin)``: a Chromium whose network is the namespace's (Playwright
+    still drives it over its pipe), treating the server's plain-HTTP origin as secure and
+    taking coturn's self-signed certificate."""
+    playwright = await async_playwright().start()
+    launched: list[Browser] = []
+
+    async def launch(ns: Namespace, origin: str) -> Browser:
+        wrapper = tmp_path / "chromium-in-namespace"
+        wrapper.write_text(f'#!/bin/sh\nexec {" ".join(ns.command([str(CHROMIUM)]))} "$@"\n')
+        wrapper.chmod(0o755)
+        args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}", "--ignore-certificate-errors"]
+        launched.append(await playwright.chromium.launch(executable_path=str(wrapper), headless=True, args=args))
+        return launched[-1]
+
+    yield launch
+    for each in launched:
+        await each.close()
+    await playwright.stop()
+
+
+@pytest.mark.netns
+async def test_partner_who_reaches_only_turn_over_tls_gets_media_both_ways(
+    make_config: Any, tmp_path: Path, ns: Namespace, browser: Browser, browser_in: Any,  # noqa: F811
+    people: list[Person],
+) -> None:
+    coturn, tls_port = start_coturn_for_namespace(tmp_path / "coturn", ns)
+    turn_urls = (f"turn:{ns.host_ip}:{coturn.port}?transport=udp", f"turn:{ns.host_ip}:{coturn.port}?transport=tcp",
+                 f"turns:{ns.host_ip}:{tls_port}?transport=tcp")
+    # Listening everywhere, so the namespace reaches it through the host's end of the link.
+    server = await turn_server(make_config(host="0.0.0.0", turn_urls=turn_urls, turn_secret=SECRET))
+    try:
+        # Like a network that lets out only web traffic: the server's port and TURN over TLS.
+        await ns.allow_only(ns.host_ip, server.config.port, tls_port)
+        room = server.create_room()
+        therapist = await open_with_recorder(browser, "therapist", room.therapist_link)
+        people.append(therapist)
+        await therapist.page.get_by_role("button", name="Start session").click()
+        alex = await open_with_recorder(browser, "Partner 1", room.partner_links[0])
+        people.append(alex)
+        walled = await browser_in(ns, f"http://{ns.host_ip}:{server.config.port}")
+        sam = await open_with_recorder(walled, "Partner 2", ns.host_url(room.partner_links[1]))
+        people.append(sam)
+
+        await check_done(sam.page)
+        await expect(sam.page.locator("#net-verdict")).to_have_text("Connection: Works, through a relay")
+        await expect(sam.page.locator("#net-advice")).to_have_text(
+            "Your network only allows a relayed connection. That works, but video may be a little slower.")
+        await expect(sam.page.locator("#net-relay")).to_have_text("UDP relay: could not reach it · TCP relay: works")
+        await screenshot(sam.page, "turn-02-partner-check-only-relay", full_page=True)
+
+        for partner in (alex, sam):
+            await check_done(partner.page)
+            await partner.page.get_by_role("button", name="Join session").click()
+            await therapist.page.get_by_role("button", name=f"Admit {partner.name}").click()
+        for person in (therapist, alex, sam):
+            await wait_remote_frames_advance(person.page, timeout=30)
+
+        # Sam's links both run through TURN over TLS; the others still talk directly.
+        sam_pairs = await sam.page.evaluate(SELECTED_PAIRS)
+        assert [(p["local"], p["relayProtocol"]) for p in sam_pairs] == [("relay", "tls")] * 2, sam_pairs
+        therapist_pairs = await therapist.page.evaluate(SELECTED_PAIRS)
+        assert sorted(p["remote"] for p in therapist_pairs) == ["host", "relay"], therapist_pairs
+        assert all(p["local"] != "relay" for p in therapist_pairs), therapist_pairs
+    finally:
+        await server.runner.cleanup()
+        coturn.stop()

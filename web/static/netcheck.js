@@ -21,7 +21,8 @@ const CHUNK = 16 * 1024;
 /**
  * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
  *            down_kbps: number|null, up_kbps: number|null, candidate: string|null,
- *            relay: RelayResult|null, error?: string}} CheckResult
+ *            relay_only?: boolean, relay: RelayResult|null, error?: string}} CheckResult
+ * relay_only: the server runs every call through the relay, so the check did too.
  */
 
 function sleep(ms, timers) {
@@ -149,12 +150,17 @@ export async function runNetworkCheck({
   /** @type {CheckResult} */
   const result = {
     connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
-    relay: null,
+    relay_only: false, relay: null,
   };
   let iceServers = [];
   try {
     const response = await fetchImpl(url, { credentials: 'omit', cache: 'no-store' });
-    if (response.ok) iceServers = (await response.json()).ice_servers ?? [];
+    if (response.ok) {
+      const body = await response.json();
+      iceServers = body.ice_servers ?? [];
+      // A relay-only server's calls never go direct: check the path they will take.
+      result.relay_only = body.ice_transport_policy === 'relay';
+    }
   } catch (error) {
     // Without the server's ICE list we still try directly.
   }
@@ -167,16 +173,18 @@ export async function runNetworkCheck({
     : Promise.resolve(null));
   const reachability = relayConfigured ? Promise.all([reachable(relays.udp), reachable(relays.tcp)]) : null;
 
-  await checkDirect(result, iceServers, { ...io, onStage, pings, pingEveryMs, bulkMs });
+  await checkConnection(result, iceServers, { ...io, onStage, pings, pingEveryMs, bulkMs });
   if (reachability && !signal?.aborted) {
     onStage('relay');
     const [udp, tcp] = await reachability;
     result.relay = { udp, tcp, connected: false, rtt_ms: null };
-    if (result.connected && result.candidate === 'relay') {
+    if (result.relay_only || (result.connected && result.candidate === 'relay')) {
       // The main check already went through the relay: that is the proof.
-      Object.assign(result.relay, { connected: true, rtt_ms: result.rtt_ms });
+      Object.assign(result.relay, { connected: result.connected, rtt_ms: result.rtt_ms });
     } else if (udp || tcp) {
-      Object.assign(result.relay, await checkRelayed([...relays.udp, ...relays.tcp], io));
+      // Only the ways that reached the relay: a blocked one would hold up gathering.
+      const working = [...(udp ? relays.udp : []), ...(tcp ? relays.tcp : [])];
+      Object.assign(result.relay, await checkRelayed(working, io));
     }
   }
   if (signal?.aborted) result.error = 'aborted';
@@ -201,11 +209,11 @@ async function offerToProbe(pc, { url, fetchImpl, timers }) {
   await pc.setRemoteDescription(await response.json());
 }
 
-/** The main check, over whatever path ICE finds: connect, then delay, loss and throughput. */
-async function checkDirect(result, iceServers, {
+/** The main check, over the path a call would take: connect, then delay, loss and throughput. */
+async function checkConnection(result, iceServers, {
   RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, bulkMs, connectTimeoutMs, signal, ...io
 }) {
-  const pc = new RTCPeerConnectionImpl({ iceServers });
+  const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: result.relay_only ? 'relay' : 'all' });
   const abort = () => pc.close();
   signal?.addEventListener('abort', abort);
   try {
@@ -352,14 +360,19 @@ async function measureUp(channel, { bulkMs, now, timers }) {
 async function selectedCandidateType(pc) {
   try {
     const report = await pc.getStats();
+    // The transport points at the pair in use (Chromium, Safari); Firefox flags it instead.
+    let pair = null;
     for (const s of report.values()) {
-      if (s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) {
-        const local = report.get(s.localCandidateId);
-        const remote = report.get(s.remoteCandidateId);
-        if (local?.candidateType === 'relay' || remote?.candidateType === 'relay') return 'relay';
-        return local?.candidateType ?? null;
-      }
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? null;
     }
+    for (const s of report.values()) {
+      if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
+    }
+    if (!pair) return null;
+    const local = report.get(pair.localCandidateId);
+    const remote = report.get(pair.remoteCandidateId);
+    if (local?.candidateType === 'relay' || remote?.candidateType === 'relay') return 'relay';
+    return local?.candidateType ?? null;
   } catch (error) {
     // Not worth failing the check over.
   }
@@ -384,7 +397,8 @@ const UNREACHABLE = {
  */
 export function verdict(r, { audience = 'partner' } = {}) {
   const relayLine = describeRelay(r.relay ?? null);
-  const relayed = r.connected ? r.candidate === 'relay' : r.relay?.connected === true;
+  // Relayed because this network allows nothing else (on a relay-only server, every call is).
+  const relayed = !r.relay_only && (r.connected ? r.candidate === 'relay' : r.relay?.connected === true);
   if (!r.connected && !relayed) {
     return {
       level: 'failed', label: 'We could not connect', advice: UNREACHABLE[audience] ?? UNREACHABLE.partner,
