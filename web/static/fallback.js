@@ -118,6 +118,11 @@ export class FallbackController {
     return !(this._policies.get(peerId) ?? '').startsWith('off/');
   }
 
+  /** This page has lost the server and its peers: its own plan speaks (the card). */
+  get cutOff() {
+    return Boolean(this.offline && this.offline.state !== 'online');
+  }
+
   /** Whether the flow is speaking about this person (its notices replace presence banners). */
   speaksFor(peerId) {
     const s = this.statuses.get(peerId);
@@ -207,16 +212,18 @@ export class FallbackController {
       this.ownNotice.set(n.kind, n.text);
       if (n.kind === 'returned_to_video' || n.kind === 'back') this.offline?.returnToVideo();
     }
-    // About ourselves, the phone step and its way back are on the card, not in a banner.
-    const onCard = mine && ['phone', 'video_available'].includes(n.kind);
-    const key = `person-${about ?? 'room'}`;
+    // About ourselves, the phone step and its way back are on the card, not in a banner; so
+    // is a hold, which only the held partner is told about.
+    const onCard = (mine && ['phone', 'video_available'].includes(n.kind)) || n.kind === 'on_hold';
+    if (n.kind === 'on_hold') this.ownNotice.set(n.kind, n.text);
+    const key = ['on_hold', 'resumed'].includes(n.kind) ? 'hold' : `person-${about ?? 'room'}`;
     if (!onCard) {
       const tone = URGENT.has(n.kind) ? 'bad' : GOOD_NEWS.has(n.kind) ? 'info' : 'warn';
       this.call.banner(key, n.text, tone, { urgent: URGENT.has(n.kind) });
       if (FADES_AFTER_MS[n.kind]) this.call.clearBanner(key, FADES_AFTER_MS[n.kind]);
     }
     // The flow's words replace what the connection alone would have said about this person.
-    if (about !== null) {
+    if (about !== null && key !== 'hold') {
       this.call.clearBanner(`presence-${about}`);
       this.call.clearBanner(`link-${about}`);
     }
@@ -376,6 +383,12 @@ export class FallbackController {
       this.call.setStatus(link, tileStatus);
     }
     this._card(mine);
+    if (this.cutOff) {
+      // The card says it all; banners about each link and the server would only repeat it.
+      for (const key of ['self', 'quality', ...[...this.mesh.links.keys()].flatMap((id) => [`link-${id}`, `presence-${id}`])]) {
+        this.call.clearBanner(key);
+      }
+    }
     for (const handler of this._handlers) handler({ peerId: changed });
   }
 

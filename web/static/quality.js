@@ -103,7 +103,9 @@ export class QualityBoard {
       if (level !== entry.shown) this._show(peerId, entry, level, lost ? 'local' : 'server');
       return;
     }
-    this._offer(peerId, entry, lost ? 'lost' : levelFromStats(linkStats), 'local');
+    // Lost is already a verdict over a second of samples: show it without waiting for more.
+    if (lost) this._show(peerId, entry, 'lost', 'local');
+    else this._offer(peerId, entry, levelFromStats(linkStats), 'local');
   }
 
   /** The server's verdict for a link (from a `quality` message). */

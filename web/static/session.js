@@ -271,7 +271,7 @@ export class RoomPage {
     const peers = [...this.mesh.links.keys()].filter((id) => !this.fallback.speaksFor(id));
     const weak = peers.filter((id) => ['poor', 'lost'].includes(this.board.level(id)));
     const mine = this.serverWeak === this.signaling.me?.id;
-    if (weak.length === 0) {
+    if (weak.length === 0 || this.fallback.cutOff) {
       this.call.clearBanner('quality');
     } else if (mine || (!this.serverWeak && weak.length === peers.length && peers.length > 1)) {
       this.call.banner('quality', 'Your connection is weak, so video may freeze. Stopping your video can keep the sound clear.');
@@ -303,7 +303,7 @@ export class RoomPage {
   _linkState(peerId, state) {
     this.call.setConnection(peerId, state);
     const key = `link-${peerId}`;
-    if (this.fallback.speaksFor(peerId)) {
+    if (this.fallback.speaksFor(peerId) || this.fallback.cutOff) {
       this.call.clearBanner(key);
     } else if (state === 'disconnected' || state === 'failed') {
       this.call.banner(key, `The connection to ${this._name(peerId)} was interrupted. Reconnecting…`);
@@ -318,7 +318,7 @@ export class RoomPage {
     if (state === 'reconnecting' && this.signaling.seated) {
       pill.textContent = 'Reconnecting…';
       pill.hidden = false;
-      if (this.step === 'call') {
+      if (this.step === 'call' && !this.fallback.cutOff) {
         this.call.banner('self', 'Your connection to the server dropped. Reconnecting…', 'bad');
       }
     }
