@@ -125,8 +125,8 @@ function download(filename, type, text) {
 }
 
 /**
- * Draw the ledger into `container`: one section per disruption with its steps, and the two
- * download buttons.
+ * Draw the ledger into `container`: the two download buttons, then one section per
+ * disruption with its steps.
  * @param {HTMLElement} container
  * @param {import('./signaling.js').LedgerRow[]} rows
  * @param {(personId: string) => string} nameOf
@@ -134,7 +134,16 @@ function download(filename, type, text) {
 export function renderLedger(container, rows, nameOf) {
   const list = disruptions(rows, nameOf);
   const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
-  const parts = [];
+  // The downloads come first, so a long log never hides them.
+  const parts = [el('div', { className: 'ledger-downloads' },
+    el('button', {
+      type: 'button', className: 'button secondary', text: 'Download CSV',
+      onclick: () => download(`session-log-${stamp}.csv`, 'text/csv', ledgerCsv(rows, nameOf)),
+    }),
+    el('button', {
+      type: 'button', className: 'button secondary', text: 'Download JSON',
+      onclick: () => download(`session-log-${stamp}.json`, 'application/json', ledgerJson(rows, nameOf)),
+    }))];
   if (list.length === 0) {
     parts.push(el('p', { text: 'No interruptions so far in this session.' }));
   }
@@ -153,14 +162,5 @@ export function renderLedger(container, rows, nameOf) {
         el('td', { text: s.outcome ? STEP_OUTCOME_WORDS[s.outcome] ?? s.outcome : '' })))));
     parts.push(el('section', { className: 'ledger-entry', 'data-person': d.person }, table));
   }
-  parts.push(el('div', { className: 'ledger-downloads' },
-    el('button', {
-      type: 'button', className: 'button secondary', text: 'Download CSV',
-      onclick: () => download(`session-log-${stamp}.csv`, 'text/csv', ledgerCsv(rows, nameOf)),
-    }),
-    el('button', {
-      type: 'button', className: 'button secondary', text: 'Download JSON',
-      onclick: () => download(`session-log-${stamp}.json`, 'application/json', ledgerJson(rows, nameOf)),
-    })));
   container.replaceChildren(...parts);
 }
