@@ -1,0 +1,147 @@
+"""The page's own fallback plan and its session log, run in Chromium as the pages load them,
+with the time passed in: what a cut-off page does second by second, and what the therapist
+downloads."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page
+
+from fallback.notices import tel_href
+from tests.browser import browser, new_person_context  # noqa: F401  (browser is a fixture)
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+async def page(server: RunningServer, browser: Browser) -> AsyncIterator[Page]:  # noqa: F811
+    context = await new_person_context(browser, ())
+    opened = await context.new_page()
+    await opened.goto(f"{server.base_url}/")
+    yield opened
+    await context.close()
+
+
+async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { LinkHealth } = await import('/static/plan.js');
+            const h = new LinkHealth();
+            const seen = [];
+            const at = (label, now) => seen.push([label, h.receiving('a', now), h.lost('a', now), h.allLost(now)]);
+            h.observe('a', 'pc1', 0, 0);
+            h.observe('b', 'pc2', 0, 0);
+            at('connecting', 500);                        // never carried media: not lost
+            h.observe('a', 'pc1', 50, 1000);
+            h.observe('b', 'pc2', 40, 1000);
+            at('flowing', 1200);
+            h.observe('a', 'pc1', 50, 1800);              // flat since 1000
+            at('flat 0.9 s', 1900);
+            at('flat 1 s', 2000);
+            h.observe('a', 'pc9', 0, 2100);               // a fresh connection: not receiving yet
+            at('fresh', 2200);
+            h.observe('b', 'pc2', 40, 2300);
+            at('both flat', 2300);
+            h.observe('b', 'pc2', 41, 2400);
+            at('b back', 2400);
+            return seen;
+        }"""
+    )
+    assert result == [
+        ["connecting", False, False, False],
+        ["flowing", True, False, False],
+        ["flat 0.9 s", True, False, False],
+        ["flat 1 s", False, True, True],
+        ["fresh", False, True, True],
+        ["both flat", False, True, True],
+        ["b back", False, True, False],
+    ]
+
+
+async def test_the_offline_plan_reconnects_with_backoff_then_shows_the_phone_step(page: Page) -> None:
+    steps = await page.evaluate(
+        """async () => {
+            const { OfflinePlan } = await import('/static/plan.js');
+            const plan = new OfflinePlan({ rejoinWindowMs: 8000 });
+            const out = [];
+            const feed = (now, linksLost, serverLost) => {
+                for (const step of plan.update({ linksLost, serverLost }, now)) out.push([now, step.type, step.since ?? step.attempt ?? null]);
+            };
+            feed(0, false, false);
+            feed(1000, true, false);        // links lost, the server still answers: it leads
+            feed(2000, true, false);
+            feed(3500, true, true);         // and now the server is silent too
+            for (let t = 3750; t <= 12000; t += 250) feed(t, true, true);
+            feed(12250, true, false);       // the server answers again during the phone step
+            feed(12500, false, false);
+            feed(13000, true, true);        // gone again: keep trying
+            for (let t = 13250; t <= 14500; t += 250) feed(t, true, true);
+            out.push([15000, plan.state, plan.backOnline]);
+            plan.returnToVideo();
+            out.push([15000, plan.state, plan.backOnline]);
+            return out;
+        }"""
+    )
+    assert steps == [
+        [3500, "reconnecting", 1000],       # the window counts from the links' loss
+        [4500, "retry", 1],
+        [6500, "retry", 2],
+        [9000, "phone", None],              # 1000 + 8000
+        [10500, "retry", 3],
+        [12250, "online", None],            # back online: no more attempts
+        [15000, "phone", False],            # gone again, waiting out the backoff
+        [15000, "online", False],
+    ]
+
+
+async def test_short_loss_is_just_back(page: Page) -> None:
+    steps = await page.evaluate(
+        """async () => {
+            const { OfflinePlan } = await import('/static/plan.js');
+            const plan = new OfflinePlan({ rejoinWindowMs: 45000 });
+            const out = [];
+            for (const [now, linksLost, serverLost] of [[0, true, true], [1000, true, true], [2500, false, true], [3000, false, false]]) {
+                for (const step of plan.update({ linksLost, serverLost }, now)) out.push(step.type);
+            }
+            return [out, plan.state];
+        }"""
+    )
+    assert steps == [["reconnecting", "retry", "back"], "online"]
+
+
+@pytest.mark.parametrize("number", ["+1 555 555 0102", "(555) 555-0102 ext. 12", "+44 20 7946 0958 x3", "555 0100;7"])
+async def test_tel_links_match_the_server(page: Page, number: str) -> None:
+    href = await page.evaluate(
+        "async (n) => (await import('/static/fallback.js')).telHref(n)", number)
+    assert href == tel_href(number)
+
+
+async def test_the_session_log_downloads_with_names_and_never_a_formula(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { ledgerCsv, ledgerJson, disruptions } = await import('/static/ledger.js');
+            const rows = [
+                { disruption: 0, person: 'p_b', cause: 'own_network', started_at: 1795254801.2, ended_at: 1795254847.9,
+                  outcome: 'ended_on_phone', step: 'dropped', step_at: 1795254801.2, step_outcome: null },
+                { disruption: 0, person: 'p_b', cause: 'own_network', started_at: 1795254801.2, ended_at: 1795254847.9,
+                  outcome: 'ended_on_phone', step: 'phone', step_at: 1795254846.2, step_outcome: 'window' },
+            ];
+            const names = { p_b: '=HYPERLINK("x"), Sam' };
+            const nameOf = (id) => names[id];
+            return { csv: ledgerCsv(rows, nameOf), json: ledgerJson(rows, nameOf), grouped: disruptions(rows, nameOf) };
+        }"""
+    )
+    rows = list(csv.DictReader(io.StringIO(result["csv"])))
+    assert [r["step"] for r in rows] == ["dropped", "phone"]
+    # A name that looks like a formula stays text in a spreadsheet; commas and quotes survive.
+    assert rows[0]["name"] == "'=HYPERLINK(\"x\"), Sam"
+    assert rows[1]["step_outcome"] == "window" and rows[1]["step_at"] == "2026-11-21T09:54:06.200Z"
+    exported = json.loads(result["json"])["disruptions"]
+    assert exported[1]["person"] == "p_b" and exported[1]["outcome"] == "ended_on_phone"
+    assert [s["step"] for s in result["grouped"][0]["steps"]] == ["dropped", "phone"]
