@@ -118,7 +118,7 @@ async def test_short_loss_is_just_back(page: Page) -> None:
 @pytest.mark.parametrize("number", ["+1 555 555 0102", "(555) 555-0102 ext. 12", "+44 20 7946 0958 x3", "555 0100;7"])
 async def test_tel_links_match_the_server(page: Page, number: str) -> None:
     href = await page.evaluate(
-        "async (n) => (await import('/static/fallback.js')).telHref(n)", number)
+        "async (n) => (await import('/static/ui.js')).telHref(n)", number)
     assert href == tel_href(number)
 
 

@@ -2,7 +2,7 @@
 // plain words, and a connection-quality indicator per link. It only draws; session.js
 // decides what happens.
 
-import { $, el } from './ui.js';
+import { $, el, telHref } from './ui.js';
 import { LEVEL_WORDS } from './quality.js';
 
 /** One remote participant's tile. */
@@ -241,6 +241,36 @@ export class CallView {
     }
     const text = node.textContent;
     setTimeout(() => { if (node.textContent === text) node.remove(); }, afterMs);
+  }
+
+  /**
+   * The card over the call, when this page itself is cut off, on the phone, back online or
+   * held; null hides it. Drawn again only when it changes, so a screen reader hears it once.
+   * @param {{title: string, text: string, detail: string, calls?: Array<{name: string, phone: string}>,
+   *          onReturn?: () => void}|null} view
+   */
+  showCard(view) {
+    const card = $('fallback-card');
+    const key = view ? JSON.stringify(view) : '';
+    if (card.dataset.view === key) return;
+    card.dataset.view = key;
+    card.hidden = view === null;
+    if (!view) return;
+    const title = $('fallback-title');
+    const opening = title.textContent !== view.title;
+    title.textContent = view.title;
+    $('fallback-text').textContent = view.text;
+    $('fallback-detail').textContent = view.detail;
+    const calls = $('fallback-calls');
+    calls.replaceChildren(...(view.calls ?? []).map((person) => el('li', {},
+      person.phone
+        ? el('a', { className: 'button primary', href: telHref(person.phone), text: `Call ${person.name} at ${person.phone}` })
+        : el('span', { text: `${person.name}: no phone number is on file. Please ask for one.` }))));
+    calls.hidden = !view.calls;
+    $('fallback-actions').replaceChildren(...(view.onReturn
+      ? [el('button', { type: 'button', className: 'button primary', text: 'Return to video', onclick: view.onReturn })]
+      : []));
+    if (opening) title.focus();
   }
 
   clear() {

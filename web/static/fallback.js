@@ -11,7 +11,7 @@
 // phone or held.
 
 import { LinkHealth, OfflinePlan, SERVER_SILENT_MS } from './plan.js';
-import { $, el, announce } from './ui.js';
+import { announce } from './ui.js';
 
 /** Notices read out at once: a drop and the phone step. */
 const URGENT = new Set(['dropped', 'phone']);
@@ -46,14 +46,6 @@ export class Status {
   get gone() {
     return this.reconnecting || this.phone;
   }
-}
-
-/** A `tel:` link for a number, as fallback/notices.py tel_href makes it. */
-export function telHref(number) {
-  const [main, ext = ''] = number.split(/\s*(?:ext\.?|x|#|,|;)\s*/i);
-  const digits = (text) => text.replace(/\D/g, '');
-  const plus = number.trim().startsWith('+') ? '+' : '';
-  return `tel:${plus}${digits(main)}${digits(ext) ? `;ext=${digits(ext)}` : ''}`;
 }
 
 export class FallbackController {
@@ -433,42 +425,9 @@ export class FallbackController {
         detail: '',
       };
     }
-    this._renderCard(view);
-  }
-
-  _renderCard(view) {
-    const card = $('fallback-card');
-    const key = view ? JSON.stringify(view) : '';
-    if (card.dataset.view === key) return;
-    card.dataset.view = key;
-    card.hidden = view === null;
-    document.body.classList.toggle('fallback-card-open', view !== null);
-    if (!view) return;
-    const title = $('fallback-title');
-    const opening = title.textContent !== view.title;
-    title.textContent = view.title;
-    $('fallback-text').textContent = view.text;
-    $('fallback-detail').textContent = view.detail;
-    const calls = $('fallback-calls');
-    calls.replaceChildren(...(view.calls ? this._callItems() : []));
-    calls.hidden = !view.calls;
-    const actions = $('fallback-actions');
-    actions.replaceChildren();
-    if (view.returnButton) {
-      actions.append(el('button', {
-        type: 'button', className: 'button primary', text: 'Return to video',
-        onclick: () => this.returnToVideo(),
-      }));
-    }
-    if (opening) title.focus();
-  }
-
-  /** The therapist's own call list, from the plan: one `tel:` link per client. */
-  _callItems() {
-    return (this.plan?.call_list ?? []).map((person) => el('li', {},
-      person.phone
-        ? el('a', { className: 'button primary', href: telHref(person.phone), text: `Call ${person.name} at ${person.phone}` })
-        : el('span', { text: `${person.name}: no phone number is on file. Please ask for one.` })));
+    if (view) view.calls = view.calls ? this.plan?.call_list ?? [] : undefined;
+    if (view?.returnButton) view.onReturn = () => this.returnToVideo();
+    this.call.showCard(view);
   }
 
   /** Record one stats sample of a link (session.js calls this for each). */

@@ -104,3 +104,11 @@ export function localizeTimes(root = document) {
     if (!Number.isNaN(when.getTime())) node.textContent = describeTime(when);
   }
 }
+
+/** A one-click `tel:` link for a phone number, as fallback/notices.py tel_href makes it (RFC 3966). */
+export function telHref(number) {
+  const [main, ext = ''] = number.split(/\s*(?:ext\.?|x|#|,|;)\s*/i);
+  const digits = (text) => text.replace(/\D/g, '');
+  const plus = number.trim().startsWith('+') ? '+' : '';
+  return `tel:${plus}${digits(main)}${digits(ext) ? `;ext=${digits(ext)}` : ''}`;
+}
