@@ -37,29 +37,30 @@ async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> 
             const at = (label, now) => seen.push([label, h.receiving('a', now), h.lost('a', now), h.allLost(now)]);
             h.observe('a', 'pc1', 0, 0);
             h.observe('b', 'pc2', 0, 0);
-            at('connecting', 500);                        // never carried media: not lost
+            at('connecting', 500);                        // a new connection: not lost, never carried media
             h.observe('a', 'pc1', 50, 1000);
             h.observe('b', 'pc2', 40, 1000);
             at('flowing', 1200);
             h.observe('a', 'pc1', 50, 1800);              // flat since 1000
             at('flat 0.9 s', 1900);
             at('flat 1 s', 2000);
-            h.observe('a', 'pc9', 0, 2100);               // a fresh connection: not receiving yet
+            h.observe('b', 'pc2', 40, 2050);
+            h.observe('a', 'pc9', 0, 2100);               // a fresh connection gets a second
             at('fresh', 2200);
-            h.observe('b', 'pc2', 40, 2300);
-            at('both flat', 2300);
-            h.observe('b', 'pc2', 41, 2400);
-            at('b back', 2400);
+            h.observe('a', 'pc9', 0, 3000);
+            at('fresh, no media for 1 s', 3100);
+            h.observe('b', 'pc2', 41, 3200);
+            at('b back', 3200);
             return seen;
         }"""
     )
     assert result == [
-        ["connecting", False, False, False],
+        ["connecting", True, False, False],
         ["flowing", True, False, False],
         ["flat 0.9 s", True, False, False],
         ["flat 1 s", False, True, True],
-        ["fresh", False, True, True],
-        ["both flat", False, True, True],
+        ["fresh", True, False, False],
+        ["fresh, no media for 1 s", False, True, True],
         ["b back", False, True, False],
     ]
 

@@ -26,7 +26,8 @@ export const RETRY_BACKOFF_MS = Object.freeze([1000, 2000, 4000, 8000]);
 export class LinkHealth {
   constructor({ lostAfterMs = LOST_AFTER_MS } = {}) {
     this.lostAfterMs = lostAfterMs;
-    /** @type {Map<string, {pcId: string, packets: number, grewAt: number|null}>} */
+    /** When media last arrived, or the connection appeared (a new one gets a second to show
+     * media before it counts as lost). @type {Map<string, {pcId: string, packets: number, heardAt: number}>} */
     this._links = new Map();
     /** Peers whose link has carried media at least once, on any connection. */
     this._carried = new Set();
@@ -37,11 +38,10 @@ export class LinkHealth {
     const packets = packetsIn ?? 0;
     const link = this._links.get(peerId);
     if (!link || link.pcId !== pcId) {
-      // A new connection counts from zero; it is judged once it carries media.
-      this._links.set(peerId, { pcId, packets, grewAt: packets > 0 ? now : null });
+      this._links.set(peerId, { pcId, packets, heardAt: now });
     } else if (packets > link.packets) {
       link.packets = packets;
-      link.grewAt = now;
+      link.heardAt = now;
     }
     if (packets > 0) this._carried.add(peerId);
   }
@@ -53,13 +53,13 @@ export class LinkHealth {
     }
   }
 
-  /** Media from this peer arrived within the last LOST_AFTER_MS. */
+  /** Media from this peer arrived within the last LOST_AFTER_MS (or its connection is new). */
   receiving(peerId, now) {
-    const grewAt = this._links.get(peerId)?.grewAt ?? null;
-    return grewAt !== null && now - grewAt < this.lostAfterMs;
+    const link = this._links.get(peerId);
+    return link !== undefined && now - link.heardAt < this.lostAfterMs;
   }
 
-  /** Not receiving from a peer whose link carried media before (not still connecting). */
+  /** Not receiving from a peer whose link carried media before (not one still connecting). */
   lost(peerId, now) {
     return this._carried.has(peerId) && this._links.has(peerId) && !this.receiving(peerId, now);
   }
