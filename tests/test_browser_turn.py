@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from media.probe import ProbeRelay
 from telehealth.config import Config
 from telehealth.tls import self_signed
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser, screenshot  # noqa: F401  (browser is a fixture)
@@ -30,7 +29,6 @@ from tests.coturn import (
 )
 from tests.netfault import Namespace, namespace
 from tests.test_browser_session import Person, open_person
-from web.pages import PROBE
 
 pytestmark = pytest.mark.browser
 
@@ -87,13 +85,7 @@ CONNECTION_STATES = """() => window.__connections.filter(pc => pc.getTransceiver
 # The check as a relay-only server's GET /netcheck describes it (ice_transport_policy "relay").
 RELAY_ONLY_CHECK = """async (url) => {
   const { runNetworkCheck, verdict } = await import('/static/netcheck.js');
-  const fetchImpl = async (target, init) => {
-    const response = await fetch(target, init);
-    if (init && init.method === 'POST') return response;
-    const body = await response.json();
-    return new Response(JSON.stringify({ ...body, ice_transport_policy: 'relay' }), { status: response.status });
-  };
-  const result = await runNetworkCheck({ url, fetchImpl, bulkMs: 400 });
+  const result = await runNetworkCheck({ url, bulkMs: 400 });
   return { result, words: verdict(result) };
 }"""
 
@@ -109,10 +101,7 @@ def coturn(tmp_path: Path) -> Iterator[CoturnServer]:
 
 
 async def turn_server(config: Config) -> RunningServer:
-    server = await start_server(config)
-    # The app builds its probe from stun_urls only for now; give it the relay as the app will.
-    server.app[PROBE].relay = ProbeRelay.from_config(config)
-    return server
+    return await start_server(config)
 
 
 @pytest.fixture

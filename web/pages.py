@@ -195,7 +195,8 @@ async def netcheck_config(request: web.Request) -> web.StreamResponse:
     except LinkError as exc:
         return _json_error(exc.code, LINK_STATUS.get(exc.code, 400))
     servers, _ = request.app[SIGNALING].hub.extras(record, person, time.time())
-    return web.json_response({"ice_servers": msgspec.to_builtins(servers)})
+    return web.json_response({"ice_servers": msgspec.to_builtins(servers),
+                              "ice_transport_policy": request.app[SIGNALING].hub.ice_policy})
 
 
 class _Offer(msgspec.Struct):
@@ -259,5 +260,5 @@ def setup(app: web.Application) -> None:
     console.setup(app)
     app.router.add_static("/static/", HERE / "static")
 
-    app[PROBE] = NetworkProbe(stun_urls=app[CONFIG].stun_urls)
+    app[PROBE] = NetworkProbe.from_config(app[CONFIG])
     app.on_cleanup.append(close_probe)

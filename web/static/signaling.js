@@ -39,7 +39,7 @@ export const VERSION = 1;
 
 // ---- server to client ------------------------------------------------------------------
 
-/** @typedef {{type: 'welcome', v: number, you: Me, room: RoomInfo, peers: PeerInfo[], resumed: boolean, ice_servers: IceServer[], grace_s: number, fallback?: FallbackPlan}} Welcome */
+/** @typedef {{type: 'welcome', v: number, you: Me, room: RoomInfo, peers: PeerInfo[], resumed: boolean, ice_servers: IceServer[], grace_s: number, fallback?: FallbackPlan, ice_transport_policy?: 'all'|'relay'}} Welcome */
 /** @typedef {{type: 'waiting', you: Me, resumed?: boolean}} Waiting */
 /** @typedef {{type: 'lobby', waiting: WaitingPerson[]}} Lobby */
 /** @typedef {{type: 'peer_joined', peer: PeerInfo}} PeerJoined */
