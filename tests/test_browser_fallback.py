@@ -189,10 +189,11 @@ async def test_past_the_window_the_therapist_calls_and_the_partner_comes_back_to
     await return_button.click()
     await expect(b.locator("#fallback-card")).to_be_hidden(timeout=10_000)
     await expect(t.locator("#calls")).to_be_hidden()
+    await expect(t.locator("#banners")).to_contain_text("Partner 2 is back on video. You can hang up the phone.")
+    await expect(b.locator("#banners")).to_contain_text("You're back on video. You can hang up the phone.")
     await expect(tile.locator(".tile-placeholder")).to_be_hidden(timeout=10_000)
     await frames_advance(t)
     await frames_advance(b)
-    await expect(t.locator("#banners")).to_contain_text("Partner 2 is back on video. You can hang up the phone.")
     await screenshot(t, "fallback-5-back-to-video")
 
     # The session log: every step, with names and clock times here, and as CSV and JSON.

@@ -5,10 +5,10 @@
 // its `change` events.
 //
 // Per person it keeps a Status: video full / lowered / off, reconnecting, on the phone (and
-// back online), held. From those it derives, for each link, what this page sends (peers.js
-// send policies: video lowered or paused, sound paused during a hold or the phone step),
-// what each tile says, and the card over the call when this page itself is cut off, on the
-// phone or held.
+// back online), held. From those it derives, for each link, the video this page sends
+// (peers.js send policies: full, lowered or paused), whether the link's sound plays here (not
+// during a hold or the phone step), what each tile says, and the card over the call when this
+// page itself is cut off, on the phone or held.
 
 import { LinkHealth, OfflinePlan, SERVER_SILENT_MS } from './plan.js';
 import { announce } from './ui.js';
@@ -107,7 +107,7 @@ export class FallbackController {
    * a link on its sound and does not read the pause as a worse network.
    */
   videoExpected(peerId) {
-    return !(this._policies.get(peerId) ?? '').startsWith('off/');
+    return this._policies.get(peerId) !== 'off';
   }
 
   /** This page has lost the server and its peers: its own plan speaks (the card). */
@@ -357,14 +357,14 @@ export class FallbackController {
     for (const link of this.mesh.links.keys()) {
       const theirs = this.status(link);
       const both = [mine, theirs];
+      // On the phone or held, the pair neither sees nor hears each other here; the sound
+      // still flows underneath, unplayed, so the monitor can tell when the link is back.
       const paused = ownPhone || both.some((s) => s.phone || s.heldFor);
       const video = paused || both.some((s) => s.video === 'off') ? 'off'
         : both.some((s) => s.video === 'lowered') ? 'lowered' : 'full';
-      const policy = { video, audio: !paused };
-      const key = `${policy.video}/${policy.audio}`;
-      if (this._policies.get(link) !== key) {
-        this._policies.set(link, key);
-        this.mesh.setSendPolicy(link, policy);
+      if (this._policies.get(link) !== video) {
+        this._policies.set(link, video);
+        this.mesh.setSendPolicy(link, { video });
       }
       this.call.setPlaybackPaused(link, paused);
       let tileStatus = null;

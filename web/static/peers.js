@@ -23,9 +23,9 @@ const KINDS = ['audio', 'video'];
 /** Lowered video: half the resolution each way, at most this many bits per second. */
 export const LOWERED_VIDEO = Object.freeze({ scale: 2, maxBitrate: 250000 });
 
-/** @typedef {{video: 'full'|'lowered'|'off', audio: boolean}} SendPolicy */
+/** @typedef {{video: 'full'|'lowered'|'off'}} SendPolicy */
 /** @type {SendPolicy} */
-export const FULL_SEND = Object.freeze({ video: 'full', audio: true });
+export const FULL_SEND = Object.freeze({ video: 'full' });
 
 /** A short random id for a peer connection. */
 export function randomId() {
@@ -352,7 +352,7 @@ export class Mesh {
       link.freshAttempts = 0;
       link.iceRestarts = 0;
       // A new connection starts at full quality: give it the pair's policy.
-      if (link.sendPolicy.video !== 'full' || !link.sendPolicy.audio) this._applySendPolicy(link);
+      if (link.sendPolicy.video !== 'full') this._applySendPolicy(link);
     } else if (state === 'failed') {
       this._recover(link);
     } else if (state === 'disconnected') {
@@ -468,11 +468,11 @@ export class Mesh {
   }
 
   /**
-   * What we send to one peer, as the fallback flow decides (docs/fallback.md): video at full
-   * quality, lowered (less resolution and bitrate, same frame rate) or off, and audio on or
-   * off (a hold). The call keeps its connections and tracks; only the encoders change, so
-   * nothing is renegotiated. The policy stays with the pair and is applied again to every new
-   * connection the pair gets.
+   * The video we send to one peer, as the fallback flow decides (docs/fallback.md): full,
+   * lowered (less resolution and bitrate, same frame rate) or off. The call keeps its
+   * connections and tracks; only the encoder changes, so nothing is renegotiated. Sound always
+   * flows: it is what the quality monitor hears a link by. The policy stays with the pair and
+   * is applied again to every new connection the pair gets.
    * @param {string} peerId @param {SendPolicy} policy
    */
   async setSendPolicy(peerId, policy) {
@@ -485,23 +485,18 @@ export class Mesh {
   async _applySendPolicy(link) {
     const pc = link.pc;
     if (!pc || pc.signalingState === 'closed') return;
-    const { video, audio } = link.sendPolicy;
+    const { video } = link.sendPolicy;
     const jobs = [];
     for (const transceiver of pc.getTransceivers()) {
-      const kind = transceiver.receiver.track?.kind;
       const sender = transceiver.sender;
-      if (!kind || transceiver.currentDirection === 'stopped') continue;
+      if (transceiver.receiver.track?.kind !== 'video' || transceiver.currentDirection === 'stopped') continue;
       const params = sender.getParameters();
       if (!params.encodings || params.encodings.length === 0) continue;
       for (const encoding of params.encodings) {
-        if (kind === 'audio') {
-          encoding.active = audio;
-        } else {
-          encoding.active = video !== 'off';
-          encoding.scaleResolutionDownBy = video === 'lowered' ? LOWERED_VIDEO.scale : 1;
-          if (video === 'lowered') encoding.maxBitrate = LOWERED_VIDEO.maxBitrate;
-          else delete encoding.maxBitrate;
-        }
+        encoding.active = video !== 'off';
+        encoding.scaleResolutionDownBy = video === 'lowered' ? LOWERED_VIDEO.scale : 1;
+        if (video === 'lowered') encoding.maxBitrate = LOWERED_VIDEO.maxBitrate;
+        else delete encoding.maxBitrate;
       }
       jobs.push(sender.setParameters(params).catch((e) => console.warn('setParameters failed', e)));
     }
