@@ -430,8 +430,15 @@ export class FallbackController {
     this.call.showCard(view);
   }
 
-  /** Record one stats sample of a link (session.js calls this for each). */
+  /**
+   * Record one stats sample of a link (session.js calls this for each). When media from a
+   * peer comes back after an outage, our video to them starts over from a key frame: the
+   * way back is open in both directions now, and their request for one may have been lost.
+   */
   observe(peerId, pcId, packetsIn) {
-    this.health.observe(peerId, pcId, packetsIn, this.now());
+    const now = this.now();
+    const wasLost = this.health.lost(peerId, now);
+    this.health.observe(peerId, pcId, packetsIn, now);
+    if (wasLost && this.health.receiving(peerId, now)) this.mesh.refreshVideo(peerId);
   }
 }

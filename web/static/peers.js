@@ -503,6 +503,33 @@ export class Mesh {
     await Promise.all(jobs);
   }
 
+  /**
+   * Start the video to one peer again from a key frame. After an outage the receiver can show
+   * nothing until one arrives, and its request for one may have been lost on the way back
+   * (browsers repeat it only after about 3 s). Pausing and resuming the encoding makes the
+   * encoder start over with a key frame at once.
+   */
+  async refreshVideo(peerId) {
+    const link = this.links.get(peerId);
+    const pc = link?.pc;
+    // A new connection starts with a key frame anyway.
+    if (!pc || link.sendPolicy.video === 'off' || this.now() - link.createdAt < 2000) return;
+    for (const transceiver of pc.getTransceivers()) {
+      const sender = transceiver.sender;
+      if (transceiver.receiver.track?.kind !== 'video' || !sender.track) continue;
+      try {
+        for (const active of [false, true]) {
+          const params = sender.getParameters();
+          if (!params.encodings || params.encodings.length === 0) break;
+          for (const encoding of params.encodings) encoding.active = active;
+          await sender.setParameters(params);
+        }
+      } catch (error) {
+        console.warn('could not restart the video encoding', error);
+      }
+    }
+  }
+
   /** Stop everything (leaving the call). */
   close() {
     if (this._closed) return;
