@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fallback import events as fe
-from fallback.flow import FallbackFlow, FallbackTimings
+from fallback.flow import FallbackFlow, FallbackTimings, PersonState, VideoMode
 from fallback.ledger import Disruption, Step
 from fallback.notices import Notice, call_prompt, mask_phone, notice_text
 from fallback.scoring import Cause, LinkSample, QualityMonitor, RoomQuality
@@ -89,7 +89,27 @@ class RoomWatch:
             watched.entered.discard(event.person_id)
         if flow_event is not None:
             self._apply(event.room_id, watched, self._handle(watched, flow_event, now), out)
+        if event.kind in ("joined", "back", "replaced"):
+            self._resync(event.room_id, watched, event.person_id, out)
         return out
+
+    def _resync(self, room_id: RoomId, watched: WatchedRoom, person: PersonId, out: Outbox) -> None:
+        """A page that (re)connects learns what the flow decided while it was away: it missed
+        those messages, and would otherwise expect video that is paused on purpose."""
+        conn = self._conn(room_id, person)
+        if conn is None:
+            return
+        if watched.last_quality is not None:
+            out.send(conn, watched.last_quality)
+        for other in sorted(watched.entered):
+            status = watched.flow.status(other)
+            if status.video != VideoMode.FULL:
+                out.send(conn, p.FallbackAction(
+                    action="lower_video" if status.video == VideoMode.LOWERED else "audio_only", person=other))
+            if status.state == PersonState.PHONE:
+                out.send(conn, p.FallbackAction(action="phone", person=other))
+            if status.held_for is not None:
+                out.send(conn, p.FallbackAction(action="hold", person=other, waiting_for=status.held_for))
 
     def on_stats(self, room: LiveRoom, member: Member, msg: p.Stats, now: float) -> None:
         watched = self.rooms.get(room.id)

@@ -148,3 +148,28 @@ async def test_still_gone_at_the_end_of_the_window_brings_the_phone_step(
         assert all("Partner" not in json.dumps(row) for row in ledger["rows"])
         audit = [json.loads(x) for x in server.store.audit.export()]
         assert any(e["event"] == "phone_switch" and e["person_id"] == b_id for e in audit)
+
+
+async def test_a_page_that_reconnects_learns_the_phone_step_it_missed(make_config: Any) -> None:
+    server = await start_server(make_config())
+    room = server.create_room()
+    therapist = SyntheticParticipant(room.therapist_link, auto_admit=True)
+    a, b = SyntheticParticipant(room.partner_links[0]), SyntheticParticipant(room.partner_links[1])
+    try:
+        for person in (therapist, a, b):
+            await person.join()
+        for person in (therapist, a, b):
+            await person.wait_for(lambda person=person: person.state == "in_call", 10)
+        b_id = b.me["id"]
+        # A is away while the therapist moves B to the phone.
+        await a.drop_signaling()
+        await b.drop_signaling()
+        await therapist.wait_message("presence", peer=b_id, state="reconnecting")
+        await therapist.send({"type": "switch_to_phone", "participant": b_id})
+        await therapist.wait_message("call_prompt")
+        await a.join()
+        await a.wait_message("fallback", action="phone", person=b_id)
+    finally:
+        for person in (therapist, a, b):
+            await person.close()
+        await server.runner.cleanup()
