@@ -8,7 +8,7 @@ login cookie is Secure, HttpOnly and SameSite=Strict.
 from __future__ import annotations
 
 import datetime
-import secrets
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from telehealth.app import CONFIG, STORE
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import LOGIN_COOKIE, SignedIn, field, read_form, sign_in
+from web.forms import LOGIN_COOKIE, SignedIn, field, login_page, read_form, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
@@ -68,15 +68,7 @@ async def _checked_form(request: web.Request, session: accounts.LoginSession) ->
 # -- login ----------------------------------------------------------------------------------
 
 
-def _login_page(request: web.Request, *, error: str = "", username: str = "", status: int = 200) -> web.Response:
-    nonce = secrets.token_urlsafe(24)
-    response = aiohttp_jinja2.render_template(
-        "console_login.html", request,
-        {"user": None, "csrf": nonce, "error": error, "username": username}, status=status,
-    )
-    response.set_cookie(LOGIN_COOKIE, nonce, secure=True, httponly=True, samesite="Strict", path="/",
-                        max_age=3600)
-    return response
+_login_page = functools.partial(login_page, "console_login.html")
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:

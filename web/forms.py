@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
@@ -26,6 +27,18 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | web.FileField]
         return await request.post()
     except ValueError:  # not UTF-8 (UnicodeDecodeError), or not a form at all
         raise web.HTTPBadRequest(text="This form could not be read. Reload the page and try again.") from None
+
+
+def login_page(template: str, request: web.Request, *, error: str = "", username: str = "",
+               status: int = 200) -> web.Response:
+    """A sign-in page with a fresh double-submit token in its form and in a cookie."""
+    nonce = secrets.token_urlsafe(24)
+    response = aiohttp_jinja2.render_template(
+        template, request, {"user": None, "csrf": nonce, "error": error, "username": username}, status=status,
+    )
+    response.set_cookie(LOGIN_COOKIE, nonce, secure=True, httponly=True, samesite="Strict", path="/",
+                        max_age=3600)
+    return response
 
 
 def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import re
-import secrets
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -38,8 +38,8 @@ import aiohttp_jinja2
 import msgspec
 from aiohttp import web
 
-from fallback.scoring import Pair
 from fallback.ledger import Disruption
+from fallback.scoring import Pair
 from signaling.endpoint import SIGNALING
 from signaling.history import QualityHistory, RoomSeries, link_key
 from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
@@ -53,7 +53,7 @@ from telehealth.store import Person, Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
 from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE, SignedIn, read_form, sign_in
+from web.forms import LOGIN_COOKIE, SignedIn, login_page, read_form, sign_in
 from web.pages import same_origin
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -123,15 +123,7 @@ def _ops_session(request: web.Request, room_id: str | None = None) -> accounts.L
 # -- login ----------------------------------------------------------------------------------
 
 
-def _login_page(request: web.Request, *, error: str = "", username: str = "", status: int = 200) -> web.Response:
-    nonce = secrets.token_urlsafe(24)
-    response = aiohttp_jinja2.render_template(
-        "ops_login.html", request,
-        {"user": None, "csrf": nonce, "error": error, "username": username}, status=status,
-    )
-    response.set_cookie(LOGIN_COOKIE, nonce, secure=True, httponly=True, samesite="Strict", path="/",
-                        max_age=3600)
-    return response
+_login_page = functools.partial(login_page, "ops_login.html")
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
