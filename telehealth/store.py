@@ -95,11 +95,13 @@ class Store:
         self.path = path
         self.cipher = cipher
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # The timeout first: switching a fresh file to WAL takes a lock that the CLI or the
+        # server, opening the same file at that moment, may hold.
+        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL is safe against a crash of the process (a power cut may lose the
         # last commits); FULL would stop the event loop on a disk sync at every join.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
         # Deleted personal data is zeroed in the file, not left in free pages.
         self._db.execute("PRAGMA secure_delete=ON")

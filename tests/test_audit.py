@@ -30,8 +30,9 @@ class StepClock:
 
 def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    # The timeout first: switching a fresh file to WAL takes a lock another opener may hold.
     db.execute("PRAGMA busy_timeout=10000")
+    db.execute("PRAGMA journal_mode=WAL")
     return db
 
 
@@ -237,6 +238,8 @@ def test_two_connections_appending_at_once_keep_one_valid_chain(db_path: Path) -
         finally:
             conn.close()
 
+    # The file exists in WAL mode before the writers start, as it does once a server ran.
+    connect(db_path).close()
     threads = [threading.Thread(target=write, args=(name,)) for name in ("server", "cli")]
     for t in threads:
         t.start()
