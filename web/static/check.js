@@ -104,6 +104,9 @@ export class CheckView {
     /** @type {Promise<object>|null} */
     this.opening = null;
 
+    /** Whether the preview is on screen (the page shows the camera only where it can be seen). */
+    this.previewShown = true;
+
     media.on('change', ({ kind, track }) => {
       if (kind === 'video') this._showPreview(track);
       else this.meter.attach(track);
@@ -177,7 +180,16 @@ export class CheckView {
     if (!this.media.video) this.placeholder.textContent = problems.video ? 'Camera not available' : 'Camera off';
   }
 
+  /** The preview lets go of the camera while the check is out of sight, and takes it back. */
+  setShown(shown) {
+    if (shown === this.previewShown) return;
+    this.previewShown = shown;
+    if (shown) this._showPreview(this.media.video);
+    else this.preview.srcObject = null;
+  }
+
   _showPreview(track) {
+    if (!this.previewShown) return;
     if (track) {
       this.preview.srcObject = new MediaStream([track]);
       this.preview.play().catch(() => {});

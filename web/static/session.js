@@ -100,9 +100,29 @@ export class RoomPage {
       if (node) node.hidden = name !== step;
     }
     document.body.classList.toggle('in-call', step === 'call');
+    this._showSelfIn(step);
     document.title = `${STEP_TITLES[step]} · Telehealth`;
     const heading = document.querySelector(`#${step}-step h1[tabindex]`);
     if (heading instanceof HTMLElement) heading.focus();
+  }
+
+  /**
+   * Our own camera shows only in the step on screen. A hidden <video> still holds the camera's
+   * latest frames, and with a step's worth of hidden ones the camera's frame pool ran dry as
+   * the first connections started: every picture of that camera froze for 2-3 s (Chromium
+   * logs "Frame dropped with reason code 15").
+   */
+  _showSelfIn(step) {
+    const track = step === 'ended' ? null : this.media.video;
+    this.check.setShown(step === 'check');
+    const waiting = maybe('waiting-preview');
+    if (waiting && step !== 'waiting') waiting.srcObject = null;
+    else if (waiting && waiting.srcObject?.getVideoTracks()[0] !== track) {
+      waiting.srcObject = track ? new MediaStream([track]) : null;
+      waiting.play().catch(() => {});
+    }
+    if (step !== 'call') this.call.setSelf(null);
+    else if (this.call.selfVideo.srcObject?.getVideoTracks()[0] !== track) this.call.setSelf(track);
   }
 
   async join() {
@@ -200,11 +220,7 @@ export class RoomPage {
 
     this.media.on('change', ({ kind, track }) => {
       this.mesh.setTrack(kind, track);
-      if (kind === 'video') {
-        this.call.setSelf(track);
-        const waiting = maybe('waiting-preview');
-        if (waiting) waiting.srcObject = track ? new MediaStream([track]) : null;
-      }
+      if (kind === 'video') this._showSelfIn(this.step);
     });
 
     $('toggle-mic').addEventListener('click', () => this.setMicMuted(!this.media.micMuted));
@@ -230,11 +246,6 @@ export class RoomPage {
     this._markSeated();
     this.call.clearBanner('self');
     $('connection-pill').hidden = true;
-    const preview = maybe('waiting-preview');
-    if (preview && this.media.video) {
-      preview.srcObject = new MediaStream([this.media.video]);
-      preview.play().catch(() => {});
-    }
     if (this.step !== 'waiting') {
       this.showStep('waiting');
       announce('You are in the waiting room. Your therapist will let you in.');
@@ -249,7 +260,6 @@ export class RoomPage {
     const entering = this.step !== 'call';
     if (entering) {
       this.check.moveDevicesTo($('settings-body'));
-      this.call.setSelf(this.media.video);
       this.call.setSpeaker(this.media.speaker);
       this._syncControls();
       this.showStep('call');
