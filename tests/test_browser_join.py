@@ -1,8 +1,11 @@
-"""Where the page shows its own camera, in real Chromium: only in the step on screen.
+"""Joining in real Chromium: the page connects at once, camera or not, and shows its camera
+only where it can be seen.
 
-A <video> in a hidden step still holds the camera's latest frames. With a few of them (the
-check's preview and the waiting room's behind the call), the camera's frame pool ran dry as
-the first connections started, and every picture of that camera froze for 2-3 s.
+A camera can take a second or more to start (or a permission prompt stays open). The
+partner is let in and sees and hears the others meanwhile; their own picture and sound
+follow the moment the devices are ready. A <video> in a hidden step would still hold the
+camera's frames (with a few of them, every picture of that camera froze for 2-3 s as the
+first connections started), so only the step on screen shows it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,23 @@ from tests.browser import browser, new_person_context  # noqa: F401  (browser is
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.browser
+
+# The seam: the camera and microphone start only when the test says so, like a slow camera
+# or a permission prompt the person has not answered yet.
+HOLD_DEVICES = """
+let release;
+const released = new Promise((resolve) => { release = resolve; });
+window.__releaseDevices = () => release();
+const realGetUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  await released;
+  return realGetUserMedia(constraints);
+};
+"""
+
+# Whether the page shows someone's video: the tile for that person has decoded a frame.
+SEES = """(name) => [...document.querySelectorAll('#tiles video')]
+    .some((v) => v.getAttribute('aria-label') === `Video of ${name}` && v.videoWidth > 0)"""
 
 # Whether the <video> with this id shows the camera (a frame has arrived).
 SHOWS_CAMERA = "(id) => document.getElementById(id).videoWidth > 0"
@@ -45,6 +65,43 @@ async def open_page(
     page.set_default_timeout(20_000)
     await page.goto(url)
     return page
+
+
+async def test_a_partner_whose_camera_is_slow_is_let_in_and_sees_the_others_meanwhile(
+    server: RunningServer, browser: Browser, contexts: list[BrowserContext],  # noqa: F811
+) -> None:
+    room = server.create_room(partners=1)
+    therapist = await open_page(browser, contexts, room.therapist_link)
+    await therapist.wait_for_function(SHOWS_CAMERA, arg="preview")
+    await therapist.get_by_role("button", name="Start session").click()
+    await expect(therapist.locator("#call-step")).to_be_visible()
+    # Only the call's own picture holds the camera now.
+    assert await therapist.evaluate(HIDDEN_HOLDERS) == []
+
+    partner = await open_page(browser, contexts, room.partner_links[0], HOLD_DEVICES)
+    await expect(partner.locator("#preview-placeholder")).to_be_visible()
+    await partner.get_by_role("button", name="Join session").click()
+    # Straight in, not after waiting out the camera (a page that waited gave up after 5 s).
+    waiting = partner.get_by_role("heading", name="Your therapist will let you in")
+    await expect(waiting).to_be_visible(timeout=4000)
+    await therapist.get_by_role("button", name="Admit Partner 1").click()
+    await expect(partner.locator("#call-step")).to_be_visible()
+
+    # The therapist's video plays while the partner's camera has not started yet; the
+    # partner's controls count the camera as on, since it is on its way.
+    await partner.wait_for_function(SEES, arg="Dr Test")
+    assert await partner.evaluate("() => document.getElementById('self-video').srcObject") is None
+    await expect(partner.get_by_role("button", name="Stop video")).to_be_visible()
+    placeholder = therapist.locator(".tile-placeholder-text")
+    await expect(placeholder).to_have_text("Waiting for Partner 1's video…")
+
+    # The camera starts: the therapist sees the partner, the partner sees themselves.
+    await partner.evaluate("() => window.__releaseDevices()")
+    await therapist.wait_for_function(SEES, arg="Partner 1")
+    await partner.wait_for_function(SHOWS_CAMERA, arg="self-video")
+    await partner.wait_for_function(SEES, arg="Dr Test")
+    assert await partner.evaluate(HIDDEN_HOLDERS) == []
+    assert await therapist.evaluate(HIDDEN_HOLDERS) == []
 
 
 async def test_the_waiting_room_alone_shows_the_camera_while_the_partner_waits(

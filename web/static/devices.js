@@ -239,6 +239,8 @@ export class LocalMedia {
     this.prefs = loadPreferences();
     this.micMuted = false;
     this.cameraOff = false;
+    /** Whether open() is under way (the camera may be about to arrive). */
+    this.starting = false;
     this._handlers = new Set();
   }
 
@@ -264,12 +266,25 @@ export class LocalMedia {
   /** Open both devices (again), with the remembered choices. */
   async open() {
     this.stop();
-    const { tracks, problems } = await openMedia({
-      cameraId: this.prefs.camera || '', micId: this.prefs.mic || '', video: !this.cameraOff,
-    });
+    this.starting = true;
+    let opened;
+    try {
+      opened = await openMedia({
+        cameraId: this.prefs.camera || '', micId: this.prefs.mic || '', video: !this.cameraOff,
+      });
+    } finally {
+      this.starting = false;
+    }
+    const { tracks, problems } = opened;
+    let video = tracks.find((t) => t.kind === 'video') ?? null;
+    if (video && this.cameraOff) {
+      // Stop video was pressed while the camera was starting (the call can begin meanwhile).
+      video.stop();
+      video = null;
+    }
     this.problems = problems;
     this._set('audio', tracks.find((t) => t.kind === 'audio') ?? null);
-    this._set('video', tracks.find((t) => t.kind === 'video') ?? null);
+    this._set('video', video);
     return problems;
   }
 

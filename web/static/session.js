@@ -125,30 +125,46 @@ export class RoomPage {
     else if (this.call.selfVideo.srcObject?.getVideoTracks()[0] !== track) this.call.setSelf(track);
   }
 
-  async join() {
+  join() {
     if (this.joining) return;
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
     this.check.stopNetwork();
-    if (this.check.opening) {
-      // Join with the camera and microphone, not before them: an offer without tracks
-      // would need a second negotiation a moment later. A prompt left open does not hold
-      // the person back for long.
-      $('join-status').textContent = 'Starting your camera and microphone…';
-      await Promise.race([this.check.opening, new Promise((resolve) => setTimeout(resolve, 5000))]);
-    }
+    // Connect now, even if the camera and microphone are still starting: the others' video
+    // and sound arrive at once, and ours join every connection the moment they are ready
+    // (the media 'change' handler in _wire; one more negotiation, while the call runs).
     $('join-status').textContent = 'Connecting…';
     this.signaling.connect();
+    this._devicesReady(this.check.opening);
   }
 
-  async _rejoin() {
+  _rejoin() {
     $('join-status').textContent = 'Reconnecting you to your session…';
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
-    // Coming back into a running session: no network check, straight in.
+    // Coming back into a running session: no network check, straight in, devices alongside.
     document.querySelector('#check-step .network').hidden = true;
-    await this.check.openDevices();
+    this._devicesReady(this.check.openDevices());
     this.signaling.connect();
+  }
+
+  /**
+   * Once devices that were still starting at the join are open: the controls and the others
+   * learn what we send, and a failure is explained in the call (the check is out of sight).
+   * @param {Promise<object>|null} opening
+   */
+  async _devicesReady(opening) {
+    const problems = await opening;
+    if (!problems || this.step === 'ended') return;
+    if (this.step === 'call') {
+      this._syncControls();
+      this.signaling.media(!this.media.micMuted, this._videoOn());
+    }
+    if (Object.keys(problems).length === 0) return;
+    const kind = problems.audio ? 'audio' : 'video';
+    const why = explainMediaError(problems[kind], kind);
+    this.call.banner('devices', `${why.title}. ${why.steps[0]}`, 'bad');
+    this.call.clearBanner('devices', 10000);
   }
 
   _returning() {
@@ -267,7 +283,7 @@ export class RoomPage {
         ? `You are in the session with ${welcome.peers.map((p) => p.name).join(' and ')}.`
         : 'You are in the session. The others will appear when they join.');
     }
-    this.signaling.media(!this.media.micMuted, Boolean(this.media.video));
+    this.signaling.media(!this.media.micMuted, this._videoOn());
     this.onWelcome?.(welcome);
     if (this.statsTimer === null) this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
   }
@@ -351,7 +367,7 @@ export class RoomPage {
   setMicMuted(muted) {
     this.media.setMicMuted(muted);
     this._syncControls();
-    this.signaling.media(!muted, Boolean(this.media.video));
+    this.signaling.media(!muted, this._videoOn());
     announce(muted ? 'Your microphone is off.' : 'Your microphone is on.');
   }
 
@@ -365,7 +381,12 @@ export class RoomPage {
       this.call.clearBanner('camera', 10000);
     }
     this._syncControls();
-    this.signaling.media(!this.media.micMuted, Boolean(this.media.video));
+    this.signaling.media(!this.media.micMuted, this._videoOn());
+  }
+
+  /** Whether we send video, or will in a moment (the camera is still starting). */
+  _videoOn() {
+    return Boolean(this.media.video) || (this.media.starting && !this.media.cameraOff);
   }
 
   _syncControls() {
@@ -373,7 +394,7 @@ export class RoomPage {
     mic.textContent = this.media.micMuted ? 'Unmute' : 'Mute';
     mic.classList.toggle('off', this.media.micMuted);
     const camera = $('toggle-camera');
-    const off = !this.media.video;
+    const off = !this._videoOn();
     camera.textContent = off ? 'Start video' : 'Stop video';
     camera.classList.toggle('off', off);
     this.call.setSelfMuted(this.media.micMuted);
