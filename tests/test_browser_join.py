@@ -40,6 +40,13 @@ SEES = """(name) => [...document.querySelectorAll('#tiles video')]
 # Whether the <video> with this id shows the camera (a frame has arrived).
 SHOWS_CAMERA = "(id) => document.getElementById(id).videoWidth > 0"
 
+# Scripts the page asked for only after one had arrived: found by an import, not preloaded.
+LATE_MODULES = """() => {
+    const scripts = performance.getEntriesByType('resource').filter((e) => e.name.endsWith('.js'));
+    const firstArrived = Math.min(...scripts.map((e) => e.responseEnd));
+    return scripts.filter((e) => e.startTime >= firstArrived).map((e) => e.name);
+}"""
+
 # <video> elements with a stream that sit in a hidden part of the page.
 HIDDEN_HOLDERS = """() => [...document.querySelectorAll('video')]
     .filter((v) => v.srcObject && v.closest('[hidden]'))
@@ -110,6 +117,8 @@ async def test_the_waiting_room_alone_shows_the_camera_while_the_partner_waits(
     room = server.create_room(partners=1)
     partner = await open_page(browser, contexts, room.partner_links[0])
     await partner.wait_for_function(SHOWS_CAMERA, arg="preview")
+    # Every module was asked for at once, from the page's preload list.
+    assert await partner.evaluate(LATE_MODULES) == []
     await partner.get_by_role("button", name="Join session").click()
     await expect(partner.locator("#waiting-step")).to_be_visible()
     await partner.wait_for_function(SHOWS_CAMERA, arg="waiting-preview")
