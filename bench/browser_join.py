@@ -2,14 +2,14 @@
 
 Per run, a fresh room: the therapist (a Chromium page) has started the session and the other
 partner (another Chromium page) is already in the call. Then the measured partner opens the
-link and presses "Join session", and the therapist presses "Admit" as soon as it appears
-(the script reacts within milliseconds, a person within seconds, so admission delay is not
-part of the figure). Two ways of pressing "Join session":
+link and presses "Join session", and the therapist presses "Admit" as soon as it appears on
+the therapist's page (the script reacts within milliseconds, a person within seconds, so
+admission delay is not part of the figure). Two ways of pressing "Join session":
 
 - ``after_check``: once the camera preview shows (the person has seen themselves; the
   check's other parts are advice and hold no one back). This is the figure to quote.
 - ``at_once``: the moment the button can be pressed, before the camera has started (the
-  page then waits for the camera, up to 5 s, before it connects).
+  page connects at once and adds its camera and microphone when they are ready).
 
 The clock starts when the browser starts loading the page (``performance.timeOrigin``), so
 the harness's own costs (making a browser context) are not counted. Per run, in ms:
@@ -18,6 +18,7 @@ the harness's own costs (making a browser context) are not counted. Per run, in 
 - ``join_ms``: "Join session" pressed;
 - ``waiting_ms``: the waiting room shown (the server has seated the partner);
 - ``call_ms``: the call shown (admitted, welcome received);
+  (these three and the frames by the page's own clock, not when the script noticed);
 - ``first_frame_ms``: the first remote video frame presented (requestVideoFrameCallback);
 - ``both_frames_ms``: a frame from both others;
 - ``rejoin_first_frame_ms``: then the partner reloads the page (back within the grace
@@ -46,7 +47,13 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS
 FRAME_CLOCK = """
 window.__frames = {};
 window.__opened = performance.timeOrigin;
+window.__steps = {};
 addEventListener('click', (e) => { if (e.target.id === 'join') window.__joinAt = Date.now(); }, true);
+new MutationObserver(() => {
+  for (const step of document.querySelectorAll('section.step:not([hidden])')) {
+    window.__steps[step.id] ??= Date.now();
+  }
+}).observe(document, { attributes: true, attributeFilter: ['hidden'], childList: true, subtree: true });
 new MutationObserver(() => {
   for (const video of document.querySelectorAll('#tiles video')) {
     if (video.__watched) continue;
@@ -92,13 +99,12 @@ async def one_run(browser: Browser, server: ServerProcess, join_at: str) -> dict
             await partner.wait_for_function("() => document.getElementById('preview').videoWidth > 0")
             times["camera_ms"] = time.time()
         await partner.get_by_role("button", name="Join session").click()
-        started = await partner.evaluate("() => window.__opened") / 1000
-        joined = await partner.evaluate("() => window.__joinAt") / 1000
-        await partner.locator("#waiting-step").wait_for()
-        waiting = time.time()
         await therapist.get_by_role("button", name="Admit Bench Partner 0").click()
         await partner.locator("#call-step").wait_for()
-        in_call = time.time()
+        started = await partner.evaluate("() => window.__opened") / 1000
+        joined = await partner.evaluate("() => window.__joinAt") / 1000
+        steps = await partner.evaluate("() => window.__steps")
+        waiting, in_call = steps["waiting-step"] / 1000, steps["call-step"] / 1000
         first, both = (await frames_after(partner, 2))[:2]
 
         await partner.reload()
