@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import enum
 import itertools
-import statistics
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
+
+import msgspec
 
 from signaling.protocol import LinkStats
 from telehealth.tokens import PersonId
@@ -51,20 +54,23 @@ class Quality(str, enum.Enum):
     POOR = "poor"
     LOST = "lost"
 
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
+    rank: int
+
+    def __init__(self, value: str) -> None:
+        # A plain attribute, not a lookup keyed by the member: hashing an Enum member runs
+        # Python code, and levels are compared for every sample of every link.
+        self.rank = ("lost", "poor", "fair", "good").index(value)
 
 
-_RANK = {Quality.LOST: 0, Quality.POOR: 1, Quality.FAIR: 2, Quality.GOOD: 3}
+_rank = attrgetter("rank")
 
 
 def worst(levels: Iterable[Quality]) -> Quality:
-    return min(levels, key=_RANK.__getitem__)
+    return min(levels, key=_rank)
 
 
 def best(levels: Iterable[Quality]) -> Quality:
-    return max(levels, key=_RANK.__getitem__)
+    return max(levels, key=_rank)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +104,13 @@ class ScoringThresholds:
     video_warmup_s: float = 6.0
 
 
-@dataclass(frozen=True, slots=True)
-class LinkSample:
+class LinkSample(msgspec.Struct, frozen=True, gc=False):
     """One report of a directed link, mirroring the wire message ``LinkStats``.
 
     ``t`` is the server's receive time. Rates and fractions are over the last interval;
     ``packets_in``, ``bytes_in`` and the frame counters are cumulative for connection ``pc``.
+    A msgspec struct outside the garbage collector: the server keeps a few per link of every
+    live call, and builds several thousand a second.
     """
 
     t: float
@@ -125,12 +132,9 @@ class LinkSample:
     @classmethod
     def from_stats(cls, stats: LinkStats, t: float) -> LinkSample:
         return cls(
-            t=t, rtt_ms=stats.rtt_ms, jitter_ms=stats.jitter_ms, loss=stats.loss,
-            packets_in=stats.packets_in, bytes_in=stats.bytes_in,
-            frames_decoded=stats.frames_decoded, frames_dropped=stats.frames_dropped,
-            fps=stats.fps, concealed=stats.concealed, out_bitrate=stats.out_bitrate,
-            in_bitrate=stats.in_bitrate, candidate=stats.candidate, video=stats.video,
-            pc=stats.pc,
+            t, stats.rtt_ms, stats.jitter_ms, stats.loss, stats.packets_in, stats.bytes_in,
+            stats.frames_decoded, stats.frames_dropped, stats.fps, stats.concealed,
+            stats.out_bitrate, stats.in_bitrate, stats.candidate, stats.video, stats.pc,
         )
 
 
@@ -139,9 +143,13 @@ class LinkSample:
 
 def r_factor(rtt_ms: float, jitter_ms: float, loss: float) -> float:
     """R = 93.2 - Id - Ie_eff, from round-trip time, jitter (ms) and loss (fraction)."""
-    delay = max(rtt_ms, 0.0) / 2 + JITTER_BUFFER_FACTOR * max(jitter_ms, 0.0) + PACKET_MS
-    delay_impairment = 0.024 * delay + 0.11 * max(delay - DELAY_KNEE_MS, 0.0)
-    loss_pct = 100.0 * min(max(loss, 0.0), 1.0)
+    # Conditionals rather than min/max calls: this runs for every sample of every link.
+    delay = ((rtt_ms / 2 if rtt_ms > 0 else 0.0)
+             + (JITTER_BUFFER_FACTOR * jitter_ms if jitter_ms > 0 else 0.0) + PACKET_MS)
+    delay_impairment = 0.024 * delay
+    if delay > DELAY_KNEE_MS:
+        delay_impairment += 0.11 * (delay - DELAY_KNEE_MS)
+    loss_pct = 0.0 if loss <= 0 else 100.0 if loss >= 1 else 100.0 * loss
     equipment = CODEC_IE + (95.0 - CODEC_IE) * loss_pct / (loss_pct + CODEC_BPL)
     return R_DEFAULT - delay_impairment - equipment
 
@@ -153,7 +161,8 @@ def mos_from_r(r: float) -> float:
     if r >= 100:
         return 4.5
     # The polynomial dips just under 1 for small R; the scale has no such score.
-    return max(1.0, 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6)
+    mos = 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
+    return mos if mos > 1.0 else 1.0
 
 
 def audio_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
@@ -164,46 +173,98 @@ def video_score(
     fps: float | None, bitrate: float | None, limits: ScoringThresholds
 ) -> float | None:
     """The weaker of frame rate and bandwidth, each against its target, capped at 1."""
-    ratios = [min(value / target, 1.0) for value, target in
-              ((fps, limits.target_fps), (bitrate, limits.target_bitrate)) if value is not None]
-    return max(min(ratios), 0.0) if ratios else None
+    if fps is None and bitrate is None:
+        return None
+    score = 1.0
+    if fps is not None:
+        score = min(score, fps / limits.target_fps)
+    if bitrate is not None:
+        score = min(score, bitrate / limits.target_bitrate)
+    return max(score, 0.0)
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
+@dataclass(slots=True)
+class WindowSums:
+    """Running sums and counts of a window's figures, so that a sample joining or leaving
+    the window costs the same whatever its length: the server scores every sample of every
+    link as it arrives. Each figure's mean is over the samples that have it."""
+
+    rtt: float = 0.0
+    n_rtt: int = 0
+    jitter: float = 0.0
+    n_jitter: int = 0
+    loss: float = 0.0
+    n_loss: int = 0
+    fps: float = 0.0
+    n_fps: int = 0
+    out_rate: float = 0.0
+    n_out: int = 0
+    in_rate: float = 0.0
+    n_in: int = 0
+
+    def shift(self, s: LinkSample, sign: int) -> None:
+        """Add (sign 1) or take away (sign -1) one sample."""
+        if s.rtt_ms is not None:
+            self.rtt += sign * s.rtt_ms
+            self.n_rtt += sign
+        if s.jitter_ms is not None:
+            self.jitter += sign * s.jitter_ms
+            self.n_jitter += sign
+        # What the listener misses is the larger of network loss and concealed audio.
+        missed = s.loss
+        if s.concealed is not None and (missed is None or s.concealed > missed):
+            missed = s.concealed
+        if missed is not None:
+            self.loss += sign * missed
+            self.n_loss += sign
+        if s.fps is not None:
+            self.fps += sign * s.fps
+            self.n_fps += sign
+        if s.out_bitrate is not None:
+            self.out_rate += sign * s.out_bitrate
+            self.n_out += sign
+        if s.in_bitrate is not None:
+            self.in_rate += sign * s.in_bitrate
+            self.n_in += sign
+
+    def level(self, first: LinkSample, newest: LinkSample, limits: ScoringThresholds, *,
+              video: bool = True) -> Quality | None:
+        """The worse of audio and video over the window from ``first`` to ``newest``."""
+        level: Quality | None = None
+        if self.n_rtt or self.n_jitter or self.n_loss:
+            mos = audio_mos(self.rtt / self.n_rtt if self.n_rtt else 0.0,
+                            self.jitter / self.n_jitter if self.n_jitter else 0.0,
+                            self.loss / self.n_loss if self.n_loss else 0.0)
+            level = (Quality.GOOD if mos >= limits.mos_good
+                     else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
+        if video and newest.video:
+            fps: float | None = self.fps / self.n_fps if self.n_fps else None
+            if (fps is None and newest.t > first.t and first.frames_decoded is not None
+                    and newest.frames_decoded is not None):
+                fps = (newest.frames_decoded - first.frames_decoded) / (newest.t - first.t)
+            # The browser's estimate of what the link can carry; what arrives drops on
+            # purpose when video is lowered, and must not read as a worse network.
+            bitrate = (self.out_rate / self.n_out if self.n_out
+                       else self.in_rate / self.n_in if self.n_in else None)
+            score = video_score(fps, bitrate, limits)
+            if score is not None:
+                seen = (Quality.GOOD if score >= limits.video_good
+                        else Quality.FAIR if score >= limits.video_fair else Quality.POOR)
+                if level is None or seen.rank < level.rank:
+                    level = seen
+        return level
 
 
-def window_level(window: list[LinkSample], limits: ScoringThresholds, *, video: bool = True) -> Quality | None:
+def window_level(window: list[LinkSample], limits: ScoringThresholds, *,
+                 video: bool = True) -> Quality | None:
     """Score a window of samples (oldest first): the worse of audio and video, or None.
     ``video=False`` scores audio only (a connection still warming up)."""
-    levels: list[Quality] = []
-    rtt = _mean(s.rtt_ms for s in window)
-    jitter = _mean(s.jitter_ms for s in window)
-    # What the listener misses is the larger of network loss and concealed audio.
-    loss = _mean(max((v for v in (s.loss, s.concealed) if v is not None), default=None)
-                 for s in window)
-    if rtt is not None or jitter is not None or loss is not None:
-        mos = audio_mos(rtt or 0.0, jitter or 0.0, loss or 0.0)
-        levels.append(Quality.GOOD if mos >= limits.mos_good
-                      else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
-    newest = window[-1]
-    if video and newest.video:
-        fps = _mean(s.fps for s in window)
-        first = window[0]
-        if (fps is None and newest.t > first.t and first.frames_decoded is not None
-                and newest.frames_decoded is not None):
-            fps = (newest.frames_decoded - first.frames_decoded) / (newest.t - first.t)
-        # The browser's estimate of what the link can carry; what arrives drops on purpose
-        # when video is lowered, and must not read as a worse network.
-        bitrate = _mean(s.out_bitrate for s in window)
-        if bitrate is None:
-            bitrate = _mean(s.in_bitrate for s in window)
-        score = video_score(fps, bitrate, limits)
-        if score is not None:
-            levels.append(Quality.GOOD if score >= limits.video_good
-                          else Quality.FAIR if score >= limits.video_fair else Quality.POOR)
-    return worst(levels) if levels else None
+    if not window:
+        return None
+    sums = WindowSums()
+    for s in window:
+        sums.shift(s, 1)
+    return sums.level(window[0], window[-1], limits, video=video)
 
 
 # -- one directed link ----------------------------------------------------------------------
@@ -212,12 +273,15 @@ def window_level(window: list[LinkSample], limits: ScoringThresholds, *, video: 
 @dataclass(slots=True)
 class _LinkTrack:
     samples: deque[LinkSample] = field(default_factory=deque)
+    sums: WindowSums = field(default_factory=WindowSums)
     level: Quality | None = None
     # A better window level waiting out its hold: since when, and the lowest level seen.
     rise_since: float | None = None
     hold: float = 0.0
     last_rise: float | None = None
     rise_floor: Quality | None = None
+    # The newest candidate type reported (samples without one leave it as it was).
+    candidate: CandidateType | None = None
     packets: int | None = None
     flowed: bool = False
     last_growth: float = 0.0
@@ -227,50 +291,58 @@ class _LinkTrack:
 
     def reset(self) -> None:
         self.samples.clear()
+        self.sums = WindowSums()
         self.level = self.rise_since = self.rise_floor = self.packets = None
         self.flowed = False
         self.growth_run_since = self.media_since = None
 
     def add(self, sample: LinkSample, limits: ScoringThresholds) -> None:
-        newest = self.samples[-1] if self.samples else None
-        if newest is not None and sample.pc != newest.pc:
+        # One flat method (counting packets, the window, the raw level): it runs for every
+        # sample of every link, and each call costs.
+        samples, t = self.samples, sample.t
+        if samples and sample.pc != samples[-1].pc:
             self.reset()  # a fresh connection: its counters start again
-        self.samples.append(sample)
-        while self.samples[0].t < sample.t - limits.window_s:
-            self.samples.popleft()
-        self._count_packets(sample)
-        self._move(self._raw_level(sample, limits), sample.t, limits)
+        if sample.candidate is not None:
+            self.candidate = sample.candidate
+        sums = self.sums
+        samples.append(sample)
+        sums.shift(sample, 1)
+        oldest = t - limits.window_s
+        while samples[0].t < oldest:
+            sums.shift(samples.popleft(), -1)
 
-    def _count_packets(self, sample: LinkSample) -> None:
         count = sample.packets_in
-        if count is None:
-            return
-        previous = self.packets
-        self.packets = count
-        if previous is not None and count < previous:
-            previous = 0  # counters went back: a new connection under the same id
-        if count > (previous or 0):
-            if self.growth_run_since is None:
-                self.growth_run_since = sample.t
-            self.flowed = True
-            self.last_growth = sample.t
-            if self.media_since is None:
-                self.media_since = sample.t
+        if count is not None:
+            previous = self.packets
+            self.packets = count
+            if previous is not None and count < previous:
+                previous = 0  # counters went back: a new connection under the same id
+            if count > (previous or 0):
+                if self.growth_run_since is None:
+                    self.growth_run_since = t
+                self.flowed = True
+                self.last_growth = t
+                if self.media_since is None:
+                    self.media_since = t
+            else:
+                self.growth_run_since = None
+
+        raw: Quality | None
+        if self.flowed and t - self.last_growth >= limits.lost_after_s:
+            raw = Quality.LOST
+        elif not self.flowed and count is not None:
+            return  # still connecting: no judgement before the first media
         else:
-            self.growth_run_since = None
+            since = self.media_since
+            warm = since is None or t - since >= limits.video_warmup_s
+            raw = sums.level(samples[0], sample, limits, video=warm)
+            if raw is None:
+                if not self.flowed:
+                    return
+                raw = Quality.GOOD
+        self._move(raw, t, limits)
 
-    def _raw_level(self, sample: LinkSample, limits: ScoringThresholds) -> Quality | None:
-        if self.flowed and sample.t - self.last_growth >= limits.lost_after_s:
-            return Quality.LOST
-        if not self.flowed and sample.packets_in is not None:
-            return None  # still connecting: no judgement before the first media
-        warm = self.media_since is None or sample.t - self.media_since >= limits.video_warmup_s
-        scored = window_level(list(self.samples), limits, video=warm)
-        return scored if scored is not None or not self.flowed else Quality.GOOD
-
-    def _move(self, raw: Quality | None, t: float, limits: ScoringThresholds) -> None:
-        if raw is None:
-            return
+    def _move(self, raw: Quality, t: float, limits: ScoringThresholds) -> None:
         if self.level is None or raw.rank < self.level.rank:
             if self.level is not None:
                 flapping = self.last_rise is not None and t - self.last_rise < limits.flap_window_s
@@ -341,39 +413,101 @@ class QualityMonitor:
     """Keeps a short window of samples per directed link (reporter -> peer) in one room.
 
     Events: ``ingest`` a sample, ``heartbeat`` when a participant's signaling is heard from,
-    ``forget`` a participant who left. ``evaluate(now)`` judges and mutates nothing.
+    ``forget`` a participant who left. ``evaluate(now)`` judges. ``due(now)`` says whether a
+    judgement now could differ from the last one: a link changed level, someone was heard
+    from again, or the last judgement's freshness runs out; when it could not, ``evaluate``
+    returns the last judgement again, at ``now``. The server acts on a room's quality only
+    when it is due (and reports it on a slow periodic beat), not every room on every tick.
     """
 
     def __init__(self, limits: ScoringThresholds | None = None) -> None:
         self.limits = limits or ScoringThresholds()
         self._tracks: dict[tuple[PersonId, PersonId], _LinkTrack] = {}
         self._heard: dict[PersonId, float] = {}
+        self._changed = True
+        # When the last judgement's freshness runs out: a link or a person goes stale.
+        self._expires_at = math.inf
+        self._last: RoomQuality | None = None
+        self._relayed: set[Pair] | None = None
 
     def ingest(self, reporter: PersonId, peer: PersonId, sample: LinkSample) -> None:
         if reporter == peer:
             return
-        track = self._tracks.setdefault((reporter, peer), _LinkTrack())
-        if track.samples and sample.t < track.samples[-1].t:
+        key = (reporter, peer)
+        track = self._tracks.get(key)
+        if track is None:
+            track = self._tracks[key] = _LinkTrack()
+        samples = track.samples
+        if samples and sample.t < samples[-1].t:
             return  # out of order: the newer sample already spoke
+        level, candidate, flowed = track.level, track.candidate, track.flowed
+        if not samples or sample.t - samples[-1].t >= self.limits.stale_after_s:
+            self._changed = True  # a new or a stale link is heard from
         track.add(sample, self.limits)
+        if track.candidate != candidate:
+            self._changed, self._relayed = True, None
+        elif track.level is not level or track.flowed != flowed:
+            self._changed = True
         self.heartbeat(reporter, sample.t)
-        self._heard.setdefault(peer, float("-inf"))
+        if peer not in self._heard:
+            self._heard[peer] = -math.inf
+            self._changed = True
 
     def heartbeat(self, person: PersonId, t: float) -> None:
-        self._heard[person] = max(t, self._heard.get(person, float("-inf")))
+        last = self._heard.get(person)
+        if last is None or t - last >= self.limits.stale_after_s:
+            self._changed = True
+        if last is None or t > last:
+            self._heard[person] = t
 
     def forget(self, person: PersonId) -> None:
         self._heard.pop(person, None)
         for key in [k for k in self._tracks if person in k]:
             del self._tracks[key]
+        self._changed, self._relayed = True, None
+
+    def due(self, now: float) -> bool:
+        if self._changed:
+            return True
+        if now < self._expires_at:
+            return False
+        # The expiry was reckoned from the samples of the last judgement; newer ones that
+        # came since keep what was fresh fresh for longer.
+        self._expires_at = self._fresh_until(self._last.at if self._last else -math.inf)
+        return now >= self._expires_at
+
+    def _fresh_until(self, since: float) -> float:
+        """When the first of the people and judged links fresh at ``since`` goes stale."""
+        stale_after = self.limits.stale_after_s
+        until = math.inf
+        for t in self._heard.values():
+            if since < t + stale_after < until:
+                until = t + stale_after
+        for track in self._tracks.values():
+            if track.level is not None:
+                t = track.samples[-1].t
+                if since < t + stale_after < until:
+                    until = t + stale_after
+        return until
+
+    def relayed(self) -> set[Pair]:
+        """Pairs whose newest report, from either end, says the TURN relay carries them."""
+        if self._relayed is None:
+            self._relayed = {frozenset(key) for key, track in self._tracks.items()
+                             if track.candidate == "relay"}
+        return self._relayed
 
     def evaluate(self, now: float) -> RoomQuality:
+        last = self._last
+        if last is not None and not self.due(now):
+            return RoomQuality(now, last.links, last.pairs, last.participants, last.attributions)
         stale_after = self.limits.stale_after_s
         fresh = {p for p, t in self._heard.items() if now - t < stale_after}
         links = {
             key: track.level for key, track in self._tracks.items()
             if track.level is not None and now - track.samples[-1].t < stale_after
         }
+        self._changed, self._expires_at = False, self._fresh_until(now)
         pairs: dict[Pair, Quality] = {}
         for a, b in itertools.combinations(sorted(self._heard), 2):
             heard = [links[k] for k in ((a, b), (b, a)) if k in links]
@@ -384,8 +518,9 @@ class QualityMonitor:
                 # It carried media, nobody reports it now, and one end is silent.
                 pairs[frozenset((a, b))] = Quality.LOST
         attributions = _attribute(sorted(self._heard), fresh, pairs)
-        return RoomQuality(now, links, pairs, _participant_levels(pairs, attributions),
-                           attributions)
+        self._last = RoomQuality(now, links, pairs, _participant_levels(pairs, attributions),
+                                 attributions)
+        return self._last
 
 
 def _attribute(

@@ -372,3 +372,36 @@ def test_a_new_connections_video_ramp_up_is_not_a_weak_network() -> None:
         monitor.ingest(a, b, LinkSample(t=t, rtt_ms=20, jitter_ms=2, loss=0.0, packets_in=50 * (i + 1),
                                         fps=5.0, out_bitrate=150_000, pc="1"))
     assert monitor.evaluate(7.75).links[(a, b)].value == "poor"
+
+
+def test_a_room_is_due_for_judgement_only_when_something_could_have_changed() -> None:
+    """The server judges a room when this says so: a steady call must not need it, a drop
+    must, at once, and so must a link going stale with nothing new heard."""
+    monitor = QualityMonitor(LIMITS)
+    a, b = PersonId("a"), PersonId("b")
+    t = 0.0
+    for i in range(1, 9):
+        t = i * 0.5
+        monitor.ingest(a, b, sample(t, PACKETS_PER_S * i))
+        monitor.ingest(b, a, sample(t, PACKETS_PER_S * i))
+    assert monitor.due(t)
+    assert monitor.evaluate(t).pairs == {frozenset((a, b)): Quality.GOOD}
+    assert not monitor.due(t)
+    # More of the same, for longer than a sample stays fresh: nothing to judge.
+    steady = PACKETS_PER_S * 8
+    for i in range(1, 21):
+        steady += PACKETS_PER_S // 2
+        monitor.ingest(a, b, sample(t + i * 0.5, steady))
+        monitor.ingest(b, a, sample(t + i * 0.5, steady))
+        assert not monitor.due(t + i * 0.5)
+    t += 10.0
+    # b's packets stop reaching a: after lost_after_s the next sample makes the room due.
+    monitor.ingest(b, a, sample(t + 0.5, steady + 25))
+    monitor.ingest(a, b, sample(t + 0.5, steady))
+    assert not monitor.due(t + 0.5)
+    monitor.ingest(a, b, sample(t + 1.0, steady))
+    assert monitor.due(t + 1.0)
+    assert monitor.evaluate(t + 1.0).pairs == {frozenset((a, b)): Quality.LOST}
+    # Then nobody reports: the judgement expires when b's last report (at t + 0.5) goes stale.
+    assert not monitor.due(t + 0.5 + LIMITS.stale_after_s - 0.01)
+    assert monitor.due(t + 0.5 + LIMITS.stale_after_s)
