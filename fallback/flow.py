@@ -132,6 +132,7 @@ _NEXT_STEP = {Step.ICE_RESTART: Step.FRESH_CONNECTION, Step.FRESH_CONNECTION: St
               Step.PAGE_REJOIN: Step.PAGE_REJOIN}
 _ON_VIDEO = (PersonState.CONNECTED, PersonState.DEGRADED)
 _GONE = (PersonState.RECONNECTING, PersonState.PHONE)
+_SETTLED = (PersonState.CONNECTED, PersonState.LEFT)
 
 
 class _Out:
@@ -162,6 +163,12 @@ class FallbackFlow:
     def status(self, person: PersonId) -> PersonStatus:
         p = self._person(person)
         return PersonStatus(p.state, p.video, p.back_online, self._held.get(person))
+
+    def settled(self) -> bool:
+        """Nobody is degraded, reconnecting or on the phone, and nobody is held: no timer
+        runs, and the same quality report again would change nothing. The server then
+        only needs to run the flow when the quality changes or an event comes."""
+        return not self._held and all(p.state in _SETTLED for p in self._people.values())
 
     def tick(self, now: float) -> list[Action]:
         out = _Out()

@@ -282,7 +282,9 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
         room, member = hub.seat_of(sock)
         now = sig.clock()
         if sig.watch is not None:
-            sig.watch.on_stats(room, member, msg, now)
+            judged = sig.watch.on_stats(room, member, msg, now)
+            if judged is not None:
+                sig.deliver(judged)
         for sink in sig.stats_sinks:
             sink(room, member, msg, now)
     elif isinstance(msg, p.Ping):

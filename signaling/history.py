@@ -83,6 +83,7 @@ class RoomSeries:
     last_sample: float = -math.inf
     # When each link last had data; a link unseen for the whole window is dropped.
     last_seen: dict[str, float] = field(default_factory=dict)
+    keys: dict[Pair, str] = field(default_factory=dict)
     latest: RoomQuality | None = None
 
     def __post_init__(self) -> None:
@@ -161,8 +162,13 @@ class QualityHistory:
         t = quality.at
         series.last_sample = t
         relayed = self.relayed(room_id)
-        codes = {link_key(pair): level_code(level, pair in relayed)
-                 for pair, level in quality.pairs.items()}
+        keys = series.keys
+        codes = {}
+        for pair, level in quality.pairs.items():
+            key = keys.get(pair)
+            if key is None:
+                key = keys[pair] = link_key(pair)
+            codes[key] = level_code(level, pair in relayed)
         series.times.append(t)
         for key, code in codes.items():
             if key not in series.links:

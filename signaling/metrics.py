@@ -53,14 +53,18 @@ class _LiveState(Collector):
         for level in ("good", "fair", "poor", "lost"):
             links.add_metric([level], levels.get(level, 0))
         yield links
+        seconds = CounterMetricFamily("telehealth_link_quality_seconds",
+                                      "Time peer links spent at each quality level", labels=["level"])
+        for name, value in self.m.link_seconds_by_level.items():
+            seconds.add_metric([name], value)
+        yield seconds
 
 
 class SessionMetrics:
-    def __init__(self, hub: RoomHub, *, sockets: object, messages: object, tick_seconds: float) -> None:
+    def __init__(self, hub: RoomHub, *, sockets: object, messages: object) -> None:
         self.hub = hub
         self.sockets = sockets  # type: ignore[assignment]
         self.messages = messages  # type: ignore[assignment]
-        self.tick_seconds = tick_seconds
         self.last_quality: dict[RoomId, RoomQuality] = {}
         self.registry = CollectorRegistry()
         r = self.registry
@@ -69,11 +73,8 @@ class SessionMetrics:
                                 ["role", "change"], registry=r)
         self.errors = Counter("telehealth_signaling_errors", "Refused signaling messages by code",
                               ["code"], registry=r)
-        self.link_seconds = Counter("telehealth_link_quality_seconds",
-                                    "Time peer links spent at each quality level", ["level"], registry=r)
-        self.link_level = Histogram("telehealth_link_quality_level",
-                                    "Link quality level per evaluation (0 lost, 1 poor, 2 fair, 3 good)",
-                                    buckets=(0.5, 1.5, 2.5, 3.5), registry=r)
+        # Plain floats, read at scrape time: rooms are judged thousands of times a second.
+        self.link_seconds_by_level = {"good": 0.0, "fair": 0.0, "poor": 0.0, "lost": 0.0}
         self.disruptions = Counter("telehealth_disruptions", "Disruptions by attributed cause and outcome",
                                    ["cause", "outcome"], registry=r)
         self.disruption_seconds = Histogram("telehealth_disruption_seconds", "How long disruptions lasted",
@@ -96,11 +97,16 @@ class SessionMetrics:
         self.errors.labels(code.value).inc()
 
     def on_quality(self, room_id: RoomId, quality: RoomQuality) -> None:
+        # A room is judged when something may have changed, and at least every second: its
+        # links held the previous judgement's levels until now.
+        previous = self.last_quality.get(room_id)
         self.last_quality[room_id] = quality
-        rank = {"lost": 0, "poor": 1, "fair": 2, "good": 3}
-        for level in quality.pairs.values():
-            self.link_seconds.labels(level.value).inc(self.tick_seconds)
-            self.link_level.observe(rank[level.value])
+        if previous is None:
+            return
+        elapsed = quality.at - previous.at
+        seconds = self.link_seconds_by_level
+        for level in previous.pairs.values():
+            seconds[level.value] += elapsed
 
     def on_disruption(self, record: Disruption) -> None:
         outcome = record.outcome.value if record.outcome else "open"

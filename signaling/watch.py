@@ -31,6 +31,11 @@ QualityListener = Callable[[RoomId, RoomQuality], None]
 DisruptionListener = Callable[[Disruption], None]
 
 
+# A room whose quality and flow are settled is still judged this often, for the listeners'
+# time series (ops history, metrics).
+REPORT_EVERY_S = 1.0
+
+
 @dataclass
 class WatchedRoom:
     monitor: QualityMonitor
@@ -38,13 +43,30 @@ class WatchedRoom:
     people: dict[PersonId, Person]
     # Who has entered the call: the flow knows only them (a partner in the lobby is not yet).
     entered: set[PersonId] = field(default_factory=set)
-    relayed: set[frozenset[PersonId]] = field(default_factory=set)
     last_quality: p.Quality | None = None
+    # Judge the room at the next chance: an event or a command moved its flow.
+    stirred: bool = True
+    report_due: float = 0.0
+
+    @property
+    def relayed(self) -> set[frozenset[PersonId]]:
+        return self.monitor.relayed()
+
+    def due(self, now: float) -> bool:
+        return (self.stirred or now >= self.report_due or self.monitor.due(now)
+                or not self.flow.settled())
 
 
 class RoomWatch:
     """Events: ``on_hub_event`` (presence), ``on_stats`` (samples), ``command`` (therapist
-    and page requests), ``tick`` (timers and evaluation, a few times a second)."""
+    and page requests), ``tick`` (timers, a few times a second).
+
+    A room is judged (its quality evaluated, published and fed to the flow) when that could
+    change something: at once when a sample changes a link's level (so a drop shows without
+    waiting for a tick), on the tick after an event, on every tick while the flow has a timer
+    running, and otherwise once every REPORT_EVERY_S. Judging every room on every tick would
+    cost most of a core at a few thousand rooms.
+    """
 
     def __init__(self, hub: RoomHub, *, rejoin_window_s: float) -> None:
         self.hub = hub
@@ -87,6 +109,7 @@ class RoomWatch:
             flow_event = fe.Left(event.person_id)
             watched.monitor.forget(event.person_id)
             watched.entered.discard(event.person_id)
+        watched.stirred = True
         if flow_event is not None:
             self._apply(event.room_id, watched, self._handle(watched, flow_event, now), out)
         if event.kind in ("joined", "back", "replaced"):
@@ -111,21 +134,21 @@ class RoomWatch:
             if status.held_for is not None:
                 out.send(conn, p.FallbackAction(action="hold", person=other, waiting_for=status.held_for))
 
-    def on_stats(self, room: LiveRoom, member: Member, msg: p.Stats, now: float) -> None:
+    def on_stats(self, room: LiveRoom, member: Member, msg: p.Stats, now: float) -> Outbox | None:
         watched = self.rooms.get(room.id)
         if watched is None:
-            return
-        watched.monitor.heartbeat(member.id, now)
+            return None
+        monitor, people, me = watched.monitor, watched.people, member.id
+        monitor.heartbeat(me, now)
         for stats in msg.links:
-            peer = PersonId(stats.peer)
-            if peer not in watched.people or peer == member.id:
-                continue
-            watched.monitor.ingest(member.id, peer, LinkSample.from_stats(stats, now))
-            pair = frozenset((member.id, peer))
-            if stats.candidate == "relay":
-                watched.relayed.add(pair)
-            elif stats.candidate is not None:
-                watched.relayed.discard(pair)
+            peer = stats.peer
+            if peer in people and peer != me:
+                monitor.ingest(me, PersonId(peer), LinkSample.from_stats(stats, now))
+        if not monitor.due(now):
+            return None
+        out = Outbox()
+        self._judge(room.id, watched, now, out)
+        return out
 
     def command(self, room: LiveRoom, member: Member, msg: p.ClientMessage, now: float) -> Outbox:
         watched = self.rooms.get(room.id)
@@ -156,18 +179,28 @@ class RoomWatch:
             event = fe.RejoinResult(member.id, Step(msg.step), msg.ok)
         else:
             raise UserError(ErrorCode.UNKNOWN_TYPE)
+        watched.stirred = True
         self._apply(room.id, watched, self._handle(watched, event, now), out)
         return out
 
     def tick(self, now: float) -> Outbox:
         out = Outbox()
         for room_id, watched in list(self.rooms.items()):
-            quality = watched.monitor.evaluate(now)
-            for listener in self.quality_listeners:
-                listener(room_id, quality)
+            if watched.due(now):
+                self._judge(room_id, watched, now, out)
+        return out
+
+    def _judge(self, room_id: RoomId, watched: WatchedRoom, now: float, out: Outbox) -> None:
+        # Unless something happened, the quality is the last one again and the flow settled:
+        # only the listeners' time series move on.
+        moved = watched.stirred or watched.monitor.due(now) or not watched.flow.settled()
+        watched.stirred, watched.report_due = False, now + REPORT_EVERY_S
+        quality = watched.monitor.evaluate(now)
+        for listener in self.quality_listeners:
+            listener(room_id, quality)
+        if moved:
             self._publish_quality(room_id, watched, quality, out)
             self._apply(room_id, watched, watched.flow.handle(fe.QualityReport(quality), now), out)
-        return out
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -203,10 +236,11 @@ class RoomWatch:
 
     def _publish_quality(self, room_id: RoomId, watched: WatchedRoom, quality: RoomQuality, out: Outbox) -> None:
         weak = next((a.person for a in quality.attributions if a.cause == Cause.OWN_NETWORK and a.person), None)
+        relayed = watched.relayed
         msg = p.Quality(
             links=[
                 p.LinkQuality(a=min(pair), b=max(pair), level=level.value,
-                              relay=pair in watched.relayed)
+                              relay=pair in relayed)
                 for pair, level in sorted(quality.pairs.items(), key=lambda kv: sorted(kv[0]))
             ],
             people={person: level.value for person, level in sorted(quality.participants.items())},

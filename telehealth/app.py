@@ -81,8 +81,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     watch.phone_listeners.append(on_phone_step)
     watch.ledger_listeners.append(on_ledger)
 
-    metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received,
-                             tick_seconds=config.store_poll_seconds)
+    metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received)
     sig.event_sinks.append(metrics.on_hub_event)
     sig.error_sinks.append(metrics.on_error)
     watch.quality_listeners.append(metrics.on_quality)

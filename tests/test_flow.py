@@ -481,3 +481,18 @@ def test_the_contract_document_states_every_timing_threshold_and_sentence() -> N
         assert text in doc, (kind, audience)
     prompt = call_prompt("Alex", "+1 555 555 0102")
     assert prompt.text in doc and prompt.href in doc
+
+
+def test_a_settled_flow_runs_no_timer_and_the_same_report_again_changes_nothing() -> None:
+    """The server skips judging a settled room until its quality changes: that is only
+    right if nothing would have happened."""
+    flow = room()
+    assert flow.settled()
+    for t in (1.0, 30.0, 600.0):
+        assert flow.handle(report(t, {T: G, A: G, B: G}), t) == []
+        assert flow.settled()
+    flow.handle(report(601.0, {T: G, A: F, B: G}), 601.0)
+    assert not flow.settled()  # lowering A's video is timed
+    seen = run(flow, lambda t: {A: F} if t < 610 else {}, 601.5, 640.0)
+    assert when(seen, LowerVideo(A)) and when(seen, RestoreVideo(A))
+    assert flow.settled()

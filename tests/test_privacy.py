@@ -95,6 +95,10 @@ async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: 
     data_dir: Path = server.config.data_dir
     raw = b"".join(p.read_bytes() for p in data_dir.iterdir() if p.is_file() and not p.name.endswith(".key"))
     assert "telehealth_phone_fallbacks_total 1.0" in metrics
+    # Links were judged while the call ran: their time at some level adds up.
+    link_seconds = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    if line.startswith("telehealth_link_quality_seconds_total{")]
+    assert len(link_seconds) == 4 and sum(link_seconds) > 0, link_seconds
     assert 'telehealth_signaling_errors_total{code="invalid_message"} 1.0' in metrics
     assert any("refused" in line for line in captured_logs.lines)
     assert "phone_switch" in audit and "participant_admitted" in audit
