@@ -159,6 +159,7 @@ class FallbackFlow:
         self.ledger = DisruptionLedger()
         self._people: dict[PersonId, _Person] = {}
         self._held: dict[PersonId, PersonId] = {}  # held partner -> the partner awaited
+        self._settled = True
 
     def status(self, person: PersonId) -> PersonStatus:
         p = self._person(person)
@@ -168,12 +169,17 @@ class FallbackFlow:
         """Nobody is degraded, reconnecting or on the phone, and nobody is held: no timer
         runs, and the same quality report again would change nothing. The server then
         only needs to run the flow when the quality changes or an event comes."""
-        return not self._held and all(p.state in _SETTLED for p in self._people.values())
+        return self._settled
 
     def tick(self, now: float) -> list[Action]:
         out = _Out()
         self._timers(now, out)
+        self._settle()
         return out.actions
+
+    def _settle(self) -> None:
+        # Worked out once per event rather than per question: the server asks every tick.
+        self._settled = not self._held and all(p.state in _SETTLED for p in self._people.values())
 
     def handle(self, event: Event, now: float) -> list[Action]:
         out = _Out()
@@ -209,6 +215,7 @@ class FallbackFlow:
                     outcome = Outcome.ENDED_ON_PHONE if on_phone else Outcome.SESSION_ENDED
                     self._end_disruption(p, now, outcome, out)
         self._timers(now, out)
+        self._settle()
         return out.actions
 
     # -- quality --------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def level_code(level: Quality, relayed: bool) -> int:
 
 
 def _usable(quality: RoomQuality) -> bool:
-    return all(level.rank >= FAIR_RANK for level in quality.pairs.values())
+    for level in quality.pairs.values():
+        if level.rank < FAIR_RANK:
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -79,7 +82,6 @@ class RoomSeries:
     changes: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     session_s: float = 0.0
     usable_s: float = 0.0
-    last_tick: float | None = None
     last_sample: float = -math.inf
     # When each link last had data; a link unseen for the whole window is dropped.
     last_seen: dict[str, float] = field(default_factory=dict)
@@ -142,15 +144,21 @@ class QualityHistory:
         series = self.rooms.get(room_id)
         if series is None:
             series = self.rooms[room_id] = RoomSeries(started_at=t, window=self.window)
-        if series.last_tick is not None and t > series.last_tick and quality.pairs:
-            dt = t - series.last_tick
-            series.session_s += dt
-            if _usable(quality):
-                series.usable_s += dt
-        series.last_tick = t
+        self._elapse(series, t)
         series.latest = quality
         if t - series.last_sample >= self.sample_every_s:
             self._sample(room_id, series, quality)
+
+    @staticmethod
+    def _elapse(series: RoomSeries, t: float) -> None:
+        """Judgements come when something may have changed (and at least every second): the
+        time since the last one counts as the last one said."""
+        last = series.latest
+        if last is not None and t > last.at and last.pairs:
+            dt = t - last.at
+            series.session_s += dt
+            if _usable(last):
+                series.usable_s += dt
 
     def on_hub_event(self, event: HubEvent) -> None:
         if isinstance(event, RoomEvent) and event.kind in ("ended", "closed"):
@@ -196,6 +204,7 @@ class QualityHistory:
         series = self.rooms.pop(room_id, None)
         if series is None:
             return None
+        self._elapse(series, at)
         earlier = self.past_session(room_id)
         links = {key: list(changes) for key, changes in series.changes.items()}
         past = PastSession(room_id, series.started_at, at, series.session_s, series.usable_s, links)

@@ -132,7 +132,8 @@ def test_a_room_that_closes_and_opens_again_adds_up(store: Store) -> None:
     past = history.past_session(ROOM)
     assert past is not None
     assert (past.started_at, past.ended_at) == (0.0, 110.25)
-    assert past.session_s == pytest.approx(20.0, abs=0.01)
+    # Each part lasts until it closes (10.25 s), past its last judgement (at 10.0).
+    assert past.session_s == pytest.approx(20.5, abs=0.01)
     assert past.usable_share == pytest.approx(0.5, abs=0.01)
     assert past.links[link_key(TA)] == [(0.0, G.rank), (100.0, P.rank)]
 
