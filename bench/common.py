@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,9 @@ from telehealth import rooms
 from telehealth.store import Store
 
 RESULTS = Path(__file__).parent / "results"
+# Where write_result puts results instead, when set: the smoke tests point it at a tmp dir so
+# that they never overwrite the figures of a real run.
+RESULTS_DIR_VAR = "BENCH_RESULTS_DIR"
 
 
 def free_port() -> int:
@@ -88,9 +92,22 @@ def summary(values: list[float]) -> dict[str, float]:
             "best": round(min(values), 4), "n": len(values)}
 
 
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_DIR_VAR) or RESULTS)
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write <name>.json and, with matplotlib installed, <name>.png (bench/plot.py) to
+    results_dir(); print the JSON."""
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no plot: pip install -r bench/requirements.txt for matplotlib", file=sys.stderr)
+    else:
+        from bench.plot import plot
+
+        print(f"plot: {plot(name, result, path.with_suffix('.png'))}", file=sys.stderr)
     return path

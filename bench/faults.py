@@ -7,7 +7,7 @@ silently (nftables drop both ways) for ``--cut`` seconds, ``--runs`` times. Per 
 - detection: from the cut to the therapist's page hearing that B's quality is "lost";
 - recovery: from the network's return to the next video frame from B at the therapist.
 
-Needs root (namespaces). Usage: python -m bench.faults [--runs 10] [--cut 3]
+Needs root (namespaces). Usage: python -m bench.faults [--runs 10] [--cut 3] (smoke: --runs 1 --cut 1)
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ async def main(runs: int, cut_s: float) -> None:
                     recoveries.append(watch.first_growth_after(back.at) - back.began)  # type: ignore[operator]
                     # The next cut starts from a settled, good link.
                     await c.therapist.wait_for(lambda: _not_lost_since(c.therapist, b_id, back.at), 15)
-                    await asyncio.sleep(2.0)
+                    if len(recoveries) < runs:
+                        await asyncio.sleep(2.0)
             finally:
                 watch.stop()
     finally:

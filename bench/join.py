@@ -2,7 +2,7 @@
 
 Measures, per run, the time from the third participant's `join` to its first decoded audio
 and video frame from both others; and the server's resident memory idle, and with one room
-of three connected. Usage: python -m bench.join [--runs 5]
+of three connected. Usage: python -m bench.join [--runs 5] (smoke: --runs 1)
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ async def main(runs: int) -> None:
     write_result("join", {
         "what": "third participant's join to first decoded audio+video frame from both peers (s)",
         "join_to_media_s": summary(times),
+        "join_to_media_each_s": [round(t, 4) for t in times],
         "server_rss_idle_kib": rss_idle,
         "server_rss_one_room_of_three_kib": rss_room,
     })

@@ -1,12 +1,17 @@
 """PNG plots of benchmark results (matplotlib; pip install -r bench/requirements.txt).
 
-Usage: python -m bench.plot bench/results/signaling.json [OUT.png]
+One plot per kind of result, chosen by the result's name (the JSON file's stem): see PLOTS.
+bench/common.py:write_result draws it beside the JSON.
+
+Usage: python -m bench.plot bench/results/<name>.json [OUT.png]
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +60,163 @@ def plot_signaling(result: dict[str, Any], out: Path) -> Path:
         ax.legend(fontsize=7)
     caps = ", ".join(f"{LABELS[t]} {n:,}" for t, n in result["capacity_per_core"].items())
     fig.suptitle(f"Signaling capacity per core at p99 < {limit:g} ms: {caps}", fontsize=11)
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+# Targets from docs/performance.md, as (median below, worst below) in seconds.
+JOIN_TARGET_S = (1.0, None)
+DETECTION_TARGET_S = (1.5, 2.0)
+RECOVERY_TARGET_S = (1.0, 2.0)
+
+
+def _runs(ax: Any, values: Sequence[float | None], label: str, colour: str, marker: str = "o") -> None:
+    """One point per run (x = run number; None leaves a gap), the median as a dashed line of
+    the same colour, the worst run ringed; n, median and worst in the legend."""
+    xs = [i + 1 for i, v in enumerate(values) if v is not None]
+    ys = [v for v in values if v is not None]
+    if not ys:
+        ax.plot([], [], marker, color=colour, label=f"{label}: no runs (n=0)")
+        return
+    median, worst = statistics.median(ys), max(ys)
+    ax.plot(xs, ys, marker, color=colour, linestyle="none",
+            label=f"{label} (n={len(ys)}): median {median:.2f} s, worst {worst:.2f} s")
+    ax.axhline(median, color=colour, linewidth=1, linestyle="--", alpha=0.7)
+    ax.plot(xs[ys.index(worst)], worst, "o", markersize=13, markerfacecolor="none", color=colour)
+
+
+def _targets(ax: Any, target: tuple[float | None, float | None]) -> None:
+    median, worst = target
+    if median is not None:
+        ax.axhline(median, color="red", linewidth=1.2, linestyle=":", label=f"target: median < {median:g} s")
+    if worst is not None:
+        ax.axhline(worst, color="darkred", linewidth=1.2, linestyle="-.", label=f"target: worst < {worst:g} s")
+
+
+def _runs_axes(ax: Any, title: str, ylabel: str, runs: int) -> None:
+    ax.set(title=title, xlabel="run", ylabel=ylabel)
+    ax.set_xlim(0.5, max(runs, 1) + 0.5)
+    ax.set_xticks(range(1, max(runs, 1) + 1))
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    # Below the axes, so that it never hides a run.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+
+
+def plot_join(result: dict[str, Any], out: Path) -> Path:
+    """The third participant's join to media from both peers, per run, against the 1 s target."""
+    if "join_to_media_each_s" not in result:
+        raise ValueError("this join result has no per-run times (older bench.join): run it again")
+    times = result["join_to_media_each_s"]
+    rss_idle, rss_room = result["server_rss_idle_kib"], result["server_rss_one_room_of_three_kib"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _runs(ax, times, "join to media", "tab:blue")
+    _targets(ax, JOIN_TARGET_S)
+    _runs_axes(ax, "aiortc join: third participant's join to first audio+video frame\nfrom both peers "
+               f"(server RSS {rss_idle / 1024:.0f} MiB idle, {(rss_room - rss_idle) / 1024:+.1f} MiB "
+               "with one room of three)", "seconds", len(times))
+    return _save(fig, out)
+
+
+def plot_browser_join(result: dict[str, Any], out: Path) -> Path:
+    """Per join mode, the first remote frame and frames from both others, per run, against 1 s."""
+    modes = list(result["runs"])
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.6), sharey=True, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        runs = result["runs"][mode]
+        _runs(ax, [r["first_frame_ms"] / 1000 for r in runs], "first remote frame", "tab:blue")
+        _runs(ax, [r["both_frames_ms"] / 1000 for r in runs], "frames from both others", "tab:orange", "s")
+        _targets(ax, JOIN_TARGET_S)
+        _runs_axes(ax, f"join {mode.replace('_', ' ')}", "seconds since the link was opened", len(runs))
+    fig.suptitle(f"Chromium join: link opened to remote video ({result.get('chromium', 'Chromium')})",
+                 fontsize=11)
+    return _save(fig, out)
+
+
+def _fault_plot(out: Path, title: str, detection: dict[str, Sequence[float | None]],
+                recovery: dict[str, Sequence[float | None]]) -> Path:
+    fig, (det_ax, rec_ax) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for ax, series, target in ((det_ax, detection, DETECTION_TARGET_S), (rec_ax, recovery, RECOVERY_TARGET_S)):
+        for (label, values), colour, marker in zip(series.items(), ("tab:blue", "tab:orange"), "os"):
+            _runs(ax, values, label, colour, marker)
+        _targets(ax, target)
+    runs = len(next(iter(detection.values())))
+    _runs_axes(det_ax, "Detection: cut to the therapist seeing it", "seconds after the cut", runs)
+    _runs_axes(rec_ax, "Recovery: network back to media flowing", "seconds after the network returned", runs)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
+
+
+def plot_faults(result: dict[str, Any], out: Path) -> Path:
+    """aiortc peers: per cut, detection ("lost" heard) and recovery (next video frame)."""
+    return _fault_plot(
+        out, f"aiortc peers, one link cut silently for {result['cut_seconds']:g} s",
+        {"quality \"lost\" heard": result["detections"]}, {"next video frame": result["recoveries"]})
+
+
+def plot_browser_faults(result: dict[str, Any], out: Path) -> Path:
+    """Chromium: per cut, the tile and the drop notice, then media and video back."""
+    cuts = result["cuts"]
+    return _fault_plot(
+        out, f"Chromium pages ({result['chromium']}), one link cut silently for {result['cut_seconds']:g} s",
+        {"tile shows lost": [c["detection"] for c in cuts], "drop notice": [c["notice"] for c in cuts]},
+        {"media back": [c["media_back"] for c in cuts],
+         "video back (gap: paused by the flow)": [c["video_back"] for c in cuts]})
+
+
+def plot_turn_overhead(result: dict[str, Any], out: Path) -> Path:
+    """Round-trip distribution direct and through coturn; coturn's CPU per call."""
+    trip, cpu = result["round_trip"], result["coturn_cpu_per_call"]
+    fig, (rtt_ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    paths = {"direct (host candidates)": trip["direct"], "relayed (both sides via coturn)": trip["relayed_both_sides"]}
+    rtt_ax.boxplot([p["each_ms"] for p in paths.values()], showfliers=True)
+    rtt_ax.set_xticks([1, 2], [f"{name}\nn={len(p['each_ms'])}, median {p['median_ms']:.2f} ms"
+                               for name, p in paths.items()], fontsize=8)
+    rtt_ax.set(title=f"Data-channel echo round trip (+{trip['extra_ms_median']:.2f} ms median via TURN)",
+               ylabel="ms")
+    rtt_ax.set_ylim(bottom=0)
+    rtt_ax.grid(True, axis="y", alpha=0.3)
+    calls = {"both sides relayed": cpu["both_sides_relayed"], "one side relayed": cpu["one_side_relayed"]}
+    bars = cpu_ax.bar(list(calls), [c["coturn_cpu_percent_of_one_core"] for c in calls.values()],
+                      color=["tab:orange", "tab:blue"])
+    cpu_ax.bar_label(bars, [f"{c['coturn_cpu_percent_of_one_core']:.2f} %\n{c['rtp_kbit_s_both_directions']:.0f} kbit/s"
+                            for c in calls.values()], fontsize=8)
+    cpu_ax.set(title="coturn CPU per audio+video call", ylabel="% of one core")
+    cpu_ax.margins(y=0.25)
+    cpu_ax.grid(True, axis="y", alpha=0.3)
+    machine = result["machine"]
+    fig.suptitle(f"TURN overhead on loopback ({machine['cpus']} CPUs, load {machine['loadavg_1m']:.1f})",
+                 fontsize=11)
+    return _save(fig, out)
+
+
+PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
+    "signaling": plot_signaling,
+    "join": plot_join,
+    "browser_join": plot_browser_join,
+    "faults": plot_faults,
+    "browser_faults": plot_browser_faults,
+    "turn_overhead": plot_turn_overhead,
+}
+
+
+def plot(name: str, result: dict[str, Any], out: Path) -> Path:
+    """Draw the plot for result ``name`` (a benchmark's result name) into ``out``."""
+    if name not in PLOTS:
+        raise ValueError(f"no plot for {name!r}; known: {', '.join(PLOTS)}")
+    return PLOTS[name](result, out)
 
 
 def main() -> None:
     source = Path(sys.argv[1])
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else source.with_suffix(".png")
-    print(plot_signaling(json.loads(source.read_text()), out))
+    print(plot(source.stem, json.loads(source.read_text()), out))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ A real coturn (tests/coturn.py) and pairs of aiortc peers in this process:
   the worst case) and once with one side relayed (the usual case: one partner behind a
   strict firewall).
 
-Prints JSON. From the repository root: /tmp/venv/bin/python -m bench.turn_overhead
+Prints JSON and writes bench/results/turn_overhead.json (and .png). From the repository root:
+/tmp/venv/bin/python -m bench.turn_overhead (smoke: --pings 5 --seconds 1)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,8 +26,9 @@ from typing import Any
 
 from aiortc import RTCConfiguration
 
-from telehealth.config import Config
+from bench.common import write_result
 from signaling.ice import ice_servers_for
+from telehealth.config import Config
 from tests.coturn import (
     CoturnServer,
     PeerPair,
@@ -86,6 +87,7 @@ async def echo_round_trips(
             "candidates": sorted(candidate_types(pair.caller.localDescription.sdp)),
             "median_ms": round(statistics.median(rtts), 3),
             "p90_ms": round(statistics.quantiles(rtts, n=10)[-1], 3),
+            "each_ms": [round(rtt, 3) for rtt in rtts],
         }
 
 
@@ -169,4 +171,4 @@ if __name__ == "__main__":
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.pings, args.seconds)), indent=2))
+    write_result("turn_overhead", asyncio.run(main(args.pings, args.seconds)))
