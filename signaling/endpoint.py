@@ -111,7 +111,8 @@ class ClientSocket:
     writer). Order is kept: while the writer has anything queued, everything queues behind it.
     """
 
-    __slots__ = ("ws", "transport", "backlog", "limit", "writer", "room_id", "closing", "__weakref__")
+    __slots__ = ("ws", "transport", "backlog", "limit", "writer", "room_id", "closing", "heard", "pinged",
+                 "__weakref__")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int) -> None:
         self.ws = ws
@@ -121,6 +122,9 @@ class ClientSocket:
         self.writer: asyncio.Task[None] | None = None
         self.room_id: str | None = None
         self.closing = False
+        # Liveness (see liveness_loop): anything received since the last sweep; a ping sent.
+        self.heard = True
+        self.pinged = False
 
     def send(self, data: bytes) -> bool:
         if self.closing:
@@ -199,8 +203,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request, sig.config):
         log.warning("websocket refused: foreign origin")
         raise web.HTTPForbidden(text="This page may only be used from its own site.")
+    # No aiohttp heartbeat: it reschedules a timer on every message received. One sweep over
+    # all sockets (liveness_loop) does the same job; so pings and pongs come to this loop.
     ws = web.WebSocketResponse(
-        heartbeat=15.0,
+        autoping=False,
         max_msg_size=sig.config.max_message_bytes * HARD_CAP_FACTOR,
         compress=False,
         decode_text=False,
@@ -213,9 +219,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     sig.sockets.add(sock)
     try:
         async for msg in ws:
+            sock.heard = True
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 sig.received += 1
                 _handle(sig, sock, msg.data)
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
             if sock.closing:
@@ -349,6 +358,29 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     sig.deliver(sig.hub.join(sock, record, person, now))
     if person.role == "therapist" and record.started_at is None:
         sig.store.mark_started(record.id, now)
+
+
+PING_FRAME = b"\x89\x00"
+
+
+async def liveness_loop(sig: Signaling) -> None:
+    """Notice sockets whose other end has vanished without a word (a network gone, a laptop
+    lid shut): TCP alone may take many minutes. Every heartbeat_seconds, a socket that sent
+    nothing since the last sweep gets a ping; one still silent at the next sweep is closed,
+    so its participant shows as reconnecting and the grace window starts."""
+    every = sig.config.heartbeat_seconds
+    while True:
+        await asyncio.sleep(every)
+        for sock in list(sig.sockets):
+            if sock.heard:
+                sock.heard = sock.pinged = False
+            elif not sock.pinged:
+                sock.pinged = True
+                if not sock.transport.is_closing():
+                    sock.transport.write(PING_FRAME)
+            else:
+                log.info("closing a socket silent for %.0f s", 2 * every, extra={"room_id": sock.room_id})
+                sock.transport.abort()
 
 
 async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:

@@ -36,7 +36,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from fallback.dialers import CallRequest, Dialer, TelDialer, WebhookDialer
     from fallback.notices import fallback_plan
     from signaling import protocol
-    from signaling.endpoint import SIGNALING, Signaling, expire_loop, websocket_handler
+    from signaling.endpoint import SIGNALING, Signaling, expire_loop, liveness_loop, websocket_handler
     from signaling.hub import HubEvent, MemberEvent, RoomHub
     from signaling.ice import ice_servers_for
     from signaling.metrics import CONTENT_TYPE, SessionMetrics
@@ -132,7 +132,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     async def background(app: web.Application) -> AsyncIterator[None]:
         # While we run, no key rotation may swap the key we hold in memory.
         with key_in_use(config.key_path):
-            tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(purge_loop())]
+            tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(liveness_loop(sig)),
+                     asyncio.create_task(purge_loop())]
             yield
             for task in tasks:
                 task.cancel()

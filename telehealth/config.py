@@ -41,6 +41,8 @@ class Config:
     send_queue_limit: int = 256
     # How often the server looks for rooms ended by another process (the CLI).
     store_poll_seconds: float = 0.25
+    # A socket silent this long is pinged; silent for as long again, it is closed as gone.
+    heartbeat_seconds: float = 10.0
     log_level: str = "INFO"
     # STUN/TURN for participants. TURN credentials are derived from turn_secret.
     stun_urls: tuple[str, ...] = ()

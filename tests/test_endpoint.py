@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -200,3 +201,42 @@ async def test_opening_links_too_often_is_rate_limited_with_a_clear_message(serv
         await person.close()
     reasons = [(json.loads(x).get("detail") or {}).get("reason") for x in server.store.audit.export()]
     assert reasons.count("forged") == 20 and "rate_limited" in reasons
+
+
+async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+async def test_a_connection_that_goes_silent_is_noticed_and_a_quiet_one_is_not(make_config: Any) -> None:
+    """A partner whose network vanished sends nothing, not even a close: the server's pings
+    go unanswered and it lets the room know. A partner who is quiet but there answers."""
+    server = await start_server(make_config(heartbeat_seconds=0.2))
+    room = server.create_room()
+    therapist = SyntheticParticipant(room.therapist_link, auto_admit=True)
+    await therapist.join()
+    await therapist.wait_for(lambda: therapist.state == "in_call", 5)
+    quiet, gone = (SyntheticParticipant(link) for link in room.partner_links)
+    try:
+        async with aiohttp.ClientSession() as session:
+            # The quiet one reads, so aiohttp answers pings; the gone one never reads again.
+            quiet_ws = await session.ws_connect(quiet.ws_url, autoping=True)
+            gone_ws = await session.ws_connect(gone.ws_url, autoping=False)
+            ids = []
+            for ws, who in ((quiet_ws, quiet), (gone_ws, gone)):
+                await ws.send_json({"type": "join", "v": 1, "token": who.token})
+                while (msg := await ws.receive_json())["type"] != "welcome":
+                    pass
+                ids.append(msg["you"]["id"])
+                if ws is quiet_ws:
+                    reading = asyncio.ensure_future(drain(quiet_ws))
+            quiet_id, gone_id = ids
+            await therapist.wait_message("presence", timeout=5, peer=gone_id, state="reconnecting")
+            # Two sweeps at least have passed: the quiet one was pinged, answered, and stays.
+            changes = [m["state"] for m in therapist.received if m["type"] == "presence" and m["peer"] == quiet_id]
+            assert "reconnecting" not in changes, changes
+            assert not reading.done()
+            reading.cancel()
+    finally:
+        await therapist.close()
+        await server.runner.cleanup()
