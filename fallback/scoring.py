@@ -190,41 +190,46 @@ class WindowSums:
     link as it arrives. Each figure's mean is over the samples that have it."""
 
     rtt: float = 0.0
-    n_rtt: int = 0
+    n_rtt: float = 0.0
     jitter: float = 0.0
-    n_jitter: int = 0
+    n_jitter: float = 0.0
     loss: float = 0.0
-    n_loss: int = 0
+    n_loss: float = 0.0
     fps: float = 0.0
-    n_fps: int = 0
+    n_fps: float = 0.0
     out_rate: float = 0.0
-    n_out: int = 0
+    n_out: float = 0.0
     in_rate: float = 0.0
-    n_in: int = 0
+    n_in: float = 0.0
 
-    def shift(self, s: LinkSample, sign: int) -> None:
-        """Add (sign 1) or take away (sign -1) one sample."""
-        if s.rtt_ms is not None:
-            self.rtt += sign * s.rtt_ms
+    def shift(self, s: LinkSample, sign: float) -> None:
+        """Add (sign 1.0) or take away (sign -1.0) one sample."""
+        v = s.rtt_ms
+        if v is not None:
+            self.rtt += sign * v
             self.n_rtt += sign
-        if s.jitter_ms is not None:
-            self.jitter += sign * s.jitter_ms
+        v = s.jitter_ms
+        if v is not None:
+            self.jitter += sign * v
             self.n_jitter += sign
         # What the listener misses is the larger of network loss and concealed audio.
-        missed = s.loss
-        if s.concealed is not None and (missed is None or s.concealed > missed):
-            missed = s.concealed
-        if missed is not None:
-            self.loss += sign * missed
+        v, concealed = s.loss, s.concealed
+        if concealed is not None and (v is None or concealed > v):
+            v = concealed
+        if v is not None:
+            self.loss += sign * v
             self.n_loss += sign
-        if s.fps is not None:
-            self.fps += sign * s.fps
+        v = s.fps
+        if v is not None:
+            self.fps += sign * v
             self.n_fps += sign
-        if s.out_bitrate is not None:
-            self.out_rate += sign * s.out_bitrate
+        v = s.out_bitrate
+        if v is not None:
+            self.out_rate += sign * v
             self.n_out += sign
-        if s.in_bitrate is not None:
-            self.in_rate += sign * s.in_bitrate
+        v = s.in_bitrate
+        if v is not None:
+            self.in_rate += sign * v
             self.n_in += sign
 
     def level(self, first: LinkSample, newest: LinkSample, limits: ScoringThresholds, *,
@@ -263,7 +268,7 @@ def window_level(window: list[LinkSample], limits: ScoringThresholds, *,
         return None
     sums = WindowSums()
     for s in window:
-        sums.shift(s, 1)
+        sums.shift(s, 1.0)
     return sums.level(window[0], window[-1], limits, video=video)
 
 
@@ -306,10 +311,10 @@ class _LinkTrack:
             self.candidate = sample.candidate
         sums = self.sums
         samples.append(sample)
-        sums.shift(sample, 1)
+        sums.shift(sample, 1.0)
         oldest = t - limits.window_s
         while samples[0].t < oldest:
-            sums.shift(samples.popleft(), -1)
+            sums.shift(samples.popleft(), -1.0)
 
         count = sample.packets_in
         if count is not None:
