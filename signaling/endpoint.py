@@ -343,7 +343,10 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
         except LinkError:
             sig.link_limits.failed(address, tick)
             raise
-        record = sig.store.get_room(link.room_id)
+        # A live room's record is in the hub (its people never change): no database read and
+        # no decryption of names on every rejoin.
+        live = sig.hub.rooms.get(link.room_id)
+        record = live.record if live is not None else sig.store.get_room(link.room_id)
         person = next((x for x in record.people if x.id == link.person_id), None) if record else None
         if record is None or person is None:
             raise LinkError(ErrorCode.BAD_LINK)
