@@ -17,7 +17,7 @@ import asyncio
 import msgspec
 from aiohttp import WSMsgType, web
 
-from telehealth.server import collector, tune_runtime
+from telehealth.server import OPEN_CONNECTIONS, collector, tune_runtime
 
 WELCOME = b'{"type":"welcome"}'
 SOCKETS = web.AppKey("sockets", dict)
@@ -68,6 +68,7 @@ def main() -> None:
     tune_runtime()
     app = web.Application()
     app[SOCKETS] = {}
+    app[OPEN_CONNECTIONS] = lambda: len(app[SOCKETS])
     app.cleanup_ctx.append(collector)
     app.router.add_get("/ws", relay)
     app.router.add_get("/healthz", healthz)

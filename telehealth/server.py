@@ -8,11 +8,12 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from telehealth import logs, requestlog
+from signaling.endpoint import SIGNALING
 from telehealth.app import create_app
 from telehealth.config import Config
 from telehealth.tls import self_signed, server_context
@@ -23,10 +24,15 @@ log = logging.getLogger("telehealth")
 
 # How often what is alive is moved out of the collector's way; and when one full pass reclaims
 # the cyclic garbage among frozen objects: every RECLAIM_EVERY_S, or sooner if the process has
-# grown RECLAIM_GROWTH times since the last pass.
+# grown to RECLAIM_GROWTH times what its open connections explain (CONNECTION_ALLOWANCE bytes
+# each, several times what one takes) on top of its size when idle.
 FREEZE_EVERY_S = 1.0
 RECLAIM_EVERY_S = 3600.0
-RECLAIM_GROWTH = 4.0
+RECLAIM_GROWTH = 2.0
+CONNECTION_ALLOWANCE = 256 * 1024
+
+# The number of open connections, for the collector: set by the app that has them.
+OPEN_CONNECTIONS = web.AppKey("open_connections", Callable[[], int])
 
 
 def tune_runtime() -> None:
@@ -49,11 +55,13 @@ async def collector(app: web.Application) -> AsyncIterator[None]:
     automatic collections only walk what is younger. Frozen objects freed by reference
     counting go at once (the endpoint breaks the one cycle aiohttp leaves per connection);
     the little cyclic garbage among them waits for one full pass an hour, or sooner if the
-    process has grown RECLAIM_GROWTH times.
+    process has grown well beyond what its open connections explain. (Growth alone is no
+    sign: a server filling up in the morning grows fourfold, and a pass then stalls every
+    call for most of a second at 9,000 participants.)
     """
     gc.collect()
     gc.freeze()
-    task = asyncio.create_task(_freeze_loop())
+    task = asyncio.create_task(_freeze_loop(app.get(OPEN_CONNECTIONS, lambda: 0)))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -70,20 +78,29 @@ def _resident_bytes() -> int | None:
         return None
 
 
-async def _freeze_loop() -> None:
+def reclaim_due(size: int | None, idle: int | None, connections: int, after_last: int | None) -> bool:
+    """Whether the process is well beyond what its open connections explain, and beyond its
+    size after the last full pass (memory freed then may never go back to the system)."""
+    if size is None or idle is None:
+        return False
+    explained = max(idle + connections * CONNECTION_ALLOWANCE, after_last or 0)
+    return size > RECLAIM_GROWTH * explained
+
+
+async def _freeze_loop(connections: Callable[[], int]) -> None:
     loop = asyncio.get_running_loop()
-    baseline, last_pass = _resident_bytes(), loop.time()
+    idle, last_pass = _resident_bytes(), loop.time()
+    after_last: int | None = None
     while True:
         await asyncio.sleep(FREEZE_EVERY_S)
         gc.freeze()
         size = _resident_bytes()
-        grown = size is not None and baseline is not None and size > RECLAIM_GROWTH * baseline
-        if grown or loop.time() - last_pass > RECLAIM_EVERY_S:
+        if reclaim_due(size, idle, connections(), after_last) or loop.time() - last_pass > RECLAIM_EVERY_S:
             started = time.perf_counter()
             gc.unfreeze()
             gc.collect()
             gc.freeze()
-            baseline, last_pass = _resident_bytes(), loop.time()
+            last_pass, after_last = loop.time(), _resident_bytes()
             log.info("full garbage collection: %.0f ms", 1000 * (time.perf_counter() - started))
 
 
@@ -97,6 +114,7 @@ def serve(config: Config) -> None:
         ssl_context = server_context(*self_signed(config.data_dir / "tls", config.host))
     tune_runtime()
     app = create_app(config)
+    app[OPEN_CONNECTIONS] = lambda: len(app[SIGNALING].sockets)
     app.cleanup_ctx.append(collector)
     warning = turn_warning(config)  # raises for a TURN setup that cannot work
     if warning:
