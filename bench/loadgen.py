@@ -136,6 +136,9 @@ class WsClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # The member's connection from now on, not from when create_connection returns: a
+        # server that speaks first (PeerJS sends OPEN with its upgrade) may be read before.
+        self.member.conn = self
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
