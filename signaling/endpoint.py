@@ -8,6 +8,7 @@ that cannot keep up is closed rather than allowed to stall its room (Galène's w
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -260,6 +261,9 @@ if WebSocketDataQueue is not None:
                      sock: ClientSocket) -> None:
             super().__init__(protocol, 2**16, loop=loop)
             self.sig, self.sock = sig, sock
+            # The handler task's context (its request id for the logs): the parser runs in
+            # the event loop's.
+            self.context = contextvars.copy_context()
 
         def feed_data(self, data: Any, size: int) -> None:
             kind, sock = data[0], self.sock
@@ -267,7 +271,7 @@ if WebSocketDataQueue is not None:
                 sock.heard = True
                 if not sock.closing:
                     self.sig.received += 1
-                    _handle(self.sig, sock, data[1])
+                    self.context.run(_handle, self.sig, sock, data[1])
             else:
                 super().feed_data(data, size)
 
