@@ -20,7 +20,8 @@ from media.participant import SyntheticParticipant
 from telehealth import accounts, rooms
 from telehealth.tokens import new_token
 from tests.conftest import RunningServer
-from web.console import LOGIN_COOKIE, SESSION_COOKIE
+from web.console import SESSION_COOKIE
+from web.forms import LOGIN_COOKIE
 from web.pages import PROBE
 
 PASSWORD = "correct horse battery staple"

@@ -23,7 +23,7 @@ from telehealth.app import CONFIG, STORE
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import LOGIN_COOKIE, SignedIn, field, login_page, read_form, sign_in
+from web.forms import SignedIn, enter, field, login_page, read_form, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
@@ -81,15 +81,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     signed = await sign_in(request, _login_page)
     if not isinstance(signed, SignedIn):
         return signed
-    store, user, form, now = request.app[STORE], signed.user, signed.form, time.time()
-    accounts.audit_login(store, signed.username, user, None)
-    tz_name = field(form, "timezone")
-    session = accounts.start_session(store, user, now=now, timezone=tz_name if _valid_zone(tz_name) else "UTC")
-    response = web.HTTPSeeOther("/console")
-    response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
-                        path="/", max_age=int(accounts.SESSION_SECONDS))
-    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
-    raise response
+    tz_name = field(signed.form, "timezone")
+    raise enter(request, signed, SESSION_COOKIE, "/console",
+                timezone=tz_name if _valid_zone(tz_name) else "UTC")
 
 
 def _valid_zone(name: str) -> bool:

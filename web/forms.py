@@ -81,3 +81,17 @@ async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse
         status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
         return render(request, error=exc.detail, username=username, status=status)
     return SignedIn(user, username, form)
+
+
+def enter(request: web.Request, signed: SignedIn, cookie: str, location: str, *,
+          timezone: str = "UTC") -> web.HTTPSeeOther:
+    """After a good sign-in: audit it, start the session, set its cookie, drop the form's
+    token, and send the person on to ``location`` (raise the result)."""
+    store = request.app[STORE]
+    accounts.audit_login(store, signed.username, signed.user, None)
+    session = accounts.start_session(store, signed.user, now=time.time(), timezone=timezone)
+    response = web.HTTPSeeOther(location)
+    response.set_cookie(cookie, session.token, secure=True, httponly=True, samesite="Strict",
+                        path="/", max_age=int(accounts.SESSION_SECONDS))
+    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    return response

@@ -53,7 +53,7 @@ from telehealth.store import Person, Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
 from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE, SignedIn, login_page, read_form, sign_in
+from web.forms import SignedIn, enter, login_page, read_form, sign_in
 from web.pages import same_origin
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -137,20 +137,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     signed = await sign_in(request, _login_page)
     if not isinstance(signed, SignedIn):
         return signed
-    store, user, username, now = request.app[STORE], signed.user, signed.username, time.time()
+    user = signed.user
     if user.role != "ops":
         # The right password for an account that may not come here: no session.
-        store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
-                           detail={"reason": "forbidden", "role": user.role, "path": _audit_path(request)})
-        return _login_page(request, username=username, status=403,
+        request.app[STORE].audit.append(
+            AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
+            detail={"reason": "forbidden", "role": user.role, "path": _audit_path(request)})
+        return _login_page(request, username=signed.username, status=403,
                            error="This account cannot open the operations dashboard.")
-    accounts.audit_login(store, username, user, None)
-    session = accounts.start_session(store, user, now=now)
-    response = web.HTTPSeeOther("/ops")
-    response.set_cookie(SESSION_COOKIE, session.token, secure=True, httponly=True, samesite="Strict",
-                        path="/", max_age=int(accounts.SESSION_SECONDS))
-    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
-    raise response
+    raise enter(request, signed, SESSION_COOKIE, "/ops")
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
