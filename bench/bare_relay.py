@@ -12,7 +12,6 @@ Usage: python -m bench.bare_relay --port PORT
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import msgspec
 from aiohttp import WSMsgType, web

@@ -190,3 +190,52 @@ def visibly_focused(info: dict[str, str]) -> bool:
 
 def describe(violations: list[dict[str, Any]]) -> str:
     return json.dumps(violations, indent=2)
+
+
+# Each remote tile's video: its peer, playing position and decoded frames.
+REMOTE_VIDEOS = """() => [...document.querySelectorAll('#tiles .tile')].map(tile => {
+    const v = tile.querySelector('video');
+    return {peer: tile.dataset.peer, width: v.videoWidth, time: v.currentTime,
+            frames: v.getVideoPlaybackQuality().totalVideoFrames};
+})"""
+
+# ``count`` remote tiles, each playing and past where ``before`` saw it.
+ADVANCED = """([before, count]) => {
+    const tiles = [...document.querySelectorAll('#tiles .tile')];
+    if (tiles.length !== count) return false;
+    return tiles.every(tile => {
+        const v = tile.querySelector('video');
+        const was = before.find(b => b.peer === tile.dataset.peer);
+        const frames = v.getVideoPlaybackQuality().totalVideoFrames;
+        return v.videoWidth > 0 && (was ? v.currentTime > was.time + 0.5 && frames > was.frames + 5
+                                        : v.currentTime > 0.5);
+    });
+}"""
+
+
+@dataclass
+class Person:
+    name: str
+    context: BrowserContext
+    page: Page
+    console: ConsoleWatch
+
+
+async def open_person(browser: Browser, name: str, url: str, *, init_script: str | None = None,
+                      **context_options: Any) -> Person:
+    """A person's own context and page, opened at ``url``, its console watched."""
+    context = await new_person_context(browser, **context_options)
+    if init_script is not None:
+        await context.add_init_script(init_script)
+    page = await context.new_page()
+    page.set_default_timeout(20_000)
+    console = watch_console(page)
+    await page.goto(url)
+    return Person(name, context, page, console)
+
+
+async def frames_advance(page: Page, count: int = 2, timeout: float = 25.0) -> None:
+    """Until the page shows ``count`` remote videos, each decoding new frames."""
+    await page.wait_for_function(ADVANCED, arg=[[], count], timeout=timeout * 1000)
+    before = await page.evaluate(REMOTE_VIDEOS)
+    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)

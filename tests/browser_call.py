@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, BrowserType, Page, expect
+from playwright.async_api import Browser, BrowserType, Page, expect
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, LAPTOP, ConsoleWatch, watch_console
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, Person, frames_advance, open_person
 from tests.netfault import Namespace
 
 # Keeps every RTCPeerConnection a page makes in window.__pcs, for the recorder below. An init
@@ -73,28 +73,6 @@ RECORDER = """(peer) => {
   }).observe(document.getElementById('alerts'), { subtree: true, childList: true, characterData: true });
 }"""
 
-ADVANCED = """([before, count]) => {
-    const tiles = [...document.querySelectorAll('#tiles .tile')];
-    if (tiles.length !== count) return false;
-    return tiles.every(tile => {
-        const v = tile.querySelector('video');
-        const was = before.find(b => b.peer === tile.dataset.peer);
-        const frames = v.getVideoPlaybackQuality().totalVideoFrames;
-        return v.videoWidth > 0 && (was ? frames > was.frames + 5 : v.currentTime > 0.5);
-    });
-}"""
-REMOTE_VIDEOS = """() => [...document.querySelectorAll('#tiles .tile')].map(tile => ({
-    peer: tile.dataset.peer, frames: tile.querySelector('video').getVideoPlaybackQuality().totalVideoFrames}))"""
-
-
-@dataclass
-class Person:
-    name: str
-    context: BrowserContext
-    page: Page
-    console: ConsoleWatch
-
-
 @dataclass
 class BrowserCall:
     therapist: Person
@@ -143,25 +121,6 @@ async def chromium_in(browser_type: BrowserType, ns: Namespace, origin: str) -> 
             await launched.close()
 
 
-async def open_person(browser: Browser, name: str, url: str, *, tap: bool = False) -> Person:
-    context = await browser.new_context(
-        permissions=["camera", "microphone"], viewport=LAPTOP, accept_downloads=True)
-    if tap:
-        await context.add_init_script(PC_TAP)
-    page = await context.new_page()
-    page.set_default_timeout(20_000)
-    console = watch_console(page)
-    await page.goto(url)
-    return Person(name, context, page, console)
-
-
-async def frames_advance(page: Page, count: int = 2, timeout: float = 25.0) -> None:
-    """Until the page shows ``count`` remote videos, each decoding new frames."""
-    await page.wait_for_function(ADVANCED, arg=[[], count], timeout=timeout * 1000)
-    before = await page.evaluate(REMOTE_VIDEOS)
-    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
-
-
 @contextlib.asynccontextmanager
 async def browser_call(
     host: Browser, in_ns: Browser, ns: Namespace, therapist_link: str, partner_links: tuple[str, ...],
@@ -171,13 +130,13 @@ async def browser_call(
     every page shows both others' video advancing."""
     opened: list[Person] = []
     try:
-        therapist = await open_person(host, "Therapist", therapist_link, tap=True)
+        therapist = await open_person(host, "Therapist", therapist_link, init_script=PC_TAP, accept_downloads=True)
         opened.append(therapist)
         await therapist.page.get_by_role("button", name="Start session").click()
         await expect(therapist.page.locator("#call-step")).to_be_visible()
-        a = await open_person(host, partner_names[0], partner_links[0])
+        a = await open_person(host, partner_names[0], partner_links[0], accept_downloads=True)
         opened.append(a)
-        b = await open_person(in_ns, partner_names[1], ns.host_url(partner_links[1]))
+        b = await open_person(in_ns, partner_names[1], ns.host_url(partner_links[1]), accept_downloads=True)
         opened.append(b)
         for partner in (a, b):
             await partner.page.get_by_role("button", name="Join session").click()

@@ -14,18 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from signaling import protocol as p
 from signaling.endpoint import SIGNALING
 from signaling.hub import HubEvent, MemberEvent
 from tests.browser import (  # noqa: F401  (browser is a fixture)
     PHONE,
-    ConsoleWatch,
+    Person,
     axe_violations,
     browser,
     describe,
+    frames_advance,
     new_person_context,
+    open_person,
     screenshot,
     tab_through,
     visibly_focused,
@@ -36,33 +38,6 @@ from tests.conftest import RunningServer, eventually
 
 pytestmark = pytest.mark.browser
 
-REMOTE_VIDEOS = """() => [...document.querySelectorAll('#tiles .tile')].map(tile => {
-    const v = tile.querySelector('video');
-    return {peer: tile.dataset.peer, width: v.videoWidth, time: v.currentTime,
-            frames: v.getVideoPlaybackQuality().totalVideoFrames};
-})"""
-
-ADVANCED = """([before, count]) => {
-    const tiles = [...document.querySelectorAll('#tiles .tile')];
-    if (tiles.length !== count) return false;
-    return tiles.every(tile => {
-        const v = tile.querySelector('video');
-        const was = before.find(b => b.peer === tile.dataset.peer);
-        const frames = v.getVideoPlaybackQuality().totalVideoFrames;
-        return v.videoWidth > 0 && (was ? v.currentTime > was.time + 0.5 && frames > was.frames + 5
-                                        : v.currentTime > 0.5);
-    });
-}"""
-
-
-@dataclass
-class Person:
-    name: str
-    context: BrowserContext
-    page: Page
-    console: ConsoleWatch
-
-
 @dataclass
 class Recorder:
     """What the server saw: hub events and the stats each page sent."""
@@ -72,23 +47,6 @@ class Recorder:
 
     def on_stats(self, room: Any, member: Any, msg: p.Stats, now: float) -> None:
         self.stats.setdefault(member.person.id, []).extend(msg.links)
-
-
-async def open_person(browser: Browser, name: str, url: str, **context_options: Any) -> Person:  # noqa: F811
-    context = await new_person_context(browser, **context_options)
-    page = await context.new_page()
-    page.set_default_timeout(20_000)
-    console = watch_console(page)
-    await page.goto(url)
-    return Person(name, context, page, console)
-
-
-async def wait_remote_frames_advance(page: Page, count: int = 2, timeout: float = 25.0) -> None:
-    """Until the page shows ``count`` remote videos, each decoding new frames."""
-    before: list[dict[str, Any]] = []
-    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
-    before = await page.evaluate(REMOTE_VIDEOS)
-    await page.wait_for_function(ADVANCED, arg=[before, count], timeout=timeout * 1000)
 
 
 async def settle(page: Page, selector: str, count: int, *, seconds: float) -> None:
@@ -183,7 +141,7 @@ async def test_a_three_party_session_from_start_to_end(
     for person in (therapist, alex, sam):
         await expect(person.page.locator("#call-step")).to_be_visible()
     for person in (therapist, alex, sam):
-        await wait_remote_frames_advance(person.page)
+        await frames_advance(person.page)
         # Every link shows its quality, in words (on loopback "good"; a machine busy with other
         # work conceals audio and drops frames, and the indicator says so).
         await expect(person.page.locator(".tile .quality:not([data-level=unknown])")).to_have_count(2)
@@ -238,12 +196,12 @@ async def test_a_three_party_session_from_start_to_end(
     seen = len(recorder.events)
     await alex.page.reload()
     await expect(alex.page.locator("#call-step")).to_be_visible(timeout=15_000)
-    await wait_remote_frames_advance(alex.page)
+    await frames_advance(alex.page)
     after = [e for e in recorder.events[seen:] if isinstance(e, MemberEvent) and e.person_id == alex_id]
     assert [e.kind for e in after if e.kind in ("waiting", "admitted", "left")] == []
     assert any(e.kind in ("back", "replaced") for e in after)
     for person in (therapist, sam):
-        await wait_remote_frames_advance(person.page)
+        await frames_advance(person.page)
 
     # -- the signaling connection drops (media keeps flowing): the page reconnects ------
     sig = server.app[SIGNALING]
@@ -259,7 +217,7 @@ async def test_a_three_party_session_from_start_to_end(
     await expect(t.locator("#banners")).to_contain_text("Alex is back.")
     await expect(alex.page.locator("#call-step")).to_be_visible()
     await expect(alex.page.locator("#connection-pill")).to_be_hidden()
-    await wait_remote_frames_advance(alex.page)
+    await frames_advance(alex.page)
 
     # -- the therapist's controls -------------------------------------------------------
     await t.get_by_role("button", name="Mute Alex").click()

@@ -15,7 +15,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from telehealth.config import Config
 from telehealth.tls import self_signed
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser, screenshot  # noqa: F401  (browser is a fixture)
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, Person, browser, open_person, screenshot  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer, start_server
 from tests.coturn import (
     REALM,
@@ -28,7 +28,6 @@ from tests.coturn import (
     start_coturn,
 )
 from tests.netfault import Namespace, namespace
-from tests.test_browser_session import Person, open_person
 
 pytestmark = pytest.mark.browser
 
