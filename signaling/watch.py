@@ -52,9 +52,12 @@ class WatchedRoom:
     def relayed(self) -> set[frozenset[PersonId]]:
         return self.monitor.relayed()
 
+    def moved(self, now: float) -> bool:
+        """Whether the quality or the flow may have moved since the last judgement."""
+        return self.stirred or self.monitor.due(now) or not self.flow.settled()
+
     def due(self, now: float) -> bool:
-        return (self.stirred or now >= self.report_due or self.monitor.due(now)
-                or not self.flow.settled())
+        return now >= self.report_due or self.moved(now)
 
 
 class RoomWatch:
@@ -193,7 +196,7 @@ class RoomWatch:
     def _judge(self, room_id: RoomId, watched: WatchedRoom, now: float, out: Outbox) -> None:
         # Unless something happened, the quality is the last one again and the flow settled:
         # only the listeners' time series move on.
-        moved = watched.stirred or watched.monitor.due(now) or not watched.flow.settled()
+        moved = watched.moved(now)
         watched.stirred, watched.report_due = False, now + REPORT_EVERY_S
         quality = watched.monitor.evaluate(now)
         for listener in self.quality_listeners:
