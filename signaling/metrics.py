@@ -3,7 +3,7 @@ never a name, a number, or (to keep series bounded) a room or person id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,21 +50,23 @@ class _LiveState(Collector):
         for quality in self.m.last_quality.values():
             for level in quality.pairs.values():
                 levels[level.value] = levels.get(level.value, 0) + 1
-        for level in ("good", "fair", "poor", "lost"):
-            links.add_metric([level], levels.get(level, 0))
+        for name in ("good", "fair", "poor", "lost"):
+            links.add_metric([name], levels.get(name, 0))
         yield links
         seconds = CounterMetricFamily("telehealth_link_quality_seconds",
                                       "Time peer links spent at each quality level", labels=["level"])
-        for name, value in self.m.link_seconds_by_level.items():
+        for name, value in self.m.link_seconds(self.m.clock()).items():
             seconds.add_metric([name], value)
         yield seconds
 
 
 class SessionMetrics:
-    def __init__(self, hub: RoomHub, *, sockets: object, messages: object) -> None:
+    def __init__(self, hub: RoomHub, *, sockets: Callable[[], int], messages: Callable[[], int],
+                 clock: Callable[[], float]) -> None:
         self.hub = hub
-        self.sockets = sockets  # type: ignore[assignment]
-        self.messages = messages  # type: ignore[assignment]
+        self.clock = clock
+        self.sockets = sockets
+        self.messages = messages
         self.last_quality: dict[RoomId, RoomQuality] = {}
         self.registry = CollectorRegistry()
         r = self.registry
@@ -91,7 +93,9 @@ class SessionMetrics:
             elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced"):
                 self.presence.labels(event.role, event.kind).inc()
         elif isinstance(event, RoomEvent) and event.kind in ("ended", "closed"):
-            self.last_quality.pop(event.room_id, None)
+            last = self.last_quality.pop(event.room_id, None)
+            if last is not None:
+                self._elapse(last, event.at, self.link_seconds_by_level)
 
     def on_error(self, code: ErrorCode) -> None:
         self.errors.labels(code.value).inc()
@@ -101,12 +105,23 @@ class SessionMetrics:
         # links held the previous judgement's levels until now.
         previous = self.last_quality.get(room_id)
         self.last_quality[room_id] = quality
-        if previous is None:
-            return
-        elapsed = quality.at - previous.at
-        seconds = self.link_seconds_by_level
-        for level in previous.pairs.values():
-            seconds[level.value] += elapsed
+        if previous is not None:
+            self._elapse(previous, quality.at, self.link_seconds_by_level)
+
+    def link_seconds(self, now: float) -> dict[str, float]:
+        """Time links spent at each level, up to ``now``: since its last judgement a room's
+        links count at the levels it gave."""
+        seconds = dict(self.link_seconds_by_level)
+        for quality in self.last_quality.values():
+            self._elapse(quality, now, seconds)
+        return seconds
+
+    @staticmethod
+    def _elapse(quality: RoomQuality, until: float, seconds: dict[str, float]) -> None:
+        elapsed = until - quality.at
+        if elapsed > 0:
+            for level in quality.pairs.values():
+                seconds[level.value] += elapsed
 
     def on_disruption(self, record: Disruption) -> None:
         outcome = record.outcome.value if record.outcome else "open"

@@ -81,7 +81,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     watch.phone_listeners.append(on_phone_step)
     watch.ledger_listeners.append(on_ledger)
 
-    metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received)
+    metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received,
+                             clock=clock)
     sig.event_sinks.append(metrics.on_hub_event)
     sig.error_sinks.append(metrics.on_error)
     watch.quality_listeners.append(metrics.on_quality)
