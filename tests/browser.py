@@ -44,6 +44,11 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--no-first-run",
     "--disable-sync",
+    # Headless Chromium gives every new context a window, and every window loaded its
+    # omnibox popup (a WebUI page in a renderer of its own): 1.2 s of CPU per context on this
+    # 2-core machine, 0.3 s without it. A person's browser has its window already open, so
+    # the cost belongs to the harness, and it stole a core from every join we measured.
+    "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup",
 )
 
 # A laptop and a phone held upright, for layouts that must work on both.
