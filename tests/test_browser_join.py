@@ -5,7 +5,8 @@ A camera can take a second or more to start (or a permission prompt stays open).
 partner is let in and sees and hears the others meanwhile; their own picture and sound
 follow the moment the devices are ready. A <video> in a hidden step would still hold the
 camera's frames (with a few of them, every picture of that camera froze for 2-3 s as the
-first connections started), so only the step on screen shows it.
+first connections started), so only the step on screen shows it. The camera is asked for
+while the page still loads (early.js), once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ const realGetUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.medi
 navigator.mediaDevices.getUserMedia = async (constraints) => {
   await released;
   return realGetUserMedia(constraints);
+};
+"""
+
+# Counts the page's requests for the camera and microphone.
+COUNT_ASKS = """
+window.__asks = 0;
+const countedGetUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = (constraints) => {
+  window.__asks += 1;
+  return countedGetUserMedia(constraints);
 };
 """
 
@@ -115,10 +126,13 @@ async def test_the_waiting_room_alone_shows_the_camera_while_the_partner_waits(
     server: RunningServer, browser: Browser, contexts: list[BrowserContext],  # noqa: F811
 ) -> None:
     room = server.create_room(partners=1)
-    partner = await open_page(browser, contexts, room.partner_links[0])
+    partner = await open_page(browser, contexts, room.partner_links[0], COUNT_ASKS)
     await partner.wait_for_function(SHOWS_CAMERA, arg="preview")
     # Every module was asked for at once, from the page's preload list.
     assert await partner.evaluate(LATE_MODULES) == []
+    # The camera was asked for while the page loaded (early.js), and the page took that
+    # instead of asking again: one prompt, one camera.
+    assert await partner.evaluate("() => window.__asks") == 1
     await partner.get_by_role("button", name="Join session").click()
     await expect(partner.locator("#waiting-step")).to_be_visible()
     await partner.wait_for_function(SHOWS_CAMERA, arg="waiting-preview")

@@ -53,6 +53,22 @@ export async function openTrack(kind, deviceId = '') {
   }
 }
 
+/** Devices asked for while the page was still loading (early.js), for the first open() to take. */
+let early = null;
+
+/** The remembered choices, as openMedia takes them. */
+function remembered(prefs, cameraOff) {
+  return { cameraId: prefs.camera || '', micId: prefs.mic || '', video: !cameraOff };
+}
+
+/**
+ * Ask for the remembered camera and microphone now, before the page's own modules are ready
+ * to: getUserMedia takes a few hundred ms, and so does getting the page ready to ask.
+ */
+export function openEarly() {
+  if (!early) early = openMedia(remembered(loadPreferences(), false));
+}
+
 /**
  * Open camera and microphone together (one permission prompt); if that fails, each alone,
  * so one broken device does not hide the other.
@@ -267,11 +283,11 @@ export class LocalMedia {
   async open() {
     this.stop();
     this.starting = true;
+    const started = early;
+    early = null;
     let opened;
     try {
-      opened = await openMedia({
-        cameraId: this.prefs.camera || '', micId: this.prefs.mic || '', video: !this.cameraOff,
-      });
+      opened = await (started ?? openMedia(remembered(this.prefs, this.cameraOff)));
     } finally {
       this.starting = false;
     }
