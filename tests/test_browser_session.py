@@ -188,7 +188,9 @@ async def test_a_three_party_session_from_start_to_end(
             assert (s.packets_in or 0) > 0 and (s.bytes_in or 0) > 0 and (s.frames_decoded or 0) > 0
             # Every field arrives; values may be 0 (the flow pauses video on a starved machine).
             assert None not in (s.fps, s.in_bitrate, s.out_bitrate, s.loss)
-            assert s.candidate == "host" and s.video is True
+            assert s.candidate == "host"
+            # A page says when it expects no video on a link (the flow paused it): then none comes.
+            assert s.video is True or (s.video is False and s.fps == 0), s
 
     # -- a partner reloads: straight back into the call, not the waiting room -----------
     alex_id = next(e.person_id for e in recorder.events
