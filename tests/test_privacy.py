@@ -63,6 +63,9 @@ async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: 
         for person in people:
             await person.wait_for(lambda person=person: person.state == "in_call", 10)
         await a.wait_media([therapist.me["id"], b.me["id"]], frames=3, timeout=15)
+        # The monitor has judged the links (the whole test can take less than two stats
+        # intervals, and the first reports may come only after media starts).
+        await therapist.wait_for(lambda: any(m["type"] == "quality" and m["links"] for m in therapist.received), 10)
         # Inside the room people do see each other's names: that is the service.
         assert any(m["type"] == "welcome" and any(p["name"] == THERAPIST for p in m["peers"]) for m in a.received)
         b_id = b.me["id"]
