@@ -417,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.signaling", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="30 participants for 3 s: breakage, not timing")
     parser.add_argument("--levels", default=DEFAULT_LEVELS, help="participant counts, rising")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"some of {','.join(TARGETS)}")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="churn before measuring")
     parser.add_argument("--settle", type=float, default=2.0, help="pause before reading memory")
@@ -429,6 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-going", action="store_true", help="run every level even after a failure")
     parser.add_argument("--out", type=Path, help="result JSON (default bench/results/signaling.json)")
     opts = parser.parse_args(argv)
+    unknown = set(opts.targets.split(",")) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {','.join(sorted(unknown))}: choose from {','.join(TARGETS)}")
     if opts.smoke:
         opts.levels, opts.duration, opts.warmup, opts.settle, opts.procs = "30", 3.0, 1.0, 0.5, 2
         opts.keep_going = True
