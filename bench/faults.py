@@ -49,8 +49,7 @@ async def main(runs: int, cut_s: float) -> None:
                     print(f"cut {len(detections)}: lost after {detections[-1]:.3f} s", flush=True)
                     await asyncio.sleep(max(0.0, cut_s - (time.monotonic() - cut.began)))
                     back = await ns.restore()
-                    await c.therapist.wait_for(lambda: watch.first_growth_after(back.at) is not None, 10)
-                    recoveries.append(watch.first_growth_after(back.at) - back.began)  # type: ignore[operator]
+                    recoveries.append(await watch.growth_after(back.at, 10) - back.began)
                     # The next cut starts from a settled, good link.
                     await c.therapist.wait_for(lambda: _not_lost_since(c.therapist, b_id, back.at), 15)
                     if len(recoveries) < runs:

@@ -278,6 +278,8 @@ class CounterWatch:
         self.read = read
         self.interval = interval
         self.grew_at: list[float] = []
+        # Set (and replaced) at each growth, for waiters.
+        self._grew = asyncio.Event()
         self._task = asyncio.create_task(self._sample())
 
     async def _sample(self) -> None:
@@ -287,7 +289,18 @@ class CounterWatch:
             now = self.read()
             if now > last:
                 self.grew_at.append(time.monotonic())
+                self._grew.set()
+                self._grew = asyncio.Event()
             last = now
+
+    async def growth_after(self, t: float, timeout: float) -> float:
+        """The first growth after ``t``, waiting up to ``timeout`` seconds for it. (A
+        participant's ``wait_for`` would look only when a message arrives, and after a cut
+        media can come back seconds before the next one.)"""
+        async with asyncio.timeout(timeout):
+            while (grew := self.first_growth_after(t)) is None:
+                await self._grew.wait()
+        return grew
 
     def last_growth_before(self, t: float) -> float | None:
         return next((g for g in reversed(self.grew_at) if g <= t), None)
