@@ -41,7 +41,7 @@ from typing import Any
 from playwright.async_api import Browser, Page, async_playwright
 
 from bench.common import ServerProcess, start_server, summary, write_result
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, open_person
 
 # Installed before the page's own scripts. Times are wall-clock milliseconds, like the
 # script's, from the moment the browser started loading the page (performance.timeOrigin).
@@ -88,13 +88,7 @@ new MutationObserver(() => {
 
 
 async def person(browser: Browser, url: str, *, init: str | None = None) -> Page:
-    context = await browser.new_context(permissions=["camera", "microphone"])
-    if init:
-        await context.add_init_script(init)
-    page = await context.new_page()
-    page.set_default_timeout(30_000)
-    await page.goto(url)
-    return page
+    return (await open_person(browser, "", url, init_script=init)).page
 
 
 async def frames_after(page: Page, count: int) -> list[float]:

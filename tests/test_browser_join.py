@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.browser import browser, new_person_context  # noqa: F401  (browser is a fixture)
+from tests.browser import browser, open_person  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.browser
@@ -73,16 +73,11 @@ async def contexts(browser: Browser) -> AsyncIterator[list[BrowserContext]]:  # 
 
 
 async def open_page(
-    browser: Browser, contexts: list[BrowserContext], url: str, init: str = "",  # noqa: F811
+    browser: Browser, contexts: list[BrowserContext], url: str, init: str | None = None,  # noqa: F811
 ) -> Page:
-    context = await new_person_context(browser)
-    contexts.append(context)
-    if init:
-        await context.add_init_script(init)
-    page = await context.new_page()
-    page.set_default_timeout(20_000)
-    await page.goto(url)
-    return page
+    person = await open_person(browser, "", url, init_script=init)
+    contexts.append(person.context)
+    return person.page
 
 
 async def test_a_partner_whose_camera_is_slow_is_let_in_and_sees_the_others_meanwhile(
