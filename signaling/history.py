@@ -35,19 +35,6 @@ RELAYED = 4
 NO_DATA = -1
 FAIR_RANK = Quality.FAIR.rank
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS quality_history (
-    room_id TEXT PRIMARY KEY,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    session_seconds REAL NOT NULL,
-    usable_seconds REAL NOT NULL,
-    -- {"links": {"<id>|<id>": [[t, code], ...]}}: one entry per change of a link's code.
-    series TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quality_history_ended ON quality_history(ended_at);
-"""
-
 Relayed = Callable[[RoomId], Collection[Pair]]
 
 
@@ -135,7 +122,6 @@ class QualityHistory:
         self.rooms: dict[RoomId, RoomSeries] = {}
         # Counts sessions saved, so that readers can tell when the past has grown.
         self.saved = 0
-        store.db.executescript(SCHEMA)
 
     # -- inputs -------------------------------------------------------------------------
 

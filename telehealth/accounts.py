@@ -1,8 +1,8 @@
 """Staff accounts for the console: therapists and ops, their passwords and login sessions.
 
 Partners never have accounts (their link is their credential). Staff log in to the console
-to create rooms and find them again. The module keeps its own tables on the Store's SQLite
-connection:
+to create rooms and find them again. Its tables are in the Store's database (created by
+telehealth.schema):
 
 - ``users``: one row per account; the password as an scrypt hash with its own salt and
   parameters (``scrypt$n$r$p$salt$hash``), so the cost can be raised later without breaking
@@ -51,32 +51,6 @@ LOCKOUT_SECONDS = 60.0
 
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY,
-    username TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL CHECK (role IN ('therapist', 'ops')),
-    display_name TEXT NOT NULL DEFAULT '',
-    password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    failed_logins INTEGER NOT NULL DEFAULT 0,
-    locked_until REAL
-);
-CREATE TABLE IF NOT EXISTS user_sessions (
-    token_hash TEXT PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    timezone TEXT NOT NULL DEFAULT 'UTC'
-);
-CREATE INDEX IF NOT EXISTS user_sessions_user ON user_sessions(user_id);
-CREATE TABLE IF NOT EXISTS room_owners (
-    room_id TEXT PRIMARY KEY REFERENCES rooms(id),
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE
-);
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class User:
     id: int
@@ -97,11 +71,6 @@ class LoginSession:
     @property
     def csrf(self) -> str:
         return csrf_token(self.token)
-
-
-def ensure_schema(store: Store) -> None:
-    """Create the tables if missing: the CLI functions below do it, and the web app once."""
-    store.db.executescript(SCHEMA)
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -184,7 +153,6 @@ def add_user(
     display_name: str = "",
 ) -> User:
     """Create an account. Raises UserError for a taken name, a bad role or a short password."""
-    ensure_schema(store)
     name = clean_username(username)
     if role not in STAFF_ROLES:
         raise UserError(ErrorCode.INVALID_MESSAGE, "The role is therapist or ops.")
@@ -203,7 +171,6 @@ def add_user(
 
 def set_password(store: Store, username: str, password: str) -> None:
     """Replace a password and log the account out everywhere."""
-    ensure_schema(store)
     check_new_password(password)
     user = _find_user(store, clean_username(username))
     if user is None:
@@ -217,7 +184,6 @@ def set_password(store: Store, username: str, password: str) -> None:
 
 
 def remove_user(store: Store, username: str) -> None:
-    ensure_schema(store)
     user = _find_user(store, clean_username(username))
     if user is None:
         raise UserError(ErrorCode.UNKNOWN_TARGET, "No such user.")
@@ -228,7 +194,6 @@ def remove_user(store: Store, username: str) -> None:
 
 
 def list_users(store: Store) -> list[User]:
-    ensure_schema(store)
     rows = store.db.execute(
         "SELECT id, username, role, display_name FROM users ORDER BY username"
     ).fetchall()

@@ -31,31 +31,6 @@ from telehealth.errors import ErrorCode
 
 GENESIS_HASH = "0" * 64
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS audit (
-        id INTEGER PRIMARY KEY,
-        at REAL NOT NULL,
-        event TEXT NOT NULL,
-        room_id TEXT,
-        person_id TEXT,
-        actor TEXT,
-        detail TEXT,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS audit_at ON audit(at)",
-    """CREATE TABLE IF NOT EXISTS audit_head (
-        only INTEGER PRIMARY KEY CHECK (only = 1),
-        count INTEGER NOT NULL,
-        hash TEXT NOT NULL
-    )""",
-    f"INSERT OR IGNORE INTO audit_head (only, count, hash) VALUES (1, 0, '{GENESIS_HASH}')",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
-)
-
 # Keys a detail may carry. Each is an id, an enum value or a number; adding one is a
 # privacy decision, so it is made here, in review, not at the call site.
 DETAIL_KEYS = frozenset({
@@ -151,8 +126,6 @@ class AuditLog:
         """``clock`` gives wall-clock seconds (time.time): entries are read by people."""
         self._db = db
         self._clock = clock
-        for statement in _SCHEMA:
-            db.execute(statement)
 
     def append(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telehealth import accounts, keys, retention, rooms, turn
+from telehealth import accounts, keys, retention, rooms, schema, turn
 from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
 from telehealth.crypto import KeyFileError
@@ -207,9 +207,7 @@ def _audit_db(config: Config) -> sqlite3.Connection:
     # The audit log needs no key: reading it must not create one.
     if not config.db_path.exists():
         raise ValueError(f"no database at {config.db_path}")
-    db = sqlite3.connect(config.db_path, isolation_level=None)
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
+    return schema.connect(config.db_path)
 
 
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
@@ -307,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Holding the key's shared lock keeps a rotation from running under our feet.
         with keys.key_in_use(config.key_path):
             return cmd_room(args, config)
-    except (TelehealthError, ValueError, KeyFileError) as exc:
+    except (TelehealthError, ValueError, KeyFileError, schema.StoreError) as exc:
         detail = exc.detail if isinstance(exc, TelehealthError) else str(exc)
         print(f"telehealth: {detail}", file=sys.stderr)
         return 2

@@ -14,45 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from telehealth import schema
 from telehealth.audit import AuditLog
 from telehealth.crypto import FieldCipher, load_or_create_key
 from telehealth.keys import finish_interrupted_rotation
 from telehealth.tokens import JoinLink, PersonId, Role, RoomId
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rooms (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    starts_at REAL,
-    started_at REAL,
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS people (
-    id TEXT PRIMARY KEY,
-    room_id TEXT NOT NULL REFERENCES rooms(id),
-    role TEXT NOT NULL CHECK (role IN ('therapist', 'partner')),
-    ordinal INTEGER NOT NULL,
-    name BLOB,
-    phone BLOB
-);
-CREATE INDEX IF NOT EXISTS people_room ON people(room_id);
-CREATE TABLE IF NOT EXISTS links (
-    token_hash TEXT PRIMARY KEY,
-    person_id TEXT NOT NULL REFERENCES people(id),
-    room_id TEXT NOT NULL REFERENCES rooms(id),
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS links_person ON links(person_id);
--- The disruption ledger of a session: opaque ids, causes, steps and times, no names.
-CREATE TABLE IF NOT EXISTS ledgers (
-    room_id TEXT PRIMARY KEY REFERENCES rooms(id),
-    rows TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Person:
@@ -94,18 +60,8 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cipher = cipher
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # The timeout first: switching a fresh file to WAL takes a lock that the CLI or the
-        # server, opening the same file at that moment, may hold.
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # In WAL mode NORMAL is safe against a crash of the process (a power cut may lose the
-        # last commits); FULL would stop the event loop on a disk sync at every join.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # Deleted personal data is zeroed in the file, not left in free pages.
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(SCHEMA)
+        # Every table, at the latest version (telehealth.schema).
+        self._db = schema.connect(path)
         # The tamper-evident log of security events lives in the same file.
         self.audit = AuditLog(self._db, time.time)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from telehealth import schema
 from telehealth.audit import AuditEvent, AuditLog, LinkRejectReason
 
 ENTRIES = 12
@@ -33,6 +34,7 @@ def connect(path: Path) -> sqlite3.Connection:
     # The timeout first: switching a fresh file to WAL takes a lock another opener may hold.
     db.execute("PRAGMA busy_timeout=10000")
     db.execute("PRAGMA journal_mode=WAL")
+    schema.migrate(db)
     return db
 
 

@@ -251,7 +251,6 @@ def setup(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     env.globals["asset"] = asset
-    accounts.ensure_schema(app[STORE])
 
     app.router.add_get("/", home)
     app.router.add_get("/j/{token}", room_page)
