@@ -17,7 +17,8 @@ from aiohttp import web
 from telehealth import retention
 from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
-from telehealth.keys import key_in_use
+from telehealth.datadir import ServerLock
+from telehealth.keys import key_in_use, key_problem
 from telehealth.ratelimit import RateLimiter
 from telehealth.store import Store
 
@@ -46,7 +47,13 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from telehealth.webhooks import OpsWebhooks
     from web import ops, pages
 
-    store = Store.open(config.data_dir, config.key_path)
+    # One server per data folder, for its whole life; then the store, checked page by page.
+    server_lock = ServerLock(config.data_dir).acquire()
+    try:
+        store = Store.open(config.data_dir, config.key_path, check=True)
+    except BaseException:
+        server_lock.release()
+        raise
     audit = store.audit
     app = web.Application(middlewares=[requestlog.middleware, pages.security_headers])
     app[CONFIG] = config
@@ -106,8 +113,12 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         problems = []
         try:
             store.check_writable()
+            key = key_problem(store.db, store.cipher, config.key_path)
         except Exception:
             problems.append("store not writable")
+        else:
+            if key is not None:
+                problems.append(key)
         if time.monotonic() - sig.last_tick > READY_STALE_SECONDS:
             problems.append("background loop stale")
         return web.json_response({"status": "not ready" if problems else "ready", "problems": problems},
@@ -151,6 +162,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     async def on_cleanup(app: web.Application) -> None:
         store.close()
+        server_lock.release()
 
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(on_shutdown)

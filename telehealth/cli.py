@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import secrets
 import sqlite3
 import sys
@@ -288,6 +289,8 @@ def cmd_turn(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Whatever this process creates (SQLite's files among them) is for the service's user only.
+    os.umask(0o077)
     try:
         config = config_from(args)
         if args.command == "serve":
@@ -308,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TelehealthError, ValueError, KeyFileError, schema.StoreError) as exc:
         detail = exc.detail if isinstance(exc, TelehealthError) else str(exc)
         print(f"telehealth: {detail}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        # Past the checks at open: a page damaged where only this command's query looked.
+        print(f"telehealth: {schema.refusal(config.db_path, exc)}", file=sys.stderr)
         return 2
 
 

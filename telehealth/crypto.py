@@ -26,17 +26,25 @@ class KeyFileError(Exception):
 def load_or_create_key(path: Path) -> bytes:
     """Read the base64 key at ``path``; create a fresh 256-bit one (0600) if missing."""
     if path.exists():
-        mode = path.stat().st_mode & 0o077
-        if mode:
-            raise KeyFileError(f"{path} must not be readable by group or others (chmod 600)")
-        raw = base64.b64decode(path.read_bytes().strip())
-        if len(raw) != 32:
-            raise KeyFileError(f"{path} does not hold a 256-bit key")
-        return raw
+        return load_key(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = AESGCM.generate_key(bit_length=256)
     write_key(path, key)
     return key
+
+
+def load_key(path: Path) -> bytes:
+    """Read the base64 key at ``path``: 256 bits, readable by its owner only."""
+    mode = path.stat().st_mode & 0o077
+    if mode:
+        raise KeyFileError(f"{path} must not be readable by group or others (chmod 600)")
+    try:
+        raw = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise KeyFileError(f"{path} does not hold a 256-bit key")
+    return raw
 
 
 def write_key(path: Path, key: bytes) -> None:

@@ -33,10 +33,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telehealth.audit import AuditEvent
-from telehealth.crypto import FieldCipher, KeyFileError, load_or_create_key, write_key
+from telehealth.crypto import FieldCipher, KeyFileError, load_key, load_or_create_key, write_key
 
 if TYPE_CHECKING:
     from telehealth.audit import AuditLog
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 
 class KeyBusyError(KeyFileError):
     """The key's lock is held: a server is running on it, or a rotation is under way."""
+
+
+class KeyMismatchError(KeyFileError):
+    """The key file is missing or is another key, and the database holds data under its key."""
 
 
 class Recovery(str, enum.Enum):
@@ -164,20 +169,73 @@ def _first_value_is_under(db: sqlite3.Connection, cipher: FieldCipher) -> bool:
 
     One value speaks for all: re-encryption is one transaction.
     """
+    sealed = first_sealed_value(db)
+    return sealed is not None and opens(cipher, sealed)
+
+
+SealedValue = tuple[str, str, bytes]  # person id, column, ciphertext
+
+
+def first_sealed_value(db: sqlite3.Connection) -> SealedValue | None:
+    """One encrypted value of the database, or None if it holds none (new, or all purged)."""
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'people'").fetchone() is None:
-        return False
+        return None
     row = db.execute(
         "SELECT id, name, phone FROM people WHERE name IS NOT NULL OR phone IS NOT NULL LIMIT 1"
     ).fetchone()
     if row is None:
-        return False
+        return None
     person_id, name, phone = row
-    column, blob = ("name", name) if name is not None else ("phone", phone)
+    return (person_id, "name", name) if name is not None else (person_id, "phone", phone)
+
+
+def opens(cipher: FieldCipher, sealed: SealedValue) -> bool:
+    person_id, column, blob = sealed
     try:
         cipher.decrypt(blob, _aad(column, person_id))
-    except KeyFileError:
+    except (KeyFileError, InvalidTag):
         return False
     return True
+
+
+def key_for(db: sqlite3.Connection, db_path: Path, key_path: Path) -> bytes:
+    """The key at ``key_path`` if it opens what ``db`` holds; a new key only if it holds nothing.
+
+    A new key over encrypted data would make every name and number unreadable and every link
+    fail, so a missing or different key file is refused in one line instead.
+    """
+    sealed = first_sealed_value(db)
+    if sealed is not None and not key_path.exists():
+        raise KeyMismatchError(
+            f"the key file {key_path} is missing, and {db_path} holds names and numbers encrypted "
+            "under it: put that key file back from where you keep its copy (or point --key-file "
+            "at it); telehealth will not make a new key over them"
+        )
+    key = load_or_create_key(key_path)
+    if sealed is not None and not opens(FieldCipher(key), sealed):
+        raise KeyMismatchError(
+            f"the key file {key_path} does not open the names and numbers in {db_path} (it is "
+            "another key): put back the key file that belongs to this database (a key rotation "
+            f"keeps the previous one as {key_path.name}.old-<time>)"
+        )
+    return key
+
+
+def key_problem(db: sqlite3.Connection, cipher: FieldCipher, key_path: Path) -> str | None:
+    """Why the server's key is not fit to go on, for /readyz; None when it is.
+
+    Cheap (one row, one decryption, one small file): the check runs on every probe.
+    """
+    sealed = first_sealed_value(db)
+    if sealed is not None and not opens(cipher, sealed):
+        return "key does not open the stored data"
+    try:
+        on_disk = FieldCipher(load_key(key_path))
+    except (OSError, KeyFileError, ValueError):
+        return "key file missing or unreadable (the next start would fail)"
+    if on_disk.key_id != cipher.key_id:
+        return "key file replaced on disk (the next start would fail)"
+    return None
 
 
 def _aad(column: str, person_id: str) -> str:

@@ -31,6 +31,10 @@ class NewerSchemaError(StoreError):
     pass
 
 
+class DamagedStoreError(StoreError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -140,8 +144,12 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the database file as every process here uses it, at the latest schema version."""
+def connect(path: Path, *, check: bool = False) -> sqlite3.Connection:
+    """Open the database file as every process here uses it, at the latest schema version.
+
+    ``check`` (the server's start) reads every page first (``PRAGMA quick_check``), so that a
+    damaged file is refused at once rather than failing join after join. Raises StoreError.
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         # The timeout first: switching a fresh file to WAL takes a lock that the CLI or the
@@ -154,11 +162,41 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA foreign_keys=ON")
         # Deleted personal data is zeroed in the file, not left in free pages.
         db.execute("PRAGMA secure_delete=ON")
+        if check:
+            check_integrity(db, path)
         migrate(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise refusal(path, exc) from None
     except BaseException:
         db.close()
         raise
     return db
+
+
+def check_integrity(db: sqlite3.Connection, path: Path | str, *, thorough: bool = False) -> None:
+    """Raise DamagedStoreError unless SQLite finds every page of the file sound.
+
+    ``quick_check`` walks every page and cell in time linear in the file's size;
+    ``integrity_check`` (``thorough``) also matches every index against its table.
+    """
+    pragma = "integrity_check" if thorough else "quick_check"
+    findings = [str(r[0]) for r in db.execute(f"PRAGMA {pragma}(3)").fetchall()]
+    if findings != ["ok"]:
+        raise DamagedStoreError(_damaged(path, " ".join(findings[0].split())))
+
+
+def refusal(path: Path | str, exc: sqlite3.DatabaseError) -> StoreError:
+    # OperationalError: the file could not be used (locked, no permission, disk full);
+    # any other DatabaseError: its content is not a sound SQLite database.
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreError(f"cannot use the database {path}: {exc}")
+    return DamagedStoreError(_damaged(path, str(exc)))
+
+
+def _damaged(path: Path | str, finding: str) -> str:
+    return (f"the database {path} is damaged ({finding}): stop here and restore it from a backup "
+            "with `telehealth restore BACKUP` (see docs/deployment.md, \"Backups\")")
 
 
 def latest_version() -> int:

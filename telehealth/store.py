@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from telehealth import schema
+from telehealth import datadir, schema
 from telehealth.audit import AuditLog
-from telehealth.crypto import FieldCipher, load_or_create_key
-from telehealth.keys import finish_interrupted_rotation
+from telehealth.crypto import FieldCipher
+from telehealth.keys import finish_interrupted_rotation, key_for
 from telehealth.tokens import JoinLink, PersonId, Role, RoomId
+
 
 @dataclass(frozen=True, slots=True)
 class Person:
@@ -56,23 +57,33 @@ class NewLink:
 
 
 class Store:
-    def __init__(self, path: Path, cipher: FieldCipher) -> None:
+    def __init__(self, path: Path, cipher: FieldCipher, *, db: sqlite3.Connection | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cipher = cipher
         # Every table, at the latest version (telehealth.schema).
-        self._db = schema.connect(path)
+        self._db = db if db is not None else schema.connect(path)
         # The tamper-evident log of security events lives in the same file.
         self.audit = AuditLog(self._db, time.time)
 
     @classmethod
-    def open(cls, data_dir: Path, key_path: Path | None = None) -> Store:
-        data_dir.mkdir(parents=True, exist_ok=True)
+    def open(cls, data_dir: Path, key_path: Path | None = None, *, check: bool = False) -> Store:
+        """Open the data folder's database with its key, refusing (StoreError, KeyFileError)
+        a key that does not open the data, a file from a newer version, or, with ``check``
+        (the server's start), a damaged file."""
+        datadir.make_private(data_dir)
         key_path = key_path or data_dir / "telehealth.key"
         db_path = data_dir / "telehealth.sqlite3"
         # A key rotation stopped by a crash is settled before the key is read.
         finish_interrupted_rotation(db_path, key_path)
-        return cls(db_path, FieldCipher(load_or_create_key(key_path)))
+        datadir.create_private_file(db_path)
+        db = schema.connect(db_path, check=check)
+        try:
+            cipher = FieldCipher(key_for(db, db_path, key_path))
+        except BaseException:
+            db.close()
+            raise
+        return cls(db_path, cipher, db=db)
 
     def close(self) -> None:
         self._db.close()

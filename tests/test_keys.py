@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telehealth import rooms
 from telehealth.audit import AuditLog
-from telehealth.crypto import FieldCipher, KeyFileError
+from telehealth.crypto import FieldCipher, KeyFileError, write_key
 from telehealth.keys import (
     KeyBusyError,
     Recovery,
@@ -165,7 +165,7 @@ def test_rotation_refuses_a_key_file_that_is_not_the_stores_key(
     store: Store, data_dir: Path, key_path: Path, room_id: str
 ) -> None:
     other = data_dir / "other.key"
-    Store.open(data_dir, other).close()
+    write_key(other, AESGCM.generate_key(bit_length=256))
     with pytest.raises(KeyFileError, match="not the key this store was opened with"):
         rotate_key(store, other)
     assert names_of(store, room_id) == EXPECTED
