@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from telehealth import accounts, keys, retention, rooms, schema, turn
+from telehealth import backup as backups
 from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
 from telehealth.crypto import KeyFileError
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     turn_config.add_argument("--relay-ip", help="IPv4 address relays are bound to")
     turn_config.add_argument("--tls-cert", help="certificate for TLS on 443 (default: Let's Encrypt's path)")
     turn_config.add_argument("--tls-key", help="private key for TLS on 443")
+
+    backup = sub.add_parser("backup", help="copy the database to PATH while the server runs (not the key)")
+    _common(backup)
+    backup.add_argument("path", type=Path, help="the new backup file")
+    restore = sub.add_parser("restore", help="check a backup and put it in place of the database (server stopped)")
+    _common(restore)
+    restore.add_argument("path", type=Path, help="a file made by telehealth backup")
 
     key = sub.add_parser("key", help="manage the key for personal data").add_subparsers(
         dest="key_command", required=True)
@@ -253,6 +261,24 @@ def cmd_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, config: Config) -> int:
+    made = backups.backup(config.db_path, args.path)
+    print(f"Backed up {made.rooms} rooms (schema version {made.version}) to {made.path}.")
+    print(f"The key file is not in the backup: keep a copy of {config.key_path} somewhere else than "
+          "the backups. Without it no backup can be read; with a backup, it reveals names and numbers.")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    done = backups.restore(args.path, config.data_dir, config.key_path)
+    print(f"Restored {done.copied.rooms} rooms (schema version {done.copied.version}) from {args.path} "
+          f"into {done.copied.path}; start the server now.")
+    if done.kept_aside is not None:
+        print(f"The database it replaced is kept as {done.kept_aside}: delete it once the restored "
+              "server works.")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace, config: Config) -> int:
     store = Store.open(config.data_dir, config.key_path)
     try:
@@ -305,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_turn(args)
         if args.command == "user":
             return cmd_user(args, config)
+        if args.command == "backup":
+            return cmd_backup(args, config)
+        if args.command == "restore":
+            return cmd_restore(args, config)
         # Holding the key's shared lock keeps a rotation from running under our feet.
         with keys.key_in_use(config.key_path):
             return cmd_room(args, config)

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telehealth.audit import AuditEvent
 from telehealth.crypto import FieldCipher, KeyFileError, load_key, load_or_create_key, write_key
+from telehealth.datadir import sync
 
 if TYPE_CHECKING:
     from telehealth.audit import AuditLog
@@ -94,7 +95,7 @@ def rotate_key(
             raise
         store.cipher = new_cipher
         os.replace(new_path, key_path)
-        _sync_dir(key_path.parent)
+        sync(key_path.parent)
     return count
 
 
@@ -116,7 +117,7 @@ def finish_interrupted_rotation(db_path: Path, key_path: Path) -> Recovery:
                     new_path.unlink()
                     return Recovery.DISCARDED
         os.replace(new_path, key_path)
-        _sync_dir(key_path.parent)
+        sync(key_path.parent)
         return Recovery.COMPLETED
 
 
@@ -276,17 +277,5 @@ def _backup_path(key_path: Path) -> Path:
 def _write_durably(path: Path, key: bytes) -> None:
     """write_key, then fsync file and folder: the key must be on disk before the commit."""
     write_key(path, key)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _sync_dir(path.parent)
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync(path)
+    sync(path.parent)
