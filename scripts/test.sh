@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh Debian machine, then runs them.
 # System packages: Chromium (browser tests), coturn (TURN relay), iproute2/nftables/iptables
-# (network namespaces and faults). Python packages go into .venv. Extra pytest arguments pass through.
+# (network namespaces and faults), systemd (systemd-analyze checks deploy/telehealth.service).
+# Python packages go into .venv. Extra pytest arguments pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium coturn iproute2 nftables iptables procps)
+APT_PACKAGES=(chromium coturn iproute2 nftables iptables procps systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
