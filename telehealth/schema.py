@@ -196,7 +196,7 @@ def refusal(path: Path | str, exc: sqlite3.DatabaseError) -> StoreError:
 
 def _damaged(path: Path | str, finding: str) -> str:
     return (f"the database {path} is damaged ({finding}): stop here and restore it from a backup "
-            "with `telehealth restore BACKUP` (see docs/deployment.md, \"Backups\")")
+            "with `telehealth restore BACKUP` (docs/deployment.md, \"Backups and the way back\")")
 
 
 def latest_version() -> int:
