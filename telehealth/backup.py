@@ -22,6 +22,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,26 +57,13 @@ def backup(db_path: Path, dest: Path) -> Copied:
     if not dest.parent.is_dir():
         raise StoreError(f"the folder {dest.parent} does not exist")
     partial = dest.with_name(dest.name + ".partial")
-    partial.unlink(missing_ok=True)
-    datadir.create_private_file(partial)
-    try:
+    with _written(partial, db_path):
         # Not schema.connect: a backup must not migrate the file under a running server.
-        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as source, \
-                contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as source:
             source.execute("PRAGMA busy_timeout=5000")
-            # pages=-1: the whole file in one step, under one read transaction.
-            source.backup(copy, pages=-1)
-            copy.execute("PRAGMA journal_mode=DELETE")
-            copied = Copied(dest, *_checked(copy, db_path))
-        datadir.sync(partial)
+            copied = Copied(dest, *_copy_checked(source, partial, db_path))
         os.replace(partial, dest)
         datadir.sync(dest.parent)
-    except sqlite3.DatabaseError as exc:
-        partial.unlink(missing_ok=True)
-        raise schema.refusal(db_path, exc) from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return copied
 
 
@@ -91,33 +79,52 @@ def restore(source: Path, data_dir: Path, key_path: Path) -> Restored:
         # Copied first, then checked: what is checked is what gets installed, and the backup
         # itself is only read.
         incoming = data_dir / f"{datadir.DATABASE_NAME}.restoring"
-        incoming.unlink(missing_ok=True)
-        datadir.create_private_file(incoming)
-        try:
-            with contextlib.closing(_open_read_only(source)) as backup_db, \
-                    contextlib.closing(sqlite3.connect(incoming, isolation_level=None)) as copy:
-                backup_db.backup(copy, pages=-1)
-                copy.execute("PRAGMA journal_mode=DELETE")
-                copied = Copied(db_path, *_checked(copy, source))
-                schema.check_version(copy, source)
-                _check_key(copy, source, key_path)
-            datadir.sync(incoming)
+        with _written(incoming, source):
+            with contextlib.closing(_open_read_only(source)) as backup_db:
+                found = _copy_checked(backup_db, incoming, source,
+                                      lambda copy: schema.check_version(copy, source),
+                                      lambda copy: _check_key(copy, source, key_path))
             kept = _set_aside(db_path)
             os.replace(incoming, db_path)
             datadir.sync(data_dir)
-        except sqlite3.DatabaseError as exc:
-            incoming.unlink(missing_ok=True)
-            raise schema.refusal(source, exc) from None
-        except BaseException:
-            incoming.unlink(missing_ok=True)
-            raise
-    return Restored(copied, kept)
+    return Restored(Copied(db_path, *found), kept)
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     db.execute("PRAGMA busy_timeout=5000")
     return db
+
+
+@contextlib.contextmanager
+def _written(path: Path, origin: Path) -> Iterator[None]:
+    """``path`` created empty and 0600 for a copy, and removed again if anything fails (a
+    SQLite error becomes the one-line refusal naming ``origin``)."""
+    path.unlink(missing_ok=True)
+    datadir.create_private_file(path)
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        path.unlink(missing_ok=True)
+        raise schema.refusal(origin, exc) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _copy_checked(source: sqlite3.Connection, dest: Path, origin: Path,
+                  *checks: Callable[[sqlite3.Connection], object]) -> tuple[int, int]:
+    """Copy ``source`` into ``dest`` as one self-contained file, check it, sync it; return its
+    schema version and number of rooms."""
+    with contextlib.closing(sqlite3.connect(dest, isolation_level=None)) as copy:
+        # pages=-1: the whole file in one step, under one read transaction.
+        source.backup(copy, pages=-1)
+        copy.execute("PRAGMA journal_mode=DELETE")
+        found = _checked(copy, origin)
+        for check in checks:
+            check(copy)
+    datadir.sync(dest)
+    return found
 
 
 def _checked(copy: sqlite3.Connection, origin: Path) -> tuple[int, int]:

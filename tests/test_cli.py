@@ -17,6 +17,7 @@ import pytest
 
 from media.participant import SyntheticParticipant
 from tests.conftest import free_port
+from tests.served import START_TIMEOUT
 
 TELEHEALTH = [sys.executable, "-m", "telehealth.cli"]
 
@@ -90,8 +91,10 @@ async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "htt
     base_url = f"{scheme}://127.0.0.1:{port}"
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    # A deadline, not a count of tries: a loaded machine takes many seconds to import aiortc.
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+        while asyncio.get_running_loop().time() < deadline:
             try:
                 async with session.get(base_url + "/", ssl=ctx if scheme == "https" else True) as r:
                     if r.status == 200:
