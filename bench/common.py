@@ -66,7 +66,10 @@ class ServerProcess:
             await asyncio.wait_for(self.proc.wait(), 10)
 
 
-async def start_server(*extra: str, env: dict[str, str] | None = None, cpu: int | None = None) -> ServerProcess:
+async def start_server(*extra: str, env: dict[str, str] | None = None, cpu: int | None = None,
+                       cwd: Path | None = None) -> ServerProcess:
+    """``telehealth serve`` on a free port with a fresh data folder; ``cwd``: run the server
+    from another source tree (a checkout of another version, for before/after figures)."""
     data_dir = Path(tempfile.mkdtemp(prefix="telehealth-bench-"))
     port = free_port()
     argv = [sys.executable, "-m", "telehealth.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
@@ -74,7 +77,7 @@ async def start_server(*extra: str, env: dict[str, str] | None = None, cpu: int 
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     proc = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **(env or {})},
-                                                stderr=asyncio.subprocess.DEVNULL)
+                                                stderr=asyncio.subprocess.DEVNULL, cwd=cwd)
     base_url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         for _ in range(400):

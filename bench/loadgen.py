@@ -120,6 +120,8 @@ class Member:
 @dataclass(eq=False)
 class Room:
     members: list[Member] = field(default_factory=list)
+    # Measured relay latencies to this room's members, for per-session figures.
+    latencies_us: list[int] = field(default_factory=list)
 
 
 class WsClient(asyncio.Protocol):
@@ -363,6 +365,7 @@ class LoadGen:
         lo, hi = self.window
         if sent is not None and lo <= sent < hi:
             self.latencies_us.append((now - sent) // 1000)
+            m.room.latencies_us.append((now - sent) // 1000)
             if PROBE_MARK in payload:
                 self.probe_us.append((now - sent) // 1000)
         if kind == "offer":
@@ -437,7 +440,7 @@ class LoadGen:
             conn.close()
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), CLOSE_WAIT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.error("close not confirmed")
                 if conn.transport is not None:
                     conn.transport.abort()
@@ -542,6 +545,8 @@ async def run(cfg: dict[str, Any]) -> None:
         "event": "result",
         "latencies_us": gen.latencies_us,
         "probe_us": gen.probe_us,
+        "room_p99_us": [sorted(r.latencies_us)[int(0.99 * (len(r.latencies_us) - 1))] if r.latencies_us else None
+                        for r in gen.rooms],
         "join_ms": [round(x, 2) for x in gen.join_ms],
         "counts": counts,
         "errors": gen.error_codes,

@@ -18,7 +18,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 LABELS = {"ours": "telehealth", "bare": "bare aiohttp relay", "peerjs": "PeerJS server"}
 COLOURS = {"ours": "tab:blue", "bare": "tab:grey", "peerjs": "tab:orange"}
@@ -196,6 +196,35 @@ def plot_turn_overhead(result: dict[str, Any], out: Path) -> Path:
     return _save(fig, out)
 
 
+LEVEL_COLOURS = {"good": "tab:green", "relayed": "tab:blue", "busy": "tab:purple", "unmeasured": "tab:grey",
+                 "choppy": "tab:orange", "weak": "tab:red", "failed": "black", "unfinished": "black"}
+
+
+def plot_precheck_burst(result: dict[str, Any], out: Path) -> Path:
+    """Each check's start and duration coloured by its verdict; each live session's p99 relay."""
+    fig, (check_ax, live_ax) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for level in sorted({c["level"] for c in result["checks"]}):
+        mine = [c for c in result["checks"] if c["level"] == level]
+        check_ax.plot([c["started_s"] for c in mine], [c["seconds"] for c in mine], "o",
+                      color=LEVEL_COLOURS.get(level, "tab:brown"), label=f"{level} ({len(mine)})")
+    check_ax.set(title=f"Checks: {result['right']} of {len(result['checks'])} right on loopback",
+                 xlabel="opened at (s into the burst)", ylabel="check took (s)")
+    check_ax.set_ylim(bottom=0)
+    live = result["live"]
+    p99s = live["session_p99_ms"]
+    live_ax.bar(range(len(p99s)), [x or 0 for x in p99s], color="tab:blue")
+    limit = result["criteria"]["session_p99_ms_below"]
+    live_ax.axhline(limit, color="red", linewidth=1, linestyle=":", label=f"{limit:g} ms limit")
+    live_ax.set(title=f"Live sessions: p99 relay per session (all: p99 {live['relay_ms']['p99']:g} ms)",
+                xlabel="session", ylabel="ms")
+    for ax in (check_ax, live_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    cpu = result["server_cpu"]["per_check_s"]
+    fig.suptitle(f"{result['what']}; server CPU {cpu * 1000:.0f} ms per check", fontsize=10)
+    return _save(fig, out)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "signaling": plot_signaling,
     "join": plot_join,
@@ -203,6 +232,7 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "faults": plot_faults,
     "browser_faults": plot_browser_faults,
     "turn_overhead": plot_turn_overhead,
+    "precheck_burst": plot_precheck_burst,
 }
 
 

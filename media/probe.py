@@ -1,19 +1,18 @@
 """The far end of the network check: a short-lived aiortc peer that a browser connects to.
 
 Before joining, the page makes a real WebRTC connection to the server, over the same kind
-of path a call uses (ICE, DTLS, SCTP over UDP), and measures it. Signaling is one HTTP
-request: the page waits for ICE gathering to finish and posts its whole offer; ``answer``
-returns the whole answer (aiortc does not trickle either).
+of path a call uses (ICE, DTLS, SCTP over UDP), and measures round trip and loss on it.
+Signaling is one HTTP request: the page waits for ICE gathering to finish and posts its whole
+offer; ``answer`` returns the whole answer (aiortc does not trickle either).
 
-The page opens two data channels:
+The page opens one data channel, ``ping``: unordered, never retransmitted. Every message is
+echoed at once, so the page sees round-trip time, and the pings the network dropped as loss.
+Throughput is not measured here but over plain HTTP (web/netcheck.py): pushing bulk data
+through aiortc's SCTP and DTLS in Python cost the server about a second of CPU per check, and
+on a busy server it measured the server's CPU instead of the network.
 
-- ``ping``: unordered, never retransmitted. Every message is echoed at once, so the page
-  sees round-trip time, and the pings the network dropped as loss.
-- ``bulk``: reliable, for throughput. Text commands, JSON:
-  ``{"op": "down", "ms": 1500}``: the probe sends binary chunks as fast as the channel
-  takes them for that long, then ``{"op": "down_done", "bytes": N, "ms": T}``.
-  Binary chunks from the page are counted; ``{"op": "up_done"}`` is answered with
-  ``{"op": "up_result", "bytes": N, "ms": T}`` (T from the first to the last chunk).
+While checks run, ``lag`` times how late the server's event loop wakes up: if the probe
+itself was starved, the page must not read slow echoes as a slow network.
 
 Each check lives at most ``lifetime`` seconds; at most ``max_checks`` run at once, so the
 endpoint cannot be used to load the server.
@@ -30,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiortc import (
@@ -51,12 +50,6 @@ from telehealth.turn import turn_credentials
 
 log = logging.getLogger("telehealth.probe")
 
-CHUNK_BYTES = 16 * 1024
-# Enough queued to keep SCTP busy, little enough that "down" stops on time.
-HIGH_WATER = 256 * 1024
-MAX_DOWN_MS = 3000
-# Beyond this the link is plainly good enough; stop early and spare the server.
-MAX_DOWN_BYTES = 2 * 1024 * 1024
 MAX_OFFER_BYTES = 64 * 1024
 # The probe's own TURN username tag: coturn logs it, so it says what, never who.
 RELAY_USER_TAG = "netcheck"
@@ -98,6 +91,50 @@ def offers_only_relay(sdp: str) -> bool:
     return bool(types) and all(kind == "relay" for kind in types)
 
 
+class LoopLag:
+    """How late the event loop wakes from a short timer, over the last ``window`` seconds.
+
+    States: idle -> sampling (``touch()`` while checks run) -> idle again once nothing has
+    touched it for ``window`` seconds, so an idle server does not wake up for it.
+    """
+
+    def __init__(self, *, every: float = 0.05, window: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.window = window
+        self.clock = clock
+        self._samples: deque[tuple[float, float]] = deque()
+        self._touched = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        self._touched = self.clock()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while self.clock() - self._touched < self.window:
+            asked = self.clock()
+            await asyncio.sleep(self.every)
+            now = self.clock()
+            self._samples.append((now, now - asked - self.every))
+            while self._samples and self._samples[0][0] < now - self.window:
+                self._samples.popleft()
+
+    def recent_ms(self) -> dict[str, float]:
+        """The 90th percentile and the worst lateness lately, in milliseconds."""
+        late = sorted(max(0.0, x) for _, x in self._samples)
+        if not late:
+            return {"p90": 0.0, "max": 0.0}
+        return {"p90": round(late[int(0.9 * (len(late) - 1))] * 1000, 1), "max": round(late[-1] * 1000, 1)}
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class NetworkProbe:
     """Answers network-check offers. States of one check: answered -> connected -> closed
     (by the page, by failure, or when its lifetime ends). With ``relay`` set, an offer of
@@ -108,7 +145,8 @@ class NetworkProbe:
         *,
         stun_urls: tuple[str, ...] = (),
         relay: ProbeRelay | None = None,
-        max_checks: int = 4,
+        max_checks: int = 8,
+        max_transfers: int = 8,
         lifetime: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -116,10 +154,13 @@ class NetworkProbe:
         self.stun_urls = stun_urls
         self.relay = relay
         self.max_checks = max_checks
+        self.max_transfers = max_transfers
+        self.transfers = 0
         self.lifetime = lifetime
         self.clock = clock
         self.wall_clock = wall_clock
         self._checks: dict[RTCPeerConnection, asyncio.Task[None]] = {}
+        self.lag = LoopLag(clock=clock)
 
     @classmethod
     def from_config(cls, config: Config) -> NetworkProbe:
@@ -129,12 +170,26 @@ class NetworkProbe:
     def running(self) -> int:
         return len(self._checks)
 
+    @contextlib.contextmanager
+    def transfer(self) -> Iterator[None]:
+        """A slot for one throughput transfer of a check (web/netcheck.py); raises UserError
+        when ``max_transfers`` run already, so the check cannot be used to flood the server."""
+        if self.transfers >= self.max_transfers:
+            raise UserError(ErrorCode.RATE_LIMITED, "The network check is busy. Please try again in a moment.")
+        self.lag.touch()
+        self.transfers += 1
+        try:
+            yield
+        finally:
+            self.transfers -= 1
+
     async def answer(self, offer_type: str, offer_sdp: str) -> RTCSessionDescription:
         """Answer one browser's offer; raises UserError when busy or the offer is unusable."""
         if len(self._checks) >= self.max_checks:
             raise UserError(ErrorCode.RATE_LIMITED, "The network check is busy. Please try again in a moment.")
         if offer_type != "offer" or not offer_sdp or len(offer_sdp) > MAX_OFFER_BYTES:
             raise UserError(ErrorCode.INVALID_MESSAGE, "The network check needs an SDP offer.")
+        self.lag.touch()
         relay = self.relay if offers_only_relay(offer_sdp) else None
         if relay is not None:
             configuration = RTCConfiguration(
@@ -151,8 +206,6 @@ class NetworkProbe:
         def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label == "ping":
                 channel.on("message", channel.send)
-            elif channel.label == "bulk":
-                _Bulk(channel, self.clock)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -188,64 +241,4 @@ class NetworkProbe:
     async def close(self) -> None:
         for pc in list(self._checks):
             await self._close(pc)
-
-
-class _Bulk:
-    """The throughput channel of one check."""
-
-    def __init__(self, channel: RTCDataChannel, clock: Callable[[], float]) -> None:
-        self.channel = channel
-        self.clock = clock
-        self.up_bytes = 0
-        self.up_first = 0.0
-        self.up_last = 0.0
-        self.sending: asyncio.Task[None] | None = None
-        self.drained = asyncio.Event()
-        channel.bufferedAmountLowThreshold = HIGH_WATER // 2
-        channel.on("bufferedamountlow", self.drained.set)
-        channel.on("message", self.on_message)
-        channel.on("close", self.stop)
-
-    def on_message(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            now = self.clock()
-            if self.up_bytes == 0:
-                self.up_first = now
-            self.up_bytes += len(message)
-            self.up_last = now
-            return
-        try:
-            command = json.loads(message)
-        except ValueError:
-            return
-        op = command.get("op") if isinstance(command, dict) else None
-        if op == "down" and self.sending is None:
-            ms = command.get("ms")
-            ms = min(float(ms), MAX_DOWN_MS) if isinstance(ms, (int, float)) and ms > 0 else 1500.0
-            self.sending = asyncio.create_task(self.send_down(ms / 1000))
-        elif op == "up_done":
-            elapsed_ms = (self.up_last - self.up_first) * 1000
-            self.channel.send(json.dumps({"op": "up_result", "bytes": self.up_bytes, "ms": round(elapsed_ms, 1)}))
-
-    async def send_down(self, seconds: float) -> None:
-        chunk = bytes(CHUNK_BYTES)
-        sent = 0
-        start = self.clock()
-        deadline = start + seconds
-        while self.clock() < deadline and sent < MAX_DOWN_BYTES and self.channel.readyState == "open":
-            if self.channel.bufferedAmount >= HIGH_WATER:
-                self.drained.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.drained.wait(), max(0.0, deadline - self.clock()))
-                continue
-            self.channel.send(chunk)
-            sent += CHUNK_BYTES
-            # Let SCTP run: aiortc sends from the same loop.
-            await asyncio.sleep(0)
-        if self.channel.readyState == "open":
-            elapsed_ms = (self.clock() - start) * 1000
-            self.channel.send(json.dumps({"op": "down_done", "bytes": sent, "ms": round(elapsed_ms, 1)}))
-
-    def stop(self) -> None:
-        if self.sending is not None:
-            self.sending.cancel()
+        await self.lag.close()

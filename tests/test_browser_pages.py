@@ -20,7 +20,7 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     watch_console,
 )
 from tests.conftest import RunningServer, eventually
-from web.pages import PROBE
+from web.netcheck import PROBE
 
 pytestmark = pytest.mark.browser
 

@@ -84,7 +84,7 @@ CONNECTION_STATES = """() => window.__connections.filter(pc => pc.getTransceiver
 # The check as a relay-only server's GET /netcheck describes it (ice_transport_policy "relay").
 RELAY_ONLY_CHECK = """async (url) => {
   const { runNetworkCheck, verdict } = await import('/static/netcheck.js');
-  const result = await runNetworkCheck({ url, bulkMs: 400 });
+  const result = await runNetworkCheck({ url });
   return { result, words: verdict(result) };
 }"""
 

@@ -22,7 +22,7 @@ from telehealth.tokens import new_token
 from tests.conftest import RunningServer
 from web.console import SESSION_COOKIE
 from web.forms import LOGIN_COOKIE
-from web.pages import PROBE
+from web.netcheck import PROBE
 
 PASSWORD = "correct horse battery staple"
 

@@ -1,7 +1,8 @@
-"""HTTP pages: the room page behind each join link, its network check, and the error pages.
+"""HTTP pages: the room page behind each join link and the error pages.
 
 Handlers parse the request, ask the core, and render; they hold no state. ``setup(app)``
-mounts everything under web/ (pages, console, static files, the network-check probe).
+mounts everything under web/ (pages, the network check's endpoints in web/netcheck.py,
+console, static files).
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
-import msgspec
 from aiohttp import web
 
-from media.probe import NetworkProbe
 from signaling.endpoint import SIGNALING
 from telehealth import accounts
 from telehealth.app import CONFIG, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
-from telehealth.errors import MESSAGES, ErrorCode, LinkError, UserError
+from telehealth.errors import MESSAGES, ErrorCode, LinkError
 from telehealth.store import Person, RoomRecord
 from telehealth.tokens import JoinLink, check_link, hash_token, well_formed
 
@@ -46,8 +45,6 @@ LINK_STATUS = {
     ErrorCode.ROOM_ENDED: 410,
     ErrorCode.RATE_LIMITED: 429,
 }
-
-PROBE = web.AppKey("probe", NetworkProbe)
 
 
 @web.middleware
@@ -120,7 +117,7 @@ def zone(name: str) -> datetime.tzinfo:
         return datetime.UTC
 
 
-def _checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
+def checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
     """The request's link, its room and person; raises LinkError when it lets no one in."""
     store = request.app[STORE]
     token = request.match_info["token"]
@@ -147,7 +144,7 @@ def _checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
 
 async def room_page(request: web.Request) -> web.StreamResponse:
     try:
-        _, record, person = _checked_link(request)
+        _, record, person = checked_link(request)
     except LinkError as exc:
         return error_page(request, exc.code, LINK_STATUS.get(exc.code, 400))
     now = time.time()
@@ -182,45 +179,10 @@ def same_origin(request: web.Request) -> bool:
     return origin.rstrip("/") in own
 
 
-def _json_error(code: ErrorCode, status: int, message: str | None = None) -> web.Response:
+def json_error(code: ErrorCode, status: int, message: str | None = None) -> web.Response:
     return web.json_response(
         {"code": code.value, "message": message or MESSAGES.get(code, code.value)}, status=status
     )
-
-
-async def netcheck_config(request: web.Request) -> web.StreamResponse:
-    """The ICE servers a call would use, so the check takes the same path."""
-    try:
-        _, record, person = _checked_link(request)
-    except LinkError as exc:
-        return _json_error(exc.code, LINK_STATUS.get(exc.code, 400))
-    servers, _ = request.app[SIGNALING].hub.extras(record, person, time.time())
-    return web.json_response({"ice_servers": msgspec.to_builtins(servers),
-                              "ice_transport_policy": request.app[SIGNALING].hub.ice_policy})
-
-
-class _Offer(msgspec.Struct):
-    type: str
-    sdp: str
-
-
-async def netcheck_offer(request: web.Request) -> web.StreamResponse:
-    if not same_origin(request):
-        return _json_error(ErrorCode.FORBIDDEN, 403)
-    try:
-        _checked_link(request)
-    except LinkError as exc:
-        return _json_error(exc.code, LINK_STATUS.get(exc.code, 400))
-    try:
-        offer = msgspec.json.decode(await request.read(), type=_Offer)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return _json_error(ErrorCode.INVALID_MESSAGE, 400)
-    try:
-        answer = await request.app[PROBE].answer(offer.type, offer.sdp)
-    except UserError as exc:
-        status = 429 if exc.code == ErrorCode.RATE_LIMITED else 400
-        return _json_error(exc.code, status, exc.detail)
-    return web.json_response({"type": answer.type, "sdp": answer.sdp})
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -239,12 +201,8 @@ def asset(name: str) -> str:
     return f"/static/{name}"
 
 
-async def close_probe(app: web.Application) -> None:
-    await app[PROBE].close()
-
-
 def setup(app: web.Application) -> None:
-    from web import console
+    from web import console, netcheck
 
     env = aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -254,10 +212,6 @@ def setup(app: web.Application) -> None:
 
     app.router.add_get("/", home)
     app.router.add_get("/j/{token}", room_page)
-    app.router.add_get("/j/{token}/netcheck", netcheck_config)
-    app.router.add_post("/j/{token}/netcheck", netcheck_offer)
+    netcheck.setup(app)
     console.setup(app)
     app.router.add_static("/static/", HERE / "static")
-
-    app[PROBE] = NetworkProbe.from_config(app[CONFIG])
-    app.on_cleanup.append(close_probe)

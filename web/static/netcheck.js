@@ -1,16 +1,25 @@
-// The network check: a short real WebRTC connection to the server's probe (media/probe.py).
+// The network check: is the path from here to the server good enough for a call?
 //
-// DOM-free. Signaling is one HTTP POST: we wait for ICE gathering to finish and send the
-// whole offer (no trickle). Over the connection we measure round-trip time and loss with
-// unreliable pings, then download and upload throughput on a reliable channel, and turn the
-// numbers into words with `verdict`.
+// DOM-free. Three measurements, each over the cheapest channel that tells the truth:
+// - round trip and loss: a short real WebRTC connection to the server's probe
+//   (media/probe.py), the path a call's media takes (ICE, DTLS, SCTP over UDP), with
+//   unordered, never retransmitted pings. Signaling is one HTTP POST: we wait for ICE
+//   gathering to finish and send the whole offer (no trickle);
+// - download and upload speed: plain HTTP to the server (web/netcheck.py), bytes the server
+//   does not pace. Through the probe's Python SCTP it cost the server a second of CPU per
+//   check and, on a busy server, measured the server's CPU instead of the network;
+// - whether the measurement itself was starved: how late this page's own timers fire while
+//   it runs (a busy computer), and how late the server's loop has been waking (reported by
+//   the server). A verdict never blames the network for what a starved measurement saw.
+// `verdict` turns the numbers into words.
 //
 // When the server hands out a TURN relay, the check also proves the relay works from this
 // network: it asks the relay for an address over UDP, and over TCP/TLS (the way out of
 // networks that block UDP), and makes a real relay-only connection to the probe. Without a
 // relay configured it says nothing about relays: there is nothing the person could do.
 
-const CHUNK = 16 * 1024;
+const UPLOAD_FIRST = 64 * 1024;
+const TRANSFER_MAX = 4 * 1024 * 1024;
 
 /**
  * @typedef {{udp: boolean|null, tcp: boolean|null, connected: boolean|null, rtt_ms: number|null}} RelayResult
@@ -19,10 +28,19 @@ const CHUNK = 16 * 1024;
  */
 
 /**
+ * @typedef {{p90_ms: number, max_ms: number}} Lateness
+ * How late timers fired while the check ran (0 when on time).
+ */
+
+/**
  * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
  *            down_kbps: number|null, up_kbps: number|null, candidate: string|null,
- *            relay_only?: boolean, relay: RelayResult|null, error?: string}} CheckResult
+ *            relay_only?: boolean, relay: RelayResult|null, error?: string,
+ *            page_lag?: Lateness|null, server_lag?: Lateness|null, hidden?: boolean}} CheckResult
  * relay_only: the server runs every call through the relay, so the check did too.
+ * page_lag: this page's timers; server_lag: the server's loop (as it reported);
+ * hidden: the page was in the background for part of the check (browsers slow its timers).
+ * error 'rate_limited': the server was too busy to take the check.
  */
 
 function sleep(ms, timers) {
@@ -37,6 +55,46 @@ function within(promise, ms, timers, what) {
       (error) => { timers.clearTimeout(timer); reject(error); },
     );
   });
+}
+
+/**
+ * How late this page's timers fire, sampled every `everyMs` until `stop()`: on a computer
+ * too busy to run the page on time, everything the check timed is late too.
+ */
+export class TimerLag {
+  constructor({ now, timers, everyMs = 50, isHidden = () => globalThis.document?.visibilityState === 'hidden' }) {
+    this.now = now;
+    this.timers = timers;
+    this.everyMs = everyMs;
+    this.isHidden = isHidden;
+    this.late = [];
+    this.hidden = false;
+    this.timer = null;
+  }
+
+  start() {
+    const tick = (asked) => {
+      this.late.push(Math.max(0, this.now() - asked - this.everyMs));
+      this.hidden ||= this.isHidden();
+      const at = this.now();
+      this.timer = this.timers.setTimeout(() => tick(at), this.everyMs);
+    };
+    this.hidden = this.isHidden();
+    const at = this.now();
+    this.timer = this.timers.setTimeout(() => tick(at), this.everyMs);
+    return this;
+  }
+
+  /** @returns {{lag: Lateness, hidden: boolean}} */
+  stop() {
+    this.timers.clearTimeout(this.timer);
+    this.timer = null;
+    const late = [...this.late].sort((a, b) => a - b);
+    const lag = late.length
+      ? { p90_ms: Math.round(late[Math.floor(0.9 * (late.length - 1))]), max_ms: Math.round(late[late.length - 1]) }
+      : { p90_ms: 0, max_ms: 0 };
+    return { lag, hidden: this.hidden };
+  }
 }
 
 function opened(channel) {
@@ -134,8 +192,8 @@ function median(values) {
  * @param {{
  *   url: string, fetchImpl?: typeof fetch, RTCPeerConnectionImpl?: typeof RTCPeerConnection,
  *   now?: () => number, timers?: any, onStage?: (stage: string) => void,
- *   pings?: number, pingEveryMs?: number, bulkMs?: number, connectTimeoutMs?: number,
- *   relayTimeoutMs?: number, signal?: AbortSignal,
+ *   pings?: number, pingEveryMs?: number, downMs?: number, upMs?: number, connectTimeoutMs?: number,
+ *   relayTimeoutMs?: number, signal?: AbortSignal, isHidden?: () => boolean,
  * }} options
  * Aborting (the person joined the call meanwhile) closes every connection at once, so the
  * check never competes with the call for bandwidth; the result then has error 'aborted'.
@@ -145,12 +203,13 @@ export async function runNetworkCheck({
   url, fetchImpl = globalThis.fetch.bind(globalThis),
   RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
   now = () => globalThis.performance.now(), timers = globalThis, onStage = () => {},
-  pings = 40, pingEveryMs = 25, bulkMs = 1200, connectTimeoutMs = 10000, relayTimeoutMs = 5000, signal = null,
+  pings = 200, pingEveryMs = 10, downMs = 1500, upMs = 1500, connectTimeoutMs = 10000, relayTimeoutMs = 5000,
+  signal = null, isHidden = undefined,
 }) {
   /** @type {CheckResult} */
   const result = {
     connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
-    relay_only: false, relay: null,
+    relay_only: false, relay: null, page_lag: null, server_lag: null, hidden: false,
   };
   let iceServers = [];
   try {
@@ -173,7 +232,14 @@ export async function runNetworkCheck({
     : Promise.resolve(null));
   const reachability = relayConfigured ? Promise.all([reachable(relays.udp), reachable(relays.tcp)]) : null;
 
-  await checkConnection(result, iceServers, { ...io, onStage, pings, pingEveryMs, bulkMs });
+  const lag = new TimerLag({ now, timers, ...(isHidden ? { isHidden } : {}) }).start();
+  try {
+    await checkConnection(result, iceServers, { ...io, onStage, pings, pingEveryMs });
+    if (result.connected && !signal?.aborted) await checkSpeed(result, { ...io, onStage, downMs, upMs });
+  } finally {
+    const { lag: pageLag, hidden } = lag.stop();
+    Object.assign(result, { page_lag: pageLag, hidden });
+  }
   if (reachability && !signal?.aborted) {
     onStage('relay');
     const [udp, tcp] = await reachability;
@@ -193,25 +259,38 @@ export async function runNetworkCheck({
 
 class ProbeRefused extends Error {}
 
+/**
+ * `fetch`, asked again a few times while the server says it is busy (429: other checks take
+ * its slots); then ProbeRefused('rate_limited'). Other refusals: ProbeRefused(their code).
+ */
+async function fetchOrWait(fetchImpl, url, init, timers, waitsMs = [1000, 2000, 4000]) {
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetchImpl(url, init);
+    if (response.ok) return response;
+    const body = await response.json().catch(() => ({}));
+    if (response.status !== 429 || attempt >= waitsMs.length) {
+      throw new ProbeRefused(body.code || `http_${response.status}`);
+    }
+    // Spread the retries of pages refused together.
+    await sleep(waitsMs[attempt] * (0.75 + Math.random() / 2), timers);
+  }
+}
+
 /** Offer to the probe and take its answer (the whole of either: no trickle either side). */
 async function offerToProbe(pc, { url, fetchImpl, timers }) {
   await pc.setLocalDescription();
   await within(gathered(pc), 5000, timers, 'ICE gathering').catch(() => {});
-  const response = await fetchImpl(url, {
+  const response = await fetchOrWait(fetchImpl, url, {
     method: 'POST', credentials: 'omit', cache: 'no-store',
     headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
-  });
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new ProbeRefused(body.code || `http_${response.status}`);
-  }
+  }, timers);
   await pc.setRemoteDescription(await response.json());
 }
 
-/** The main check, over the path a call would take: connect, then delay, loss and throughput. */
+/** Over the path a call would take: connect, then round trip and loss. */
 async function checkConnection(result, iceServers, {
-  RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, bulkMs, connectTimeoutMs, signal, ...io
+  RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, connectTimeoutMs, signal, ...io
 }) {
   const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: result.relay_only ? 'relay' : 'all' });
   const abort = () => pc.close();
@@ -219,24 +298,33 @@ async function checkConnection(result, iceServers, {
   try {
     onStage('connecting');
     const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
-    const bulk = pc.createDataChannel('bulk');
-    bulk.binaryType = 'arraybuffer';
     await offerToProbe(pc, { ...io, timers });
-    await within(Promise.all([opened(ping), opened(bulk)]), connectTimeoutMs, timers, 'connection');
+    await within(opened(ping), connectTimeoutMs, timers, 'connection');
     result.connected = true;
 
     onStage('latency');
     Object.assign(result, await measurePings(ping, { pings, pingEveryMs, now, timers }));
-    onStage('download');
-    result.down_kbps = await measureDown(bulk, { bulkMs, now, timers });
-    onStage('upload');
-    result.up_kbps = await measureUp(bulk, { bulkMs, now, timers });
     result.candidate = await selectedCandidateType(pc);
   } catch (error) {
     result.error = (error && error.message) || 'failed';
   } finally {
     signal?.removeEventListener('abort', abort);
+    // Done with the probe: its slot is free for the next person's check.
     pc.close();
+  }
+}
+
+/** Download then upload speed over plain HTTP to the server. */
+async function checkSpeed(result, { url, fetchImpl, now, timers, onStage, downMs, upMs, signal }) {
+  try {
+    onStage('download');
+    result.down_kbps = await measureDown(url, { fetchImpl, now, timers, downMs, signal });
+    onStage('upload');
+    const up = await measureUp(url, { fetchImpl, now, timers, upMs, signal });
+    result.up_kbps = up.kbps;
+    result.server_lag = up.serverLag;
+  } catch (error) {
+    if (!signal?.aborted) result.error = (error && error.message) || 'failed';
   }
 }
 
@@ -270,9 +358,10 @@ async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
       sentAt.delete(seq);
     }
   };
+  // Small, like the packets of a voice call, so that a narrow link carries them unharmed.
   for (let seq = 0; seq < pings; seq += 1) {
     sentAt.set(seq, now());
-    channel.send(`${seq}:${'x'.repeat(100)}`);
+    channel.send(`${seq}:ping`);
     await sleep(pingEveryMs, timers);
   }
   // Give late echoes a moment; later than this counts as lost for a conversation anyway.
@@ -289,72 +378,68 @@ async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
   };
 }
 
-function measureDown(channel, { bulkMs, now, timers }) {
-  return new Promise((resolve) => {
-    let bytes = 0;
-    let first = 0;
-    let last = 0;
-    const finish = (serverMs) => {
-      channel.onmessage = null;
-      timers.clearTimeout(timer);
-      const ms = last > first ? last - first : serverMs;
-      resolve(bytes > 0 && ms > 0 ? Math.round((bytes * 8) / ms) : null);
-    };
-    const timer = timers.setTimeout(() => finish(0), bulkMs + 5000);
-    channel.onmessage = (event) => {
-      if (typeof event.data === 'string') {
-        let message = {};
-        try { message = JSON.parse(event.data); } catch (error) { return; }
-        if (message.op === 'down_done') finish(message.ms || 0);
-        return;
-      }
+/**
+ * Download speed in kbit/s: up to TRANSFER_MAX bytes as fast as they come, read for at most
+ * `downMs` after the first arrives (then we stop reading and the server stops sending).
+ * Timed from the first chunk's arrival to the last's, so connection setup is not counted.
+ */
+async function measureDown(url, { fetchImpl, now, timers, downMs, signal }) {
+  const stop = new AbortController();
+  const abort = () => stop.abort();
+  signal?.addEventListener('abort', abort);
+  const give = timers.setTimeout(abort, downMs + 8000);
+  let first = null;
+  let last = 0;
+  let bytes = 0;
+  try {
+    const response = await fetchOrWait(fetchImpl, `${url}/down?bytes=${TRANSFER_MAX}`,
+      { credentials: 'omit', cache: 'no-store', signal: stop.signal }, timers);
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
       const at = now();
-      if (bytes === 0) first = at;
-      bytes += event.data.byteLength;
+      if (first === null) first = at;
+      else bytes += value.byteLength;
       last = at;
-    };
-    channel.send(JSON.stringify({ op: 'down', ms: bulkMs }));
-  });
+      if (at - first >= downMs) break;
+    }
+  } catch (error) {
+    if (error instanceof ProbeRefused || signal?.aborted) throw error;
+    // Cut short by our own timer: what arrived until then still counts.
+  } finally {
+    timers.clearTimeout(give);
+    signal?.removeEventListener('abort', abort);
+    stop.abort();
+  }
+  return bytes > 0 && last > first ? Math.round((bytes * 8) / (last - first)) : null;
 }
 
-async function measureUp(channel, { bulkMs, now, timers }) {
-  const chunk = new Uint8Array(CHUNK);
-  const maxBytes = 2 * 1024 * 1024;
-  const highWater = 512 * 1024;
-  channel.bufferedAmountLowThreshold = highWater / 2;
-  const start = now();
-  let sent = 0;
-  while (now() - start < bulkMs && sent < maxBytes) {
-    if (channel.bufferedAmount > highWater) {
-      await new Promise((resolve) => {
-        const timer = timers.setTimeout(resolve, 200);
-        channel.addEventListener('bufferedamountlow', () => { timers.clearTimeout(timer); resolve(); }, { once: true });
-      });
-      continue;
-    }
-    channel.send(chunk);
-    sent += CHUNK;
+/**
+ * Upload speed in kbit/s: POSTs that grow until one takes long enough to time well (or the
+ * time is spent), each timed from sending to the server's reply, so it errs low by a round
+ * trip. The last reply also says how late the server's loop has been waking.
+ */
+async function measureUp(url, { fetchImpl, now, timers, upMs, signal }) {
+  let size = UPLOAD_FIRST;
+  let kbps = null;
+  let serverLag = null;
+  const began = now();
+  for (;;) {
+    const sent = now();
+    const response = await fetchOrWait(fetchImpl, `${url}/up`, {
+      method: 'POST', credentials: 'omit', cache: 'no-store', signal,
+      headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array(size),
+    }, timers);
+    const reply = await response.json();
+    const ms = now() - sent;
+    if (reply.bytes === size && ms > 0) kbps = Math.round((size * 8) / ms);
+    serverLag = reply.server_lag_ms ?? null;
+    if (ms >= upMs / 3 || now() - began >= upMs || size >= TRANSFER_MAX) break;
+    // Aim the next one at about half the time left.
+    size = Math.min(TRANSFER_MAX, Math.round(size * Math.min(16, Math.max(2, upMs / 2 / ms))));
   }
-  const reply = new Promise((resolve) => {
-    const timer = timers.setTimeout(() => resolve(null), 5000);
-    channel.onmessage = (event) => {
-      if (typeof event.data !== 'string') return;
-      try {
-        const message = JSON.parse(event.data);
-        if (message.op === 'up_result') {
-          timers.clearTimeout(timer);
-          resolve(message);
-        }
-      } catch (error) { /* not ours */ }
-    };
-  });
-  channel.send(JSON.stringify({ op: 'up_done' }));
-  const message = await reply;
-  channel.onmessage = null;
-  if (!message || !message.bytes) return null;
-  // From our first send to the server's count: includes one round trip, so it errs low.
-  const ms = now() - start;
-  return ms > 0 ? Math.round((message.bytes * 8) / ms) : null;
+  return { kbps, serverLag };
 }
 
 async function selectedCandidateType(pc) {
@@ -392,10 +477,50 @@ const UNREACHABLE = {
  * streams and receives two. `relay` is a line about the TURN relay, empty when none is set up.
  * @param {CheckResult} r
  * @param {{audience?: 'partner'|'therapist'}} [options]
- * @returns {{level: 'good'|'relayed'|'choppy'|'weak'|'failed', label: string, advice: string,
- *            numbers: string, relay: string}}
+ * A verdict is about the path. When the measurement was starved (this computer, the page in
+ * the background, or the server too busy) and saw anything short of good, the words say so
+ * instead of blaming the network: a busy machine delays echoes and transfers as a weak
+ * network would, and "switch to mobile data" would be the wrong advice.
+ * @returns {{level: 'good'|'relayed'|'choppy'|'weak'|'failed'|'busy'|'unmeasured', label: string,
+ *            advice: string, numbers: string, relay: string}}
  */
 export function verdict(r, { audience = 'partner' } = {}) {
+  const words = pathVerdict(r, audience);
+  if (r.error === 'rate_limited') return { ...words, ...SERVER_BUSY };
+  if (words.level === 'good' || words.level === 'relayed') return words;
+  if (starved(r.page_lag)) return { ...words, ...COMPUTER_BUSY };
+  if (r.hidden) return { ...words, ...IN_BACKGROUND };
+  if (starved(r.server_lag)) return { ...words, ...SERVER_BUSY };
+  return words;
+}
+
+// Timers this late mean the measurement, not the network, was slow. An idle or moderately
+// loaded machine fires them within a few milliseconds.
+export const STARVED = { p90_ms: 50, max_ms: 500 };
+
+function starved(lag) {
+  return Boolean(lag) && (lag.p90_ms > STARVED.p90_ms || lag.max_ms > STARVED.max_ms);
+}
+
+const COMPUTER_BUSY = {
+  level: 'busy',
+  label: 'Could not measure (your computer is busy)',
+  advice: 'Your computer was too busy to measure the connection properly. Close other apps and browser '
+    + 'tabs you do not need, then check again.',
+};
+const IN_BACKGROUND = {
+  level: 'unmeasured',
+  label: 'Could not measure the speed',
+  advice: 'This page was in the background, so the browser slowed the check down. Keep this page open '
+    + 'while it checks, then check again.',
+};
+const SERVER_BUSY = {
+  level: 'unmeasured',
+  label: 'Could not measure the speed',
+  advice: 'The video service was busy and could not finish the check. Please check again in a minute.',
+};
+
+function pathVerdict(r, audience) {
   const relayLine = describeRelay(r.relay ?? null);
   // Relayed because this network allows nothing else (on a relay-only server, every call is).
   const relayed = !r.relay_only && (r.connected ? r.candidate === 'relay' : r.relay?.connected === true);
@@ -423,10 +548,11 @@ function qualityWords(r) {
   const loss = r.loss ?? 1;
   const down = r.down_kbps ?? 0;
   const up = r.up_kbps ?? 0;
-  if (rtt <= 250 && loss <= 0.02 && down >= 1500 && up >= 1200) {
+  // Loss is of round trips (a ping or its echo lost): 4 % each way is about 8 %.
+  if (rtt <= 250 && loss <= 0.03 && down >= 1500 && up >= 1200) {
     return { level: 'good', label: 'Good', advice: 'Your connection is good for video.' };
   }
-  if (rtt <= 500 && loss <= 0.08 && down >= 500 && up >= 400) {
+  if (rtt <= 500 && loss <= 0.15 && down >= 350 && up >= 300) {
     return {
       level: 'choppy',
       label: 'May be choppy',
