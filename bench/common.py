@@ -79,15 +79,20 @@ async def start_server(*extra: str, env: dict[str, str] | None = None, cpu: int 
     proc = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **(env or {})},
                                                 stderr=asyncio.subprocess.DEVNULL, cwd=cwd)
     base_url = f"http://127.0.0.1:{port}"
+    # Generous: on a shared, loaded machine the import alone can take seconds.
+    deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
-        for _ in range(400):
+        while proc.returncode is None and time.monotonic() < deadline:
             try:
                 async with session.get(base_url + "/readyz") as r:
                     if r.status == 200:
                         return ServerProcess(proc, base_url, data_dir)
             except aiohttp.ClientError:
                 await asyncio.sleep(0.025)
-    raise TimeoutError("server did not start")
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    raise TimeoutError(f"server did not start (exit code {proc.returncode})")
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Each runs as its own process, as `python -m bench.X` does, with one run and short waits
 (signaling: `--smoke`; join and browser_join: `--runs 1`; faults and browser_faults: one cut of
-a second; turn_overhead: five pings and one second of call), its results sent to a tmp dir
+a second; turn_overhead: five pings and one second of call; precheck_burst: `--smoke`, three
+checks beside five live sessions), its results sent to a tmp dir
 (BENCH_RESULTS_DIR) so that a test never overwrites a real run's figures. Each must write its
 JSON with every figure present and sane, and a PNG plot beside it.
 """
@@ -125,6 +126,20 @@ def test_the_browser_join_benchmark_runs(tmp_path: Path) -> None:
         assert run["join_ms"] < run["first_frame_ms"] <= run["both_frames_ms"], (mode, run)
         assert all(summary["n"] == 1 for summary in result["ms"][mode].values()), result["ms"][mode]
     assert "camera_ms" in result["runs"]["after_check"][0]
+
+
+@pytest.mark.browser
+def test_the_precheck_burst_benchmark_runs(tmp_path: Path) -> None:
+    result = run_benchmark("precheck_burst", "--smoke", out=tmp_path, timeout=300)
+    levels = [check["level"] for check in result["checks"]]
+    assert len(levels) == 3 and "unfinished" not in levels, result["checks"]
+    # On loopback no verdict may blame the network, however busy the machine is.
+    assert result["network_blamed"] == 0, result["checks"]
+    assert result["server_cpu"]["per_check_s"] > 0, result["server_cpu"]
+    live = result["live"]
+    assert live["sessions"] == live["sessions_measured"] == 5, live
+    assert all(p99 is not None and p99 >= 0 for p99 in live["session_p99_ms"]), live
+    assert live["counts"]["errors"] == 0 and live["relay_ms"]["samples"] > 0, live
 
 
 # Needs a namespace (so it runs with the network-fault suite, alone) as well as Chromium.

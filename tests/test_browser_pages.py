@@ -152,6 +152,14 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
                 slow: verdict({ ...base, up_kbps: 700 }),
                 weak: verdict({ ...base, rtt_ms: 900 }),
                 failed: verdict({ ...base, connected: false, rtt_ms: null, loss: null, down_kbps: null, up_kbps: null }),
+                // A starved measurement: this computer, the page in the background, the server.
+                busyChoppy: verdict({ ...base, loss: 0.05, page_lag: { p90_ms: 120, max_ms: 400 } }),
+                busyFailed: verdict({ ...base, connected: false, rtt_ms: null, page_lag: { p90_ms: 10, max_ms: 900 } }),
+                busyGood: verdict({ ...base, page_lag: { p90_ms: 120, max_ms: 400 } }),
+                mildLag: verdict({ ...base, up_kbps: 700, page_lag: { p90_ms: 20, max_ms: 150 } }),
+                hidden: verdict({ ...base, rtt_ms: 900, hidden: true }),
+                serverLate: verdict({ ...base, rtt_ms: 900, server_lag: { p90_ms: 80, max_ms: 300 } }),
+                serverFull: verdict({ ...base, connected: false, rtt_ms: null, error: 'rate_limited' }),
             };
         }"""
     )
@@ -159,6 +167,18 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
         "Good", "May be choppy", "May be choppy", "Too weak for video"]
     assert words["failed"]["level"] == "failed" and "could not connect" in words["failed"]["label"]
     assert words["weak"]["numbers"].startswith("Round trip 900 ms")
+    # Never a network guess from a starved measurement; the path's own words when it was fine.
+    for key in ("busyChoppy", "busyFailed"):
+        assert (words[key]["level"], words[key]["label"]) == ("busy", "Could not measure (your computer is busy)")
+        assert "Close other apps" in words[key]["advice"] and "Wi-Fi" not in words[key]["advice"]
+    assert words["busyChoppy"]["numbers"] == words["choppy"]["numbers"]
+    assert words["busyGood"]["label"] == "Good"
+    assert words["mildLag"]["label"] == "May be choppy"
+    for key in ("hidden", "serverLate", "serverFull"):
+        assert (words[key]["level"], words[key]["label"]) == ("unmeasured", "Could not measure the speed"), key
+    assert "background" in words["hidden"]["advice"]
+    assert words["serverLate"]["advice"] == words["serverFull"]["advice"]
+    assert "check again in a minute" in words["serverFull"]["advice"]
 
 
 async def test_every_control_of_the_check_is_reachable_by_keyboard_with_a_visible_focus(

@@ -488,8 +488,9 @@ export function verdict(r, { audience = 'partner' } = {}) {
   const words = pathVerdict(r, audience);
   if (r.error === 'rate_limited') return { ...words, ...SERVER_BUSY };
   if (words.level === 'good' || words.level === 'relayed') return words;
-  if (starved(r.page_lag)) return { ...words, ...COMPUTER_BUSY };
+  // In the background the browser slows the page's timers on purpose: say that, not "busy".
   if (r.hidden) return { ...words, ...IN_BACKGROUND };
+  if (starved(r.page_lag)) return { ...words, ...COMPUTER_BUSY };
   if (starved(r.server_lag)) return { ...words, ...SERVER_BUSY };
   return words;
 }
