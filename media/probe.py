@@ -147,7 +147,7 @@ class NetworkProbe:
         relay: ProbeRelay | None = None,
         max_checks: int = 8,
         max_transfers: int = 8,
-        lifetime: float = 20.0,
+        lifetime: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:

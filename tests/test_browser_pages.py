@@ -128,14 +128,20 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
     room = server.create_room()
     page = await open_page(context, room.partner_links[0])
     verdict = page.locator("#net-verdict")
-    await expect(verdict).to_have_text("Connection: Good", timeout=20_000)
+    # Loopback is a clean path: good, or, on a machine too starved to measure, words that say
+    # so (this machine is shared; test_browser_netcheck loads it on purpose).
+    await expect(verdict).to_have_attribute("data-level", re.compile("^(good|busy)$"), timeout=60_000)
     numbers = re.compile(
         r"Round trip \d+ ms · Lost packets [\d.]+% · Download [\d.]+ Mbit/s · Upload [\d.]+ Mbit/s")
     await expect(page.locator("#net-numbers")).to_have_text(numbers)
-    await expect(page.locator("#net-advice")).to_have_text("Your connection is good for video.")
+    if await verdict.get_attribute("data-level") == "good":
+        await expect(verdict).to_have_text("Connection: Good")
+        await expect(page.locator("#net-advice")).to_have_text("Your connection is good for video.")
+    else:
+        await expect(page.locator("#net-advice")).to_have_text(re.compile("^Your computer was too busy"))
 
     await page.get_by_role("button", name="Check again").click()
-    await expect(verdict).to_have_attribute("data-level", "good", timeout=20_000)
+    await expect(verdict).to_have_attribute("data-level", re.compile("^(good|busy)$"), timeout=60_000)
     await expect(page.locator("#net-numbers")).to_have_text(numbers)
     # Each check's server peer goes away once the page is done with it.
     probe = server.app[PROBE]
@@ -153,12 +159,14 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
                 weak: verdict({ ...base, rtt_ms: 900 }),
                 failed: verdict({ ...base, connected: false, rtt_ms: null, loss: null, down_kbps: null, up_kbps: null }),
                 // A starved measurement: this computer, the page in the background, the server.
-                busyChoppy: verdict({ ...base, loss: 0.05, page_lag: { p90_ms: 120, max_ms: 400 } }),
+                busyChoppy: verdict({ ...base, up_kbps: 700, page_lag: { p90_ms: 120, max_ms: 400 } }),
                 busyFailed: verdict({ ...base, connected: false, rtt_ms: null, page_lag: { p90_ms: 10, max_ms: 900 } }),
                 busyGood: verdict({ ...base, page_lag: { p90_ms: 120, max_ms: 400 } }),
+                busyLossy: verdict({ ...base, loss: 0.2, rtt_ms: 900, page_lag: { p90_ms: 120, max_ms: 400 } }),
                 mildLag: verdict({ ...base, up_kbps: 700, page_lag: { p90_ms: 20, max_ms: 150 } }),
                 hidden: verdict({ ...base, rtt_ms: 900, hidden: true }),
                 serverLate: verdict({ ...base, rtt_ms: 900, server_lag: { p90_ms: 80, max_ms: 300 } }),
+                brokeOff: verdict({ ...base, up_kbps: null, error: 'channel closed' }),
                 serverFull: verdict({ ...base, connected: false, rtt_ms: null, error: 'rate_limited' }),
             };
         }"""
@@ -171,10 +179,12 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
     for key in ("busyChoppy", "busyFailed"):
         assert (words[key]["level"], words[key]["label"]) == ("busy", "Could not measure (your computer is busy)")
         assert "Close other apps" in words[key]["advice"] and "Wi-Fi" not in words[key]["advice"]
-    assert words["busyChoppy"]["numbers"] == words["choppy"]["numbers"]
+    assert words["busyChoppy"]["numbers"] == words["slow"]["numbers"]
     assert words["busyGood"]["label"] == "Good"
+    # Pings that never came back were lost by the network, busy machine or not.
+    assert words["busyLossy"]["label"] == "Too weak for video"
     assert words["mildLag"]["label"] == "May be choppy"
-    for key in ("hidden", "serverLate", "serverFull"):
+    for key in ("hidden", "serverLate", "serverFull", "brokeOff"):
         assert (words[key]["level"], words[key]["label"]) == ("unmeasured", "Could not measure the speed"), key
     assert "background" in words["hidden"]["advice"]
     assert words["serverLate"]["advice"] == words["serverFull"]["advice"]

@@ -112,10 +112,10 @@ async def test_a_three_party_session_from_start_to_end(
         await page.wait_for_function("() => document.getElementById('preview').videoWidth > 0")
         await page.wait_for_function("() => document.getElementById('mic-level').value > 0")
         await expect(page.locator("#mic-status")).to_have_text("We can hear you.")
-        # On loopback the check is good unless the machine is starved for CPU (then choppy);
-        # its exact words are tested in test_browser_pages.
+        # On loopback the path is clean: good, or on a machine starved for CPU the words say
+        # so, never blaming the network (test_browser_netcheck; exact words in test_browser_pages).
         await expect(page.locator("#net-verdict")).to_have_text(
-            re.compile(r"^Connection: (Good|May be choppy)$"), timeout=20_000)
+            re.compile(r"^Connection: (Good|Could not measure \(your computer is busy\))$"), timeout=60_000)
         await expect(page.locator("#media-problem")).to_be_hidden()
     await screenshot(alex.page, "02-partner-check", full_page=True)
     await screenshot(sam.page, "02-partner-check-phone", full_page=True)

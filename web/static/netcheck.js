@@ -234,8 +234,7 @@ export async function runNetworkCheck({
 
   const lag = new TimerLag({ now, timers, ...(isHidden ? { isHidden } : {}) }).start();
   try {
-    await checkConnection(result, iceServers, { ...io, onStage, pings, pingEveryMs });
-    if (result.connected && !signal?.aborted) await checkSpeed(result, { ...io, onStage, downMs, upMs });
+    await checkConnection(result, iceServers, { ...io, onStage, pings, pingEveryMs, downMs, upMs });
   } finally {
     const { lag: pageLag, hidden } = lag.stop();
     Object.assign(result, { page_lag: pageLag, hidden });
@@ -288,13 +287,17 @@ async function offerToProbe(pc, { url, fetchImpl, timers }) {
   await pc.setRemoteDescription(await response.json());
 }
 
-/** Over the path a call would take: connect, then round trip and loss. */
+/**
+ * Over the path a call would take: connect, then round trip and loss; the speed over HTTP
+ * while the connection stays open, so that echoes a busy machine delayed still come back.
+ */
 async function checkConnection(result, iceServers, {
-  RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, connectTimeoutMs, signal, ...io
+  RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, downMs, upMs, connectTimeoutMs, signal, ...io
 }) {
   const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: result.relay_only ? 'relay' : 'all' });
   const abort = () => pc.close();
   signal?.addEventListener('abort', abort);
+  let echoes = null;
   try {
     onStage('connecting');
     const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
@@ -303,11 +306,16 @@ async function checkConnection(result, iceServers, {
     result.connected = true;
 
     onStage('latency');
-    Object.assign(result, await measurePings(ping, { pings, pingEveryMs, now, timers }));
+    echoes = new Echoes(ping, now);
+    await echoes.send(pings, pingEveryMs, timers);
+    Object.assign(result, echoes.summary());
     result.candidate = await selectedCandidateType(pc);
+    if (!signal?.aborted) await checkSpeed(result, { ...io, now, timers, onStage, downMs, upMs, signal });
+    Object.assign(result, echoes.summary());
   } catch (error) {
     result.error = (error && error.message) || 'failed';
   } finally {
+    echoes?.stop();
     signal?.removeEventListener('abort', abort);
     // Done with the probe: its slot is free for the next person's check.
     pc.close();
@@ -347,35 +355,63 @@ async function checkRelayed(iceServers, { RTCPeerConnectionImpl, now, timers, co
   }
 }
 
-async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
-  const sentAt = new Map();
-  const rtts = [];
-  channel.onmessage = (event) => {
-    const seq = Number(String(event.data).split(':')[0]);
-    const at = sentAt.get(seq);
-    if (at !== undefined) {
-      rtts.push(now() - at);
-      sentAt.delete(seq);
-    }
-  };
-  // Small, like the packets of a voice call, so that a narrow link carries them unharmed.
-  for (let seq = 0; seq < pings; seq += 1) {
-    sentAt.set(seq, now());
-    channel.send(`${seq}:ping`);
-    await sleep(pingEveryMs, timers);
+/**
+ * Pings on an unordered, never retransmitted channel, and their echoes. An echo that comes
+ * back late still came back: a busy computer or server delays echoes, only the network drops
+ * them, so `loss` counts only pings whose echo never came while we listened.
+ */
+class Echoes {
+  constructor(channel, now) {
+    this.channel = channel;
+    this.now = now;
+    this.sentAt = new Map();
+    this.sent = 0;
+    this.rtts = [];
+    channel.onmessage = (event) => {
+      const seq = Number(String(event.data).split(':')[0]);
+      const at = this.sentAt.get(seq);
+      if (at !== undefined) {
+        this.rtts.push(this.now() - at);
+        this.sentAt.delete(seq);
+      }
+    };
   }
-  // Give late echoes a moment; later than this counts as lost for a conversation anyway.
-  const deadline = now() + 1000;
-  while (rtts.length < pings && now() < deadline) await sleep(50, timers);
-  channel.onmessage = null;
-  if (rtts.length === 0) return { rtt_ms: null, jitter_ms: null, loss: 1 };
-  let jitter = 0;
-  for (let i = 1; i < rtts.length; i += 1) jitter += Math.abs(rtts[i] - rtts[i - 1]);
-  return {
-    rtt_ms: Math.round(median(rtts) * 10) / 10,
-    jitter_ms: rtts.length > 1 ? Math.round((jitter / (rtts.length - 1)) * 10) / 10 : 0,
-    loss: Math.round((1 - rtts.length / pings) * 1000) / 1000,
-  };
+
+  async send(count, everyMs, timers) {
+    // Small, like the packets of a voice call, so that a narrow link carries them unharmed.
+    for (let i = 0; i < count && this.channel.readyState === 'open'; i += 1) {
+      const seq = this.sent;
+      this.sent += 1;
+      this.sentAt.set(seq, this.now());
+      this.channel.send(`${seq}:ping`);
+      await sleep(everyMs, timers);
+    }
+    // Give late echoes a moment; later than this counts as lost for a conversation anyway.
+    const deadline = this.now() + 1000;
+    while (this.sentAt.size > 0 && this.now() < deadline) await sleep(50, timers);
+  }
+
+  stop() {
+    this.channel.onmessage = null;
+  }
+
+  summary() {
+    if (this.rtts.length === 0) return { rtt_ms: null, jitter_ms: null, loss: 1 };
+    let jitter = 0;
+    for (let i = 1; i < this.rtts.length; i += 1) jitter += Math.abs(this.rtts[i] - this.rtts[i - 1]);
+    return {
+      rtt_ms: Math.round(median(this.rtts) * 10) / 10,
+      jitter_ms: this.rtts.length > 1 ? Math.round((jitter / (this.rtts.length - 1)) * 10) / 10 : 0,
+      loss: Math.round((this.sentAt.size / Math.max(1, this.sent)) * 1000) / 1000,
+    };
+  }
+}
+
+async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
+  const echoes = new Echoes(channel, now);
+  await echoes.send(pings, pingEveryMs, timers);
+  echoes.stop();
+  return echoes.summary();
 }
 
 /**
@@ -488,12 +524,24 @@ export function verdict(r, { audience = 'partner' } = {}) {
   const words = pathVerdict(r, audience);
   if (r.error === 'rate_limited') return { ...words, ...SERVER_BUSY };
   if (words.level === 'good' || words.level === 'relayed') return words;
+  // Connected, then something broke before every figure was in: no figure, no guess.
+  const incomplete = r.connected && r.error && [r.rtt_ms, r.loss, r.down_kbps, r.up_kbps].includes(null);
   // In the background the browser slows the page's timers on purpose: say that, not "busy".
-  if (r.hidden) return { ...words, ...IN_BACKGROUND };
-  if (starved(r.page_lag)) return { ...words, ...COMPUTER_BUSY };
-  if (starved(r.server_lag)) return { ...words, ...SERVER_BUSY };
-  return words;
+  const starvedWords = (r.hidden && IN_BACKGROUND) || (starved(r.page_lag) && COMPUTER_BUSY)
+    || (starved(r.server_lag) && SERVER_BUSY);
+  if (!starvedWords) return incomplete ? { ...words, ...INCOMPLETE } : words;
+  // Lost pings are the network's doing however busy the machine (late echoes are not counted
+  // as lost): judged on loss alone, that part of the verdict still holds.
+  const byLoss = r.connected ? pathVerdict({ ...r, rtt_ms: 0, down_kbps: Infinity, up_kbps: Infinity }, audience) : null;
+  if (byLoss && byLoss.level !== 'good' && byLoss.level !== 'relayed') return { ...byLoss, numbers: words.numbers };
+  return { ...words, ...starvedWords };
 }
+
+const INCOMPLETE = {
+  level: 'unmeasured',
+  label: 'Could not measure the speed',
+  advice: 'The check stopped before it was done. Please check again.',
+};
 
 // Timers this late mean the measurement, not the network, was slow. An idle or moderately
 // loaded machine fires them within a few milliseconds.
