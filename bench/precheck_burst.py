@@ -74,8 +74,9 @@ SHOWN = """() => ({
 async def one_check(browser: Browser, link: str, at: float) -> dict[str, Any]:
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     opened = time.monotonic()
-    person = await open_person(browser, "", link)
+    person = None
     try:
+        person = await open_person(browser, "", link)
         await person.page.wait_for_function(DONE, polling=200, timeout=CHECK_TIMEOUT_S * 1000)
         shown = await person.page.evaluate(SHOWN)
         return {**shown, "seconds": round(time.monotonic() - opened, 2), "started_s": round(opened, 3)}
@@ -83,7 +84,8 @@ async def one_check(browser: Browser, link: str, at: float) -> dict[str, Any]:
         return {"level": "unfinished", "verdict": type(exc).__name__, "numbers": "", "advice": "",
                 "seconds": round(time.monotonic() - opened, 2), "started_s": round(opened, 3)}
     finally:
-        await person.context.close()
+        if person is not None:
+            await person.context.close()
 
 
 def check_links(server: ServerProcess, count: int) -> list[str]:
