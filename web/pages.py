@@ -17,7 +17,6 @@ import jinja2
 from aiohttp import web
 
 from signaling.endpoint import SIGNALING
-from telehealth import accounts
 from telehealth.app import CONFIG, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
