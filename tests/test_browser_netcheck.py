@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Page, expect
 from tests.browser import Person, browser, open_person, screenshot  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer, start_server
 from tests.netfault import Namespace, namespace
-from tests.test_browser_turn import SECRET, browser_in, start_coturn_for_namespace  # noqa: F401  (a fixture)
+from tests.test_browser_turn import SECRET, browser_in, people, start_coturn_for_namespace  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -44,14 +44,6 @@ def cpu_hogs(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
             hog.kill()
         for hog in hogs:
             hog.wait(10)
-
-
-@pytest.fixture
-async def people() -> AsyncIterator[list[Person]]:
-    opened: list[Person] = []
-    yield opened
-    for person in opened:
-        await person.context.close()
 
 
 async def shown(page: Page) -> dict[str, str]:

@@ -52,17 +52,26 @@ class _Offer(msgspec.Struct):
     sdp: str
 
 
-def _refused(exc: UserError) -> web.Response:
-    return json_error(exc.code, 429 if exc.code == ErrorCode.RATE_LIMITED else 400, exc.detail)
-
-
-async def netcheck_offer(request: web.Request) -> web.StreamResponse:
-    if not same_origin(request):
+def _refused_request(request: web.Request, *, post: bool) -> web.Response | None:
+    """Why a check request is refused (a POST from another site, a link that lets no one in),
+    or None."""
+    if post and not same_origin(request):
         return json_error(ErrorCode.FORBIDDEN, 403)
     try:
         checked_link(request)
     except LinkError as exc:
         return json_error(exc.code, LINK_STATUS.get(exc.code, 400))
+    return None
+
+
+def _refused(exc: UserError) -> web.Response:
+    return json_error(exc.code, 429 if exc.code == ErrorCode.RATE_LIMITED else 400, exc.detail)
+
+
+async def netcheck_offer(request: web.Request) -> web.StreamResponse:
+    refused = _refused_request(request, post=True)
+    if refused is not None:
+        return refused
     try:
         offer = msgspec.json.decode(await request.read(), type=_Offer)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -82,10 +91,9 @@ def _wanted_bytes(request: web.Request) -> int | None:
 
 
 async def netcheck_down(request: web.Request) -> web.StreamResponse:
-    try:
-        checked_link(request)
-    except LinkError as exc:
-        return json_error(exc.code, LINK_STATUS.get(exc.code, 400))
+    refused = _refused_request(request, post=False)
+    if refused is not None:
+        return refused
     size = _wanted_bytes(request)
     if size is None:
         return json_error(ErrorCode.INVALID_MESSAGE, 400, f"bytes must be 1 to {MAX_TRANSFER_BYTES}.")
@@ -109,12 +117,9 @@ async def netcheck_down(request: web.Request) -> web.StreamResponse:
 
 
 async def netcheck_up(request: web.Request) -> web.StreamResponse:
-    if not same_origin(request):
-        return json_error(ErrorCode.FORBIDDEN, 403)
-    try:
-        checked_link(request)
-    except LinkError as exc:
-        return json_error(exc.code, LINK_STATUS.get(exc.code, 400))
+    refused = _refused_request(request, post=True)
+    if refused is not None:
+        return refused
     length = request.content_length
     if length is None or not 0 < length <= MAX_TRANSFER_BYTES:
         return json_error(ErrorCode.INVALID_MESSAGE, 413 if length else 411,
