@@ -1,13 +1,16 @@
 """The network check's far end through a real coturn: a relay-only offer is answered relay to
-relay, and a relay the server cannot use is reported, not waited on."""
+relay, and a relay the server cannot use is reported, not waited on; and its speed test's HTTP
+endpoints, which send and take bytes and refuse what they should."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
@@ -15,7 +18,9 @@ from media.probe import NetworkProbe, ProbeRelay, offers_only_relay, preferred_t
 from signaling.ice import ice_servers_for
 from telehealth.config import Config
 from telehealth.errors import ErrorCode, UserError
+from tests.conftest import RunningServer
 from tests.coturn import CoturnServer, candidate_types, rtc_configuration, start_coturn
+from web.netcheck import MAX_TRANSFER_BYTES, PROBE
 
 SECRET = "netcheck-relay-secret"
 
@@ -121,3 +126,32 @@ def test_the_probe_takes_a_udp_relay_and_only_relay_offers_count_as_relay_tests(
     assert offers_only_relay("v=0\r\n" + relay)
     assert not offers_only_relay("v=0\r\n" + relay + host)
     assert not offers_only_relay("v=0\r\n")
+
+
+# -- the speed test's HTTP side ------------------------------------------------------------
+
+
+async def test_the_speed_endpoints_send_and_take_bytes_and_refuse_bad_requests(server: RunningServer) -> None:
+    url = f"{server.create_room().partner_links[0]}/netcheck"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/down", params={"bytes": "300000"}) as response:
+            body = await response.read()
+            assert response.status == 200 and len(body) == 300_000
+            # Random, so that no compressing proxy can make a slow link look fast.
+            assert len(zlib.compress(body)) > 0.99 * len(body)
+        async with http.post(f"{url}/up", data=bytes(200_000),
+                             headers={"Content-Type": "application/octet-stream"}) as response:
+            reply = await response.json()
+            assert response.status == 200 and reply["bytes"] == 200_000
+            assert set(reply["server_lag_ms"]) == {"p90", "max"}
+        for bad in ("0", "-1", "x", str(MAX_TRANSFER_BYTES + 1)):
+            async with http.get(f"{url}/down", params={"bytes": bad}) as response:
+                assert response.status == 400, bad
+        async with http.post(f"{url}/up", data=bytes(MAX_TRANSFER_BYTES + 1)) as response:
+            assert response.status == 413
+        async with http.post(f"{url}/up", data=b"x", headers={"Origin": "https://elsewhere.example"}) as response:
+            assert response.status == 403
+        forged = f"{server.base_url}/j/{'A' * 43}/netcheck"
+        async with http.get(f"{forged}/down", params={"bytes": "10"}) as response:
+            assert response.status == 404
+    assert server.app[PROBE].transfers == 0
