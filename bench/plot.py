@@ -225,6 +225,16 @@ def plot_precheck_burst(result: dict[str, Any], out: Path) -> Path:
     return _save(fig, out)
 
 
+def plot_restart(result: dict[str, Any], out: Path) -> Path:
+    """Per restart, the slowest page's time back in order after the server answered, against 5 s."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _runs(ax, [r["slowest_s"] for r in result["runs"]], "slowest of three pages", "tab:blue")
+    _targets(ax, (None, result["target_s"]))
+    _runs_axes(ax, f"Server restart mid-session ({result['how']}): server answering to every page back "
+               "in order", "seconds", len(result["runs"]))
+    return _save(fig, out)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "signaling": plot_signaling,
     "join": plot_join,
@@ -233,6 +243,7 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "browser_faults": plot_browser_faults,
     "turn_overhead": plot_turn_overhead,
     "precheck_burst": plot_precheck_burst,
+    "restart": plot_restart,
 }
 
 

@@ -23,7 +23,8 @@ session for the other partner; the hold ends on resume or when the missing partn
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from fallback.events import (
     Action,
@@ -159,6 +160,8 @@ class FallbackFlow:
         self.ledger = DisruptionLedger()
         self._people: dict[PersonId, _Person] = {}
         self._held: dict[PersonId, PersonId] = {}  # held partner -> the partner awaited
+        # Ledger entries of a server restart still open, per person: closed as each is back.
+        self._restart: dict[PersonId, int] = {}
         self._settled = True
 
     def status(self, person: PersonId) -> PersonStatus:
@@ -194,6 +197,7 @@ class FallbackFlow:
                 self._person(person).back_online = False
             case SignalingBack(person):
                 p = self._person(person)
+                self._restart_over(p, now, Outcome.RECOVERED, out)
                 if p.state == PersonState.PHONE:
                     self._online_again(p, out)
             case RejoinResult(person, step, ok):
@@ -214,6 +218,7 @@ class FallbackFlow:
                     on_phone = p.state == PersonState.PHONE
                     outcome = Outcome.ENDED_ON_PHONE if on_phone else Outcome.SESSION_ENDED
                     self._end_disruption(p, now, outcome, out)
+                    self._restart_over(p, now, Outcome.SESSION_ENDED, out)
         self._timers(now, out)
         self._settle()
         return out.actions
@@ -426,10 +431,55 @@ class FallbackFlow:
         if p.state == PersonState.LEFT:
             return
         self._end_disruption(p, now, Outcome.LEFT, out)
+        self._restart_over(p, now, Outcome.LEFT, out)
         p.state, p.step = PersonState.LEFT, None
         self._held.pop(p.id, None)
         for reader in self._present():
             out.add(Notice(reader.id, NoticeKind.LEFT, _audience(reader, p), p.id))
+
+    # -- surviving a server restart -------------------------------------------------------
+
+    def server_restarted(self, down_at: float) -> None:
+        """The server went away at ``down_at`` and runs again. For everyone present that is a
+        disruption of its own, put down to the server (``Cause.SERVER_RESTART``), never to
+        their network; it ends for each person when their page is back (``SignalingBack``).
+        What was under way before (a drop, the phone step, a hold) goes on as it was."""
+        for p in self._present():
+            if p.id not in self._restart:
+                entry = self._restart[p.id] = self.ledger.open(p.id, Cause.SERVER_RESTART, down_at)
+                self.ledger.step(entry, down_at, Step.DROPPED)
+
+    def _restart_over(self, p: _Person, now: float, outcome: Outcome, out: _Out) -> None:
+        entry = self._restart.pop(p.id, None)
+        if entry is not None:
+            if outcome == Outcome.RECOVERED:
+                self.ledger.step(entry, now, Step.BACK)
+            out.add(LedgerEntry(self.ledger.close(entry, now, outcome)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the flow holds (people with their states and timers, holds, the ledger)
+        as JSON-ready data; ``restore`` makes the same flow from it after a restart."""
+        return {
+            "people": [{f.name: getattr(p, f.name) for f in fields(_Person)} for p in self._people.values()],
+            "held": dict(self._held),
+            "restart": dict(self._restart),
+            "ledger": self.ledger.snapshot(),
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], timings: FallbackTimings | None = None) -> FallbackFlow:
+        flow = cls(timings)
+        for raw in data["people"]:
+            person = _Person(**raw)
+            person.state, person.video = PersonState(person.state), VideoMode(person.video)
+            person.cause = Cause(person.cause)
+            person.step = Step(person.step) if person.step is not None else None
+            flow._people[person.id] = person
+        flow._held = {PersonId(k): PersonId(v) for k, v in data["held"].items()}
+        flow._restart = {PersonId(k): int(v) for k, v in data["restart"].items()}
+        flow.ledger = DisruptionLedger.restore(data["ledger"])
+        flow._settle()
+        return flow
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fallback.scoring import Cause
 from telehealth.tokens import PersonId
@@ -89,6 +90,23 @@ class DisruptionLedger:
     def close(self, entry: int, at: float, outcome: Outcome) -> Disruption:
         self._entries[entry] = replace(self._entries[entry], ended_at=at, outcome=outcome)
         return self._entries[entry]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every entry as plain JSON-ready data, for ``restore`` after a server restart."""
+        return [{"id": d.id, "person": d.person, "cause": d.cause.value, "started_at": d.started_at,
+                 "ended_at": d.ended_at, "outcome": d.outcome.value if d.outcome else None,
+                 "steps": [[s.at, s.step.value, s.outcome] for s in d.steps]} for d in self._entries]
+
+    @classmethod
+    def restore(cls, entries: list[dict[str, Any]]) -> DisruptionLedger:
+        ledger = cls()
+        ledger._entries = [
+            Disruption(int(e["id"]), PersonId(e["person"]), Cause(e["cause"]), float(e["started_at"]),
+                       e["ended_at"], Outcome(e["outcome"]) if e["outcome"] else None,
+                       tuple(LedgerStep(float(at), Step(step), outcome) for at, step, outcome in e["steps"]))
+            for e in entries
+        ]
+        return ledger
 
     def rows(self) -> list[dict[str, Cell]]:
         """One row per step (a disruption without steps gets one row), ids only."""

@@ -381,6 +381,7 @@ class Cause(str, enum.Enum):
     LINK = "link"  # the path between two participants, the others are fine
     EVERYONE = "everyone"  # every link: cannot tell whose (or the service's)
     UNKNOWN = "unknown"
+    SERVER_RESTART = "server_restart"  # our own server went away and came back: nobody's network
 
 
 @dataclass(frozen=True, slots=True)

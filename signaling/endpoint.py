@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - an aiohttp without them: the plain pat
 
 from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
+from signaling.keeper import SessionKeeper
 from signaling.watch import RoomWatch
 from telehealth import rooms
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
@@ -56,6 +57,8 @@ class Signaling:
     audit: AuditLog | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
     watch: RoomWatch | None = None
+    # Saves live room state as it changes (signaling/keeper.py), from expire_loop; set by the app.
+    keeper: SessionKeeper | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
     event_sinks: list[EventSink] = field(default_factory=list)
     error_sinks: list[ErrorSink] = field(default_factory=list)
@@ -356,7 +359,7 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.MediaState):
         sig.deliver(hub.set_media(sock, msg))
     elif isinstance(msg, p.Leave):
-        sig.deliver(hub.leave(sock, sig.clock()))
+        sig.deliver(hub.leave(sock, sig.clock(), closing=msg.closing))
     elif isinstance(msg, p.Admit):
         sig.deliver(hub.admit(sock, msg.participant, sig.clock()))
     elif isinstance(msg, p.Remove):
@@ -454,6 +457,13 @@ async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
         if now >= next_expire:
             sig.deliver(sig.hub.expire(now))
             next_expire = now + interval
+        if sig.keeper is not None:
+            # What changed since the last pass, in one transaction: a crash loses at most the
+            # last store_poll_seconds, and a burst of joins costs a few writes a second.
+            try:
+                sig.keeper.flush()
+            except Exception:
+                log.exception("saving live room state failed")
         current = sig.store.data_version()
         if current != version:
             version = current

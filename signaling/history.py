@@ -25,6 +25,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fallback.scoring import Pair, Quality, RoomQuality
 from signaling.hub import HubEvent, RoomEvent
@@ -122,6 +123,8 @@ class QualityHistory:
         self.rooms: dict[RoomId, RoomSeries] = {}
         # Counts sessions saved, so that readers can tell when the past has grown.
         self.saved = 0
+        # Live rooms whose changes grew since the keeper last looked (it saves them).
+        self.changed: set[RoomId] = set()
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -179,6 +182,32 @@ class QualityHistory:
             changes = series.changes.setdefault(key, [])
             if not changes or changes[-1][1] != code:
                 changes.append((round(t, 1), code))
+                self.changed.add(room_id)
+
+    # -- surviving a restart ----------------------------------------------------------
+
+    def snapshot(self, room_id: RoomId) -> dict[str, object] | None:
+        """A live room's history so far, JSON-ready. Taken when a link's level changes: the
+        time sums run on from it at the rate the levels then said (``restore``)."""
+        series = self.rooms.get(room_id)
+        if series is None:
+            return None
+        latest = series.latest
+        return {"started_at": series.started_at, "session_s": series.session_s, "usable_s": series.usable_s,
+                "changes": series.changes, "at": latest.at if latest else None,
+                "judged": bool(latest and latest.pairs), "usable": bool(latest and _usable(latest))}
+
+    def restore(self, room_id: RoomId, saved: dict[str, Any], down_at: float) -> None:
+        """A room's history as it stood when the server stopped at ``down_at``."""
+        series = self.rooms[room_id] = RoomSeries(started_at=float(saved["started_at"]), window=self.window)
+        series.changes = {key: [(float(t), int(code)) for t, code in changes]
+                          for key, changes in saved["changes"].items()}
+        series.session_s, series.usable_s = float(saved["session_s"]), float(saved["usable_s"])
+        at = saved["at"]
+        if saved["judged"] and at is not None and down_at > at:
+            series.session_s += down_at - at
+            if saved["usable"]:
+                series.usable_s += down_at - at
 
     # -- results ------------------------------------------------------------------------
 

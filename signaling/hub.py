@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Hashable, Literal
+from typing import Any, Hashable, Literal
 
 from signaling import protocol as p
 from telehealth.errors import ErrorCode, ProtocolError, UserError
@@ -41,8 +41,14 @@ def no_extras(record: RoomRecord, person: Person, now: float) -> tuple[list[p.Ic
     return [], None
 
 MemberEventKind = Literal[
-    "waiting", "joined", "admitted", "reconnecting", "back", "replaced", "left", "expired", "removed"
+    "waiting", "joined", "admitted", "reconnecting", "closing", "back", "replaced", "left", "expired",
+    "removed",
 ]
+# Away without the others being told: a page closing (or reloading: is it back within
+# CLOSING_GRACE_S?), or a member restored from disk after a restart (its media never stopped).
+QuietAway = Literal["closing", "restored"]
+# A closing page that is not back this soon has left. A reload comes back well within it.
+CLOSING_GRACE_S = 3.0
 RoomEventKind = Literal["opened", "locked", "unlocked", "ended", "closed"]
 
 
@@ -93,6 +99,9 @@ class Member:
     resume_state: p.PeerState | None = None
     audio: bool = True
     video: bool = True
+    # Away, but the others were not told (QuietAway): they still see it in the call, and its
+    # return is no news to them.
+    quiet: QuietAway | None = None
 
     @property
     def id(self) -> PersonId:
@@ -215,6 +224,7 @@ class RoomHub:
 
     def _seat(self, conn: Conn, room: LiveRoom, member: Member, out: Outbox) -> Outbox:
         self.seats[conn] = Seat(room.id, member.id)
+        member.quiet = None
         return out
 
     def _wait(self, room: LiveRoom, member: Member, now: float, out: Outbox, *, resumed: bool) -> None:
@@ -245,7 +255,7 @@ class RoomHub:
         out.send(member.conn, self._welcome(room, member, True, now))
         back = p.PresenceChanged(peer=member.id, state="back")
         for other in room.in_call():
-            if other is not member:
+            if other is not member and member.quiet is None:
                 out.send(other.conn, back)
         out.events.append(MemberEvent("back", room.id, member.id, member.role, now))
         if member.role == "therapist":
@@ -266,7 +276,9 @@ class RoomHub:
     @staticmethod
     def _peer_info(other: Member, *, viewer_seq: int) -> p.PeerInfo:
         # The viewer offers when it entered the call after ``other``.
-        state: p.PeerState = "reconnecting" if other.conn is None else other.state
+        state: p.PeerState = other.state
+        if other.conn is None:
+            state = (other.resume_state or "in_call") if other.quiet else "reconnecting"
         return p.PeerInfo(
             id=other.id, role=other.role, name=other.person.name, state=state,
             offer=viewer_seq > other.seq,
@@ -308,11 +320,24 @@ class RoomHub:
         out.events.append(MemberEvent("reconnecting", room.id, member.id, member.role, now))
         return out
 
-    def leave(self, conn: Conn, now: float) -> Outbox:
+    def leave(self, conn: Conn, now: float, *, closing: bool = False) -> Outbox:
+        """Leave for good; or, from a closing page, leave unless the same link is back
+        within CLOSING_GRACE_S (a reload): the others hear nothing either way until then."""
         room, member = self.seat_of(conn)
         out = Outbox()
         out.close(conn, p.CloseReason.LEFT, p.RecoveryAction.NONE)
-        self._remove(room, member, now, out, "left")
+        if not closing:
+            self._remove(room, member, now, out, "left")
+            return out
+        self.seats.pop(conn, None)
+        member.conn = None
+        member.resume_state = member.state
+        member.state = "reconnecting"
+        member.deadline = now + CLOSING_GRACE_S
+        member.quiet = "closing"
+        out.events.append(MemberEvent("closing", room.id, member.id, member.role, now))
+        if member.resume_state == "waiting":
+            self._send_lobby(room, out)
         return out
 
     def expire(self, now: float) -> Outbox:
@@ -321,7 +346,7 @@ class RoomHub:
         for room in list(self.rooms.values()):
             for member in list(room.members.values()):
                 if member.deadline is not None and member.deadline <= now:
-                    self._remove(room, member, now, out, "expired")
+                    self._remove(room, member, now, out, "left" if member.quiet == "closing" else "expired")
         return out
 
     def _remove(self, room: LiveRoom, member: Member, now: float, out: Outbox, kind: MemberEventKind) -> None:
@@ -359,7 +384,48 @@ class RoomHub:
         for conn in list(self.seats):
             out.close(conn, p.CloseReason.SHUTDOWN, p.RecoveryAction.RESUME,
                       "The server is restarting.")
+        # Everyone keeps their place as it is now, on disk too: the closing sockets are not
+        # drops, and after the restart a graceful stop and a crash come back the same way.
+        self.seats.clear()
         return out
+
+    # -- surviving a restart ----------------------------------------------------------------
+
+    @staticmethod
+    def snapshot(room: LiveRoom) -> dict[str, Any]:
+        """What of a room must outlive the process: lock, admissions, offer order, and the
+        state each member returns to (JSON-ready; ``restore`` takes it back)."""
+        return {
+            "locked": room.locked,
+            "opened": room.opened,
+            "members": [
+                {"id": m.id, "state": m.resume_state if m.state == "reconnecting" else m.state,
+                 "admitted": m.admitted, "seq": m.seq, "audio": m.audio, "video": m.video}
+                for m in room.members.values()
+            ],
+        }
+
+    def restore(self, record: RoomRecord, saved: dict[str, Any], now: float) -> LiveRoom:
+        """A room as it was before the server stopped: every member waits, for the grace
+        window, for its page to come back, and resumes where it was (no waiting room again
+        for an admitted partner, the same side offering on each pair)."""
+        room = self.rooms[record.id] = LiveRoom(record.id, record, locked=bool(saved["locked"]),
+                                                opened=bool(saved["opened"]))
+        people = {x.id: x for x in record.people}
+        for m in saved["members"]:
+            person = people.get(m["id"])
+            if person is None:
+                continue
+            room.members[person.id] = Member(
+                person=person, state="reconnecting", conn=None, seq=int(m["seq"]),
+                admitted=bool(m["admitted"]), deadline=now + self.grace_seconds,
+                resume_state=m["state"] or "waiting", audio=bool(m["audio"]), video=bool(m["video"]),
+                quiet="restored",
+            )
+        # New entrances still come after everyone restored.
+        top = max((m.seq for r in self.rooms.values() for m in r.members.values()), default=0)
+        self._seq = itertools.count(top + 1)
+        return room
 
     # -- in the call ----------------------------------------------------------------------
 

@@ -185,7 +185,9 @@ class Ping(_Msg, tag="ping"):
 
 
 class Leave(_Msg, tag="leave"):
-    pass
+    # Sent from the page's `pagehide`: the page is closing or navigating away, and may be
+    # reloading. The others are told "left" unless the same link is back within moments.
+    closing: bool = False
 
 
 class MediaState(_Msg, tag="media"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fallback import events as fe
 from fallback.flow import FallbackFlow, FallbackTimings, PersonState, VideoMode
@@ -43,6 +44,8 @@ class WatchedRoom:
     people: dict[PersonId, Person]
     # Who has entered the call: the flow knows only them (a partner in the lobby is not yet).
     entered: set[PersonId] = field(default_factory=set)
+    # Whose page is closing (maybe reloading): its links going quiet are not a drop.
+    closing: set[PersonId] = field(default_factory=set)
     last_quality: p.Quality | None = None
     # Judge the room at the next chance: an event or a command moved its flow.
     stirred: bool = True
@@ -79,6 +82,8 @@ class RoomWatch:
         self.ledger_listeners: list[LedgerListener] = []
         self.quality_listeners: list[QualityListener] = []
         self.disruption_listeners: list[DisruptionListener] = []
+        # Rooms whose flow ran since the keeper last looked (it saves those that changed).
+        self.changed: set[RoomId] = set()
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -99,6 +104,11 @@ class RoomWatch:
                 QualityMonitor(), FallbackFlow(self.timings), {x.id: x for x in room.record.people}
             )
         flow_event: fe.Event | None = None
+        if event.kind == "closing":
+            watched.closing.add(event.person_id)
+            watched.monitor.forget(event.person_id)
+        else:
+            watched.closing.discard(event.person_id)
         if event.kind == "joined":
             watched.entered.add(event.person_id)
             flow_event = fe.Joined(event.person_id, event.role)
@@ -143,9 +153,10 @@ class RoomWatch:
             return None
         monitor, people, me = watched.monitor, watched.people, member.id
         monitor.heartbeat(me, now)
+        closing = watched.closing
         for stats in msg.links:
             peer = stats.peer
-            if peer in people and peer != me:
+            if peer in people and peer != me and peer not in closing:
                 monitor.ingest(me, PersonId(peer), LinkSample.from_stats(stats, now))
         if not monitor.due(now):
             return None
@@ -204,6 +215,24 @@ class RoomWatch:
         if moved:
             self._publish_quality(room_id, watched, quality, out)
             self._apply(room_id, watched, watched.flow.handle(fe.QualityReport(quality), now), out)
+
+    # -- surviving a restart ------------------------------------------------------------
+
+    def snapshot(self, room_id: RoomId) -> dict[str, object] | None:
+        watched = self.rooms.get(room_id)
+        if watched is None:
+            return None
+        return {"flow": watched.flow.snapshot(), "entered": sorted(watched.entered)}
+
+    def restore(self, room: LiveRoom, saved: dict[str, Any], down_at: float) -> None:
+        """A room's flow as it was when the server stopped at ``down_at``: its states, timers,
+        holds and ledger go on, and the outage is a disruption of everyone put down to the
+        server. Its quality starts afresh from the pages' next samples."""
+        flow = FallbackFlow.restore(saved["flow"], self.timings)
+        flow.server_restarted(down_at)
+        self.rooms[room.id] = WatchedRoom(QualityMonitor(), flow, {x.id: x for x in room.record.people},
+                                          entered={PersonId(x) for x in saved["entered"]})
+        self.changed.add(room.id)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -268,6 +297,7 @@ class RoomWatch:
         return [m.conn for m in room.in_call()] if room else []
 
     def _apply(self, room_id: RoomId, watched: WatchedRoom, actions: list[fe.Action], out: Outbox) -> None:
+        self.changed.add(room_id)
         for action in actions:
             if isinstance(action, Notice):
                 reader = watched.people.get(action.to)

@@ -31,6 +31,8 @@ AUDIT = web.AppKey("audit", AuditLog)
 LOGIN_FAILURES = web.AppKey("login_failures", RateLimiter)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
+# How often the server notes in the store that it is running.
+ALIVE_EVERY_SECONDS = 1.0
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -40,9 +42,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling.endpoint import SIGNALING, Signaling, expire_loop, liveness_loop, websocket_handler
     from signaling.hub import HubEvent, MemberEvent, RoomHub
     from signaling.ice import ice_servers_for
+    from signaling.keeper import SessionKeeper
     from signaling.metrics import CONTENT_TYPE, SessionMetrics
     from signaling.watch import RoomWatch
     from telehealth import requestlog
+    from telehealth.sessions import LiveSessions
     from telehealth.store import Person, RoomRecord
     from telehealth.webhooks import OpsWebhooks
     from web import ops, pages
@@ -130,6 +134,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/metrics", metrics_page)
     pages.setup(app)
     ops.setup(app)
+    # Live rooms come back from disk before the server answers anyone (docs/scaling.md).
+    sessions = LiveSessions(store.db)
+    keeper = sig.keeper = SessionKeeper(sessions, hub, watch, app[ops.OPS].history, clock)
+    sig.event_sinks.append(keeper.on_hub_event)
+    keeper.restore(store)
     if config.ops_webhook_url:
         ops.send_webhooks(app, OpsWebhooks(config.ops_webhook_url, config.ops_webhook_secret or ""))
 
@@ -141,11 +150,21 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                 log.exception("retention purge failed")
             await asyncio.sleep(config.purge_interval_seconds)
 
+    async def alive_loop() -> None:
+        # After a crash, the last of these says when the server went away (the ledger's
+        # "server restart" starts there): at most ALIVE_EVERY_SECONDS off.
+        while True:
+            try:
+                sessions.alive(clock())
+            except Exception:
+                log.exception("heartbeat to the store failed")
+            await asyncio.sleep(ALIVE_EVERY_SECONDS)
+
     async def background(app: web.Application) -> AsyncIterator[None]:
         # While we run, no key rotation may swap the key we hold in memory.
         with key_in_use(config.key_path):
             tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(liveness_loop(sig)),
-                     asyncio.create_task(purge_loop())]
+                     asyncio.create_task(purge_loop()), asyncio.create_task(alive_loop())]
             yield
             for task in tasks:
                 task.cancel()
@@ -159,8 +178,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         deadline = time.monotonic() + 2.0
         while sig.sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        keeper.flush()
+        sessions.alive(clock(), stopping=True)
 
     async def on_cleanup(app: web.Application) -> None:
+        keeper.flush()
         store.close()
         server_lock.release()
 

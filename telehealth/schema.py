@@ -139,8 +139,31 @@ CREATE TABLE IF NOT EXISTS quality_history (
 CREATE INDEX IF NOT EXISTS quality_history_ended ON quality_history(ended_at);
 """
 
+# Live sessions (telehealth.sessions, written by signaling.keeper): what a running session
+# needs to survive its server, as opaque JSON of ids, levels and times.
+_LIVE_SESSIONS = """
+CREATE TABLE live_rooms (
+    room_id TEXT PRIMARY KEY REFERENCES rooms(id),
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE live_quality (
+    room_id TEXT PRIMARY KEY REFERENCES rooms(id),
+    series TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- One row: when the server last said it was running, and when it last stopped cleanly.
+CREATE TABLE server_clock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    alive_at REAL NOT NULL,
+    stopped_at REAL
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline: rooms, people, links, ledgers, audit, accounts, quality history", _BASELINE),
+    Migration(2, "live sessions: room state, quality so far and the server's heartbeat, for restarts",
+              _LIVE_SESSIONS),
 ]
 
 

@@ -13,6 +13,7 @@ export const CAUSE_WORDS = Object.freeze({
   link: 'the connection between two people',
   everyone: "everyone's connection (or the service)",
   unknown: 'not known',
+  server_restart: 'server restart (the service, not anyone\'s connection)',
 });
 
 /** Steps in words (fallback.ledger.Step). */

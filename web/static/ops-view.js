@@ -40,6 +40,7 @@ const CAUSES = {
   link: 'the link between two people',
   everyone: 'every link',
   unknown: 'not known',
+  server_restart: 'server restart',
 };
 
 const STEPS = {

@@ -56,7 +56,7 @@ export class RoomPage {
     this.media = new LocalMedia();
     this.check = new CheckView(this.media, { netcheckUrl: `${location.pathname.replace(/\/$/, '')}/netcheck` });
     this.call = new CallView({ adminActions });
-    this.signaling = new SignalingClient({ url: socketUrl(location), token: this.token });
+    this.signaling = new SignalingClient({ url: socketUrl(location), token: this.token, probeUrl: '/healthz' });
     this.mesh = new Mesh({ signaling: this.signaling, localTracks: () => this.media.tracks() });
     this.sampler = new StatsSampler();
     this.board = new QualityBoard();
@@ -250,7 +250,15 @@ export class RoomPage {
 
     window.addEventListener('online', () => sig.reconnectNow());
     window.addEventListener('pagehide', () => {
-      if (this.step === 'call' || this.step === 'waiting') this._markSeated();
+      if (this.step !== 'call' && this.step !== 'waiting') return;
+      this._markSeated();
+      // Closed or navigated away: the others see "left" at once. A reload is back within
+      // moments with the same link, and the server resumes it without telling anyone.
+      sig.depart();
+    });
+    // Back from the browser's page cache, the socket is gone: come back in as a reload does.
+    window.addEventListener('pageshow', (event) => {
+      if (event.persisted && (this.step === 'call' || this.step === 'waiting')) location.reload();
     });
   }
 
@@ -344,8 +352,9 @@ export class RoomPage {
     if (state === 'reconnecting' && this.signaling.seated) {
       pill.textContent = 'Reconnecting…';
       pill.hidden = false;
+      // Calm words: the call itself goes on peer to peer while the service is away.
       if (this.step === 'call' && !this.fallback.cutOff) {
-        this.call.banner('self', 'Your connection to the server dropped. Reconnecting…', 'bad');
+        this.call.banner('self', 'Reconnecting to the service…', 'info');
       }
     }
   }

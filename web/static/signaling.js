@@ -131,6 +131,7 @@ export class SignalingClient {
    *   url: string, token: string,
    *   WebSocketImpl?: typeof WebSocket,
    *   connectTimeoutMs?: number, backoffMs?: number[], pingEveryMs?: number, silentLimitMs?: number,
+   *   probeUrl?: string|null, probeEveryMs?: number, fetchImpl?: typeof fetch,
    *   timers?: {setTimeout: typeof setTimeout, clearTimeout: typeof clearTimeout, setInterval: typeof setInterval, clearInterval: typeof clearInterval},
    *   now?: () => number, random?: () => number,
    * }} options
@@ -141,6 +142,11 @@ export class SignalingClient {
     // page cancel its own attempts (docs/FACTS). Back off, never hammer.
     connectTimeoutMs = 10000, backoffMs = [500, 1000, 2000, 4000, 8000, 15000],
     pingEveryMs = 5000, silentLimitMs = 15000,
+    // While a seated page waits to reconnect, it asks this URL (the server's /healthz) and
+    // connects the moment it answers: a restarted server is back in order within a second of
+    // answering, not at the end of a backoff step (up to 10 s), and a failed fetch is not a
+    // failed WebSocket attempt, which Chromium would make us wait for.
+    probeUrl = null, probeEveryMs = 1000, fetchImpl = globalThis.fetch?.bind(globalThis),
     timers = globalThis, now = () => Date.now(), random = Math.random,
   }) {
     this.url = url;
@@ -150,6 +156,10 @@ export class SignalingClient {
     this.backoffMs = backoffMs;
     this.pingEveryMs = pingEveryMs;
     this.silentLimitMs = silentLimitMs;
+    this.probeUrl = probeUrl;
+    this.probeEveryMs = probeEveryMs;
+    this.fetchImpl = fetchImpl;
+    this._probeTimer = null;
     this.timers = timers;
     this.now = now;
     this.random = random;
@@ -221,6 +231,7 @@ export class SignalingClient {
     }, this.connectTimeoutMs);
     ws.onopen = () => {
       if (this._ws !== ws) return;
+      this._stopProbe();
       this.timers.clearTimeout(this._connectTimer);
       this._lastHeard = this.now();
       ws.send(JSON.stringify({ type: 'join', v: VERSION, token: this.token }));
@@ -283,6 +294,7 @@ export class SignalingClient {
 
   _finish(detail) {
     this._stopped = true;
+    this._stopProbe();
     this._stopTimers();
     this._clearRetry();
     if (this._ws) {
@@ -305,6 +317,29 @@ export class SignalingClient {
       this._retryTimer = null;
       this.connect();
     }, delayMs);
+    this._startProbe();
+  }
+
+  _startProbe() {
+    if (!this.probeUrl || !this.fetchImpl || !this.seated || this._probeTimer !== null) return;
+    let asking = false;
+    this._probeTimer = this.timers.setInterval(async () => {
+      if (asking || this.state !== 'reconnecting') return;
+      asking = true;
+      try {
+        const response = await this.fetchImpl(this.probeUrl, { cache: 'no-store', signal: AbortSignal.timeout(2000) });
+        if (response.ok) this.reconnectNow();
+      } catch (error) {
+        // Not back yet.
+      } finally {
+        asking = false;
+      }
+    }, this.probeEveryMs);
+  }
+
+  _stopProbe() {
+    if (this._probeTimer !== null) this.timers.clearInterval(this._probeTimer);
+    this._probeTimer = null;
   }
 
   /** Try now instead of waiting out the backoff (e.g. the device came back online). */
@@ -408,6 +443,21 @@ export class SignalingClient {
 
   leave() {
     return this.send({ type: 'leave' });
+  }
+
+  /**
+   * The page is going away (`pagehide`): closed, navigated away, or reloading. Say so, and
+   * hear nothing more: the server's goodbye must not make this page forget its seat, which a
+   * reload resumes.
+   */
+  depart() {
+    const sent = this.send({ type: 'leave', closing: true });
+    this._stopped = true;
+    this._stopProbe();
+    this._stopTimers();
+    this._clearRetry();
+    if (this._ws) this._ws.onopen = this._ws.onmessage = this._ws.onclose = null;
+    return sent;
   }
 
   media(audio, video) {
