@@ -46,6 +46,28 @@ EventSink = Callable[[HubEvent], None]
 ErrorSink = Callable[[ErrorCode], None]
 
 
+@dataclass(frozen=True, slots=True)
+class SenderBudget:
+    """What one socket may send: ``burst_*`` at once, then ``*_per_second``; in messages and
+    in bytes. A flood is refused where it enters, so it never fills the queues of the people
+    it is aimed at (whom the slow-reader rule would otherwise close)."""
+
+    burst_messages: float
+    messages_per_second: float
+    burst_bytes: float
+    bytes_per_second: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> SenderBudget:
+        return cls(config.sender_burst_messages, config.sender_messages_per_second,
+                   config.sender_burst_bytes, config.sender_bytes_per_second)
+
+
+# A sender over its budget is told once (`rate_limited`); if it sends this many more messages
+# while still over, it is closed with `too_fast`.
+REFUSED_BEFORE_CLOSE = 20
+
+
 @dataclass
 class Signaling:
     """Everything the endpoint needs; lives in the app under SIGNALING."""
@@ -56,6 +78,7 @@ class Signaling:
     clock: Callable[[], float]
     audit: AuditLog | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
+    budget: SenderBudget | None = None
     watch: RoomWatch | None = None
     # Saves live room state as it changes (signaling/keeper.py), from expire_loop; set by the app.
     keeper: SessionKeeper | None = None
@@ -67,6 +90,10 @@ class Signaling:
     received: int = 0
     # time.monotonic() of the background loop's last pass, for /readyz.
     last_tick: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = SenderBudget.from_config(self.config)
 
     def deliver(self, out: Outbox) -> None:
         encoded: dict[int, bytes] = {}
@@ -118,12 +145,17 @@ class ClientSocket:
     messages queue, up to ``limit``, for a writer task that waits for the client to drain; a
     client that fills its queue is closed rather than allowed to stall its room (Galène's
     writer). Order is kept: while the writer has anything queued, everything queues behind it.
+
+    What comes in is metered against a SenderBudget (``spend``): two counters that only go
+    down per message, refilled for the time elapsed only when one runs out, so a sender
+    within budget costs two subtractions a message.
     """
 
     __slots__ = ("ws", "transport", "backlog", "limit", "writer", "room_id", "closing", "heard", "pinged",
-                 "__weakref__")
+                 "budget", "messages_left", "bytes_left", "refilled_at", "refused", "__weakref__")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int,
+                 budget: SenderBudget) -> None:
         self.ws = ws
         self.transport = transport
         self.backlog: deque[Any] = deque()
@@ -134,6 +166,30 @@ class ClientSocket:
         # Liveness (see liveness_loop): anything received since the last sweep; a ping sent.
         self.heard = True
         self.pinged = False
+        self.budget = budget
+        self.messages_left = budget.burst_messages
+        self.bytes_left = budget.burst_bytes
+        self.refilled_at = time.monotonic()
+        # Messages refused in a row for being over budget.
+        self.refused = 0
+
+    def spend(self, size: int) -> bool:
+        """Charge one received message of ``size`` bytes; False when the sender is over budget."""
+        self.messages_left -= 1
+        self.bytes_left -= size
+        return (self.messages_left >= 0 and self.bytes_left >= 0) or self._refill()
+
+    def _refill(self) -> bool:
+        # Refused messages stay charged: a sender that keeps flooding stays in debt.
+        budget, now = self.budget, time.monotonic()
+        elapsed, self.refilled_at = now - self.refilled_at, now
+        self.messages_left = min(budget.burst_messages, self.messages_left + elapsed * budget.messages_per_second)
+        self.bytes_left = min(budget.burst_bytes, self.bytes_left + elapsed * budget.bytes_per_second)
+        if self.messages_left >= 0 and self.bytes_left >= 0:
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
 
     def send(self, data: bytes) -> bool:
         if self.closing:
@@ -224,7 +280,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:
         return ws
-    sock = ClientSocket(ws, transport, sig.config.send_queue_limit)  # type: ignore[arg-type]
+    sock = ClientSocket(ws, transport, sig.config.send_queue_limit, sig.budget)  # type: ignore[arg-type]
     sig.sockets.add(sock)
     _handle_in_parser(sig, sock, request)
     try:
@@ -234,7 +290,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             sock.heard = True
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 sig.received += 1
-                _handle(sig, sock, msg.data)
+                if sock.spend(len(msg.data)):
+                    _handle(sig, sock, msg.data)
+                else:
+                    _over_budget(sock)
             elif msg.type == WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type == WSMsgType.ERROR:
@@ -274,7 +333,10 @@ if WebSocketDataQueue is not None:
                 sock.heard = True
                 if not sock.closing:
                     self.sig.received += 1
-                    self.context.run(_handle, self.sig, sock, data[1])
+                    if sock.spend(size):
+                        self.context.run(_handle, self.sig, sock, data[1])
+                    else:
+                        self.context.run(_over_budget, sock)
             else:
                 super().feed_data(data, size)
 
@@ -325,6 +387,23 @@ def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:
                       extra={"room_id": sock.room_id})
         _refuse(sig, sock, TelehealthError(ErrorCode.INTERNAL), ref)
         _say_bye(sock, p.CloseReason.INTERNAL, p.RecoveryAction.RESUME, "")
+
+
+TOO_FAST_WARNING = ("You are sending messages too fast. What you send now is dropped, "
+                    "and the connection will close if this goes on.")
+TOO_FAST_BYE = "This connection sent too much, too fast, and was closed."
+
+
+def _over_budget(sock: ClientSocket) -> None:
+    """A message over the sender's budget: dropped unread. The first is answered with
+    `rate_limited`; after REFUSED_BEFORE_CLOSE more the socket is closed with `too_fast`
+    (and the page reconnects, like after any drop)."""
+    if sock.refused == 1:
+        log.warning("a socket is over its sending budget", extra={"room_id": sock.room_id})
+        sock.send(p.encode(p.Error(code=ErrorCode.RATE_LIMITED, message=TOO_FAST_WARNING)))
+    elif sock.refused > REFUSED_BEFORE_CLOSE:
+        log.warning("closing a socket that sends too fast", extra={"room_id": sock.room_id})
+        _say_bye(sock, p.CloseReason.TOO_FAST, p.RecoveryAction.RESUME, TOO_FAST_BYE)
 
 
 def _say_bye(sock: ClientSocket, reason: p.CloseReason, action: p.RecoveryAction, text: str) -> None:

@@ -35,6 +35,7 @@ class CloseReason(str, enum.Enum):
     LEFT = "left"
     LINK_REFUSED = "link_refused"
     TOO_SLOW = "too_slow"
+    TOO_FAST = "too_fast"
     PROTOCOL = "protocol"
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
@@ -55,6 +56,7 @@ CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.LEFT: 4004,
     CloseReason.LINK_REFUSED: 4005,
     CloseReason.TOO_SLOW: 4006,
+    CloseReason.TOO_FAST: 4009,
     CloseReason.PROTOCOL: 4007,
     CloseReason.SHUTDOWN: 4008,
     CloseReason.INTERNAL: 4011,

@@ -39,6 +39,14 @@ class Config:
     max_message_bytes: int = 64 * 1024
     # A socket whose outbound queue holds this many messages is too slow and is closed.
     send_queue_limit: int = 256
+    # What one socket may send: a burst, then a sustained rate, in messages and in bytes
+    # (token buckets). Many times what a real page sends (a join burst of offers and
+    # candidates, stats every 250-500 ms); a sender over it gets `rate_limited`, then is
+    # closed with `too_fast`, so its flood never reaches the others' sockets.
+    sender_burst_messages: int = 200
+    sender_messages_per_second: float = 20.0
+    sender_burst_bytes: int = 512 * 1024
+    sender_bytes_per_second: float = 64 * 1024
     # How often the server looks for rooms ended by another process (the CLI).
     store_poll_seconds: float = 0.25
     # A socket silent this long is pinged; silent for as long again, it is closed as gone.
