@@ -31,6 +31,7 @@ from telehealth import rooms
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.ratelimit import LinkOpenLimits
+from telehealth.refusals import RefusalTally
 from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
 from telehealth.store import Store
 from telehealth.tokens import check_link, hash_token, well_formed
@@ -77,6 +78,8 @@ class Signaling:
     hub: RoomHub
     clock: Callable[[], float]
     audit: AuditLog | None = None
+    # Refused joins are counted here and summarised, not audited one by one.
+    refusals: RefusalTally | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
     budget: SenderBudget | None = None
     watch: RoomWatch | None = None
@@ -152,11 +155,13 @@ class ClientSocket:
     """
 
     __slots__ = ("ws", "transport", "backlog", "limit", "writer", "room_id", "closing", "heard", "pinged",
-                 "budget", "messages_left", "bytes_left", "refilled_at", "refused", "__weakref__")
+                 "address", "budget", "messages_left", "bytes_left", "refilled_at", "refused", "__weakref__")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int,
-                 budget: SenderBudget) -> None:
+                 budget: SenderBudget, address: str = "?") -> None:
         self.ws = ws
+        # The client's address (behind a trusted proxy, the one it forwarded), for the limits.
+        self.address = address
         self.transport = transport
         self.backlog: deque[Any] = deque()
         self.limit = limit
@@ -280,7 +285,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:
         return ws
-    sock = ClientSocket(ws, transport, sig.config.send_queue_limit, sig.budget)  # type: ignore[arg-type]
+    sock = ClientSocket(ws, transport, sig.config.send_queue_limit, sig.budget,  # type: ignore[arg-type]
+                        request.remote or "?")
     sig.sockets.add(sock)
     _handle_in_parser(sig, sock, request)
     try:
@@ -467,8 +473,7 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     now = sig.clock()
     try:
         token_hash = hash_token(msg.token)
-        peer = sock.transport.get_extra_info("peername")
-        address, tick = (str(peer[0]) if peer else "?"), time.monotonic()
+        address, tick = sock.address, time.monotonic()
         wait = sig.link_limits.check(address, token_hash, tick)
         if wait is not None:
             raise LinkError(ErrorCode.RATE_LIMITED,
@@ -486,9 +491,9 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
         if record is None or person is None:
             raise LinkError(ErrorCode.BAD_LINK)
     except LinkError as exc:
-        if sig.audit is not None:
-            sig.audit.append(AuditEvent.LINK_REJECTED, actor="signaling",
-                             detail={"reason": LINK_REJECT_REASONS[exc.code].value})
+        if sig.refusals is not None:
+            sig.refusals.count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, sock.address,
+                               actor="signaling")
         raise
     sock.room_id = record.id
     if sig.audit is not None:

@@ -6,7 +6,8 @@ telehealth.schema):
 
 - ``users``: one row per account; the password as an scrypt hash with its own salt and
   parameters (``scrypt$n$r$p$salt$hash``), so the cost can be raised later without breaking
-  old hashes. Five wrong passwords in a row lock the account for a minute.
+  old hashes. Nothing here locks an account: failed attempts are limited per address and per
+  account and address (telehealth.ratelimit.LoginLimits), so a stranger cannot lock anyone out.
 - ``user_sessions``: login sessions. The cookie holds a random token; only its SHA-256 is
   stored, so a copy of the database does not log anyone in. Sessions expire.
 - ``room_owners``: which account created which room, so a therapist's console lists their own.
@@ -46,8 +47,6 @@ MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 
 SESSION_SECONDS = 12 * 3600.0
-MAX_FAILED_LOGINS = 5
-LOCKOUT_SECONDS = 60.0
 
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
 
@@ -177,7 +176,7 @@ def set_password(store: Store, username: str, password: str) -> None:
         raise UserError(ErrorCode.UNKNOWN_TARGET, "No such user.")
     with _transaction(store):
         store.db.execute(
-            "UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = NULL WHERE id = ?",
+            "UPDATE users SET password_hash = ? WHERE id = ?",
             (hash_password(password), user.id),
         )
         store.db.execute("DELETE FROM user_sessions WHERE user_id = ?", (user.id,))
@@ -219,40 +218,27 @@ def authenticate(store: Store, username: str, password: str, *, now: float) -> U
         verify_password(_DECOY_HASH, password)
         raise wrong from None
     row = store.db.execute(
-        "SELECT id, username, role, display_name, password_hash, failed_logins, locked_until"
-        " FROM users WHERE username = ?",
-        (name,),
+        "SELECT id, username, role, display_name, password_hash FROM users WHERE username = ?", (name,),
     ).fetchone()
-    if row is None:
-        verify_password(_DECOY_HASH, password)
+    # An unknown name costs the same scrypt as a known one: the answer's timing tells nothing.
+    matches = verify_password(_DECOY_HASH if row is None else row[4], password)
+    if row is None or not matches:
         raise wrong
-    user = User(int(row[0]), row[1], row[2], row[3])
-    locked_until = row[6]
-    if locked_until is not None and now < locked_until:
-        raise UserError(ErrorCode.RATE_LIMITED)
-    if not verify_password(row[4], password):
-        failed = int(row[5]) + 1
-        lock = now + LOCKOUT_SECONDS if failed >= MAX_FAILED_LOGINS else None
-        store.db.execute(
-            "UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
-            (0 if lock else failed, lock, user.id),
-        )
-        raise wrong
-    store.db.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?", (user.id,))
-    return user
+    return User(int(row[0]), row[1], row[2], row[3])
 
 
-def audit_login(store: Store, username: str, user: User | None, error: UserError | None) -> None:
-    """Record a login attempt (on the event loop: the store's connection is not shared with
-    the thread that checks the password). Ids and reasons only, never the name typed."""
-    if user is not None:
-        store.audit.append(AuditEvent.LOGIN_OK, actor=f"u_{user.id}", detail={"role": user.role})
-        return
+def audit_login(store: Store, user: User) -> None:
+    """Record a sign-in (on the event loop: the store's connection is not shared with the
+    thread that checks the password). Failures are summarised instead: login_refusal."""
+    store.audit.append(AuditEvent.LOGIN_OK, actor=f"u_{user.id}", detail={"role": user.role})
+
+
+def login_refusal(store: Store, username: str, error: UserError) -> tuple[str, str | None]:
+    """Why a sign-in failed and whose account it named (``u_<id>``), for the audit log's
+    summary of refused attempts: ids and reasons only, never the name typed."""
     known = _find_user(store, username.strip().lower()) if username.strip() else None
-    reason = "locked" if error is not None and error.code == ErrorCode.RATE_LIMITED else (
-        "password" if known else "unknown_user")
-    store.audit.append(AuditEvent.LOGIN_FAILED, actor=f"u_{known.id}" if known else None,
-                       detail={"reason": reason})
+    reason = "rate_limited" if error.code == ErrorCode.RATE_LIMITED else ("password" if known else "unknown_user")
+    return reason, f"u_{known.id}" if known else None
 
 
 # -- login sessions -------------------------------------------------------------------------

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from telehealth import retention
+from telehealth import proxies, retention
 from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.datadir import ServerLock
 from telehealth.keys import key_in_use, key_problem
-from telehealth.ratelimit import RateLimiter
+from telehealth.ratelimit import LoginLimits
+from telehealth.refusals import RefusalTally
 from telehealth.store import Store
 
 log = logging.getLogger("telehealth")
@@ -27,8 +28,10 @@ log = logging.getLogger("telehealth")
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", AuditLog)
-# Failed logins per client address (the console's and the ops dashboard's): ten a minute.
-LOGIN_FAILURES = web.AppKey("login_failures", RateLimiter)
+# Failed sign-ins (the console's and the ops dashboard's), per address and per account there.
+LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
+# Refused attempts without a credential, counted for the audit log's summaries.
+REFUSALS = web.AppKey("refusals", RefusalTally)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
 # How often the server notes in the store that it is running.
@@ -51,6 +54,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from telehealth.webhooks import OpsWebhooks
     from web import ops, pages
 
+    # A bad setting is refused before anything is opened.
+    trusted = proxies.parse_networks(config.trusted_proxies)
     # One server per data folder, for its whole life; then the store, checked page by page.
     server_lock = ServerLock(config.data_dir).acquire()
     try:
@@ -59,11 +64,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         server_lock.release()
         raise
     audit = store.audit
-    app = web.Application(middlewares=[requestlog.middleware, pages.security_headers])
+    # The proxy's rewrite comes first, so every other part sees the client's own address.
+    app = web.Application(middlewares=[*([proxies.middleware(trusted)] if trusted else []),
+                                       requestlog.middleware, pages.security_headers])
     app[CONFIG] = config
     app[STORE] = store
     app[AUDIT] = audit
-    app[LOGIN_FAILURES] = RateLimiter(10, 10 / 60)
+    app[LOGIN_LIMITS] = LoginLimits()
+    refusals = app[REFUSALS] = RefusalTally(audit)
     def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
             list[protocol.IceServer], protocol.FallbackPlan]:
         # Fresh TURN credentials on every (re)join; each person's own fallback plan.
@@ -72,7 +80,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras, relay_only=config.relay_only)
     watch = RoomWatch(hub, rejoin_window_s=config.rejoin_window_seconds)
-    sig = Signaling(config=config, store=store, hub=hub, clock=clock, audit=audit, watch=watch)
+    sig = Signaling(config=config, store=store, hub=hub, clock=clock, audit=audit, refusals=refusals,
+                    watch=watch)
     app[SIGNALING] = sig
 
     dialer: Dialer = (WebhookDialer(config.phone_webhook_url, config.phone_webhook_secret or "")
@@ -160,11 +169,23 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                 log.exception("heartbeat to the store failed")
             await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
+    def flush_refusals() -> None:
+        try:
+            refusals.flush()
+        except Exception:
+            log.exception("writing the summary of refused attempts failed")
+
+    async def refusal_loop() -> None:
+        while True:
+            await asyncio.sleep(config.refusal_summary_seconds)
+            flush_refusals()
+
     async def background(app: web.Application) -> AsyncIterator[None]:
         # While we run, no key rotation may swap the key we hold in memory.
         with key_in_use(config.key_path):
             tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(liveness_loop(sig)),
-                     asyncio.create_task(purge_loop()), asyncio.create_task(alive_loop())]
+                     asyncio.create_task(purge_loop()), asyncio.create_task(alive_loop()),
+                     asyncio.create_task(refusal_loop())]
             yield
             for task in tasks:
                 task.cancel()
@@ -183,6 +204,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     async def on_cleanup(app: web.Application) -> None:
         keeper.flush()
+        flush_refusals()
         store.close()
         server_lock.release()
 

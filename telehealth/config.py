@@ -52,6 +52,12 @@ class Config:
     # A socket silent this long is pinged; silent for as long again, it is closed as gone.
     heartbeat_seconds: float = 10.0
     log_level: str = "INFO"
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or
+    # CIDR blocks, e.g. 127.0.0.1 for a proxy on the same host). Empty: every peer is a client.
+    trusted_proxies: tuple[str, ...] = ()
+    # Refused attempts without a credential (bad links, failed sign-ins) are written to the
+    # audit log as one entry per address, kind and reason per this many seconds.
+    refusal_summary_seconds: float = 60.0
     # STUN/TURN for participants. TURN credentials are derived from turn_secret.
     stun_urls: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()

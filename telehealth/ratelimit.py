@@ -95,3 +95,41 @@ class LinkOpenLimits:
     def failed(self, address: str, now: float) -> None:
         """An attempt from ``address`` used a link that does not work."""
         self.failures.allow(address, now)
+
+
+class LoginLimits:
+    """How often staff sign-ins may fail, without letting a stranger lock anyone out.
+
+    Two budgets of failed attempts, both keyed on the client's address (behind a proxy, the
+    address TELEHEALTH_TRUSTED_PROXIES finds):
+
+    - per address, ``per_address`` failures, then one every ``per_seconds / per_address``:
+      one client guessing across many accounts;
+    - per account and address, ``per_account`` failures, then one every
+      ``per_seconds / per_account``: one client guessing one account.
+
+    There is no budget per account alone: it would let anyone who knows a therapist's
+    username keep them out of their own session (the old five-failures lock did). A guesser
+    is slowed where they are, and the account stays open from every other address, as
+    Auth0's brute-force protection blocks the user and address pair rather than the user.
+    The account is keyed by the name as typed (trimmed, lower case), known or not, so a
+    limited unknown name answers exactly as a limited real one.
+    """
+
+    def __init__(self, *, per_address: int = 10, per_account: int = 5, per_seconds: float = 60.0) -> None:
+        self.by_address = RateLimiter(per_address, per_address / per_seconds)
+        self.by_account = RateLimiter(per_account, per_account / per_seconds)
+
+    @staticmethod
+    def _pair(address: str, username: str) -> str:
+        return f"{username.strip().lower()}\n{address}"
+
+    def check(self, address: str, username: str, now: float) -> float | None:
+        """None when this attempt may go ahead; else the seconds to wait before retrying."""
+        wait = max(self.by_address.retry_after(address, now),
+                   self.by_account.retry_after(self._pair(address, username), now))
+        return wait if wait > 0 else None
+
+    def failed(self, address: str, username: str, now: float) -> None:
+        self.by_address.allow(address, now)
+        self.by_account.allow(self._pair(address, username), now)

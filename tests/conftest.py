@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -68,6 +69,12 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     running = await start_server(make_config())
     yield running
     await running.runner.cleanup()
+
+
+def session_from(address: str, **kwargs: object) -> aiohttp.ClientSession:
+    """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8 on
+    loopback): another client, as the server's limits see it."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)), **kwargs)  # type: ignore[arg-type]
 
 
 async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> None:

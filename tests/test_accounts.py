@@ -55,16 +55,15 @@ def test_accounts_are_checked_when_made(store: Store) -> None:
     assert [u.username for u in accounts.list_users(store)] == ["dr.test@clinic"]
 
 
-def test_wrong_passwords_lock_the_account_for_a_minute(store: Store) -> None:
+def test_wrong_passwords_never_lock_the_account(store: Store) -> None:
+    # Limits on failures are per address (web.forms, LoginLimits): a stranger's guesses
+    # must not keep the real person out.
     accounts.add_user(store, "drtest", PASSWORD, "therapist", now=NOW)
-    for i in range(accounts.MAX_FAILED_LOGINS):
+    for i in range(20):
         with pytest.raises(UserError) as wrong:
             accounts.authenticate(store, "drtest", f"guess {i}", now=NOW + i)
         assert wrong.value.code == ErrorCode.FORBIDDEN
-    with pytest.raises(UserError) as locked:
-        accounts.authenticate(store, "drtest", PASSWORD, now=NOW + 10)
-    assert locked.value.code == ErrorCode.RATE_LIMITED
-    later = NOW + 4 + accounts.LOCKOUT_SECONDS + 1
+    later = NOW + 21
     assert accounts.authenticate(store, "DrTest", PASSWORD, now=later).username == "drtest"
     # Unknown and malformed names get the same answer as a wrong password.
     for name in ("nobody", "!!"):

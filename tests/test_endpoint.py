@@ -12,6 +12,7 @@ import pytest
 
 from media.participant import SyntheticParticipant
 from signaling.endpoint import SIGNALING
+from telehealth.app import REFUSALS
 from tests.conftest import RunningServer, start_server
 from tests.test_hub import snapshot
 
@@ -205,8 +206,10 @@ async def test_opening_links_too_often_is_rate_limited_with_a_clear_message(serv
         assert error["code"] == "rate_limited" and "wait" in error["message"]
     finally:
         await person.close()
-    reasons = [(json.loads(x).get("detail") or {}).get("reason") for x in server.store.audit.export()]
-    assert reasons.count("forged") == 20 and "rate_limited" in reasons
+    server.app[REFUSALS].flush()
+    summary = {(e["actor"], e["detail"]["reason"]): e["detail"]["attempts"]
+               for e in map(json.loads, server.store.audit.export()) if e["event"] == "link_rejected"}
+    assert summary == {("web", "forged"): 20, ("web", "rate_limited"): 2, ("signaling", "rate_limited"): 1}
 
 
 async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:

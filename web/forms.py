@@ -14,7 +14,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from telehealth import accounts
-from telehealth.app import LOGIN_FAILURES, STORE
+from telehealth.app import LOGIN_LIMITS, REFUSALS, STORE
+from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, UserError
 from web.pages import same_origin
 
@@ -55,8 +56,10 @@ class SignedIn:
 
 async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse]) -> SignedIn | web.StreamResponse:
     """Check a posted sign-in form end to end: same site, the double-submit token, the
-    per-address budget of failed attempts, the password (off the event loop). A failure is
-    audited and answered with ``render(request, error=..., username=..., status=...)``."""
+    budgets of failed attempts (per address, per account and address), the password (off the
+    event loop). A failure is counted for the audit log's summary and answered with
+    ``render(request, error=..., username=..., status=...)``: the same answer whether or not
+    the account exists."""
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
     form = await read_form(request)
@@ -66,18 +69,22 @@ async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse
         return render(request, error="The sign-in form had expired. Please try again.", status=400)
     username, password = field(form, "username"), form.get("password")
     store = request.app[STORE]
-    # One budget of failed attempts per address for every sign-in form.
-    failures, address = request.app[LOGIN_FAILURES], request.remote or "?"
+    # The same budgets for every sign-in form.
+    limits, address = request.app[LOGIN_LIMITS], request.remote or "?"
     try:
-        if failures.retry_after(address, time.monotonic()) > 0:
-            raise UserError(ErrorCode.RATE_LIMITED)
+        wait = limits.check(address, username, time.monotonic())
+        if wait is not None:
+            raise UserError(ErrorCode.RATE_LIMITED,
+                            f"Too many attempts. Please wait {max(1, round(wait))} seconds and try again.")
         if not isinstance(password, str):
             raise UserError(ErrorCode.FORBIDDEN, "That username and password do not match.")
         # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
         user = await asyncio.to_thread(accounts.authenticate, store, username, password, now=time.time())
     except UserError as exc:
-        failures.allow(address, time.monotonic())
-        accounts.audit_login(store, username, None, exc)
+        if exc.code != ErrorCode.RATE_LIMITED:
+            limits.failed(address, username, time.monotonic())
+        reason, actor = accounts.login_refusal(store, username, exc)
+        request.app[REFUSALS].count(AuditEvent.LOGIN_FAILED, reason, address, actor=actor)
         status = 429 if exc.code == ErrorCode.RATE_LIMITED else 401
         return render(request, error=exc.detail, username=username, status=status)
     return SignedIn(user, username, form)
@@ -88,7 +95,7 @@ def enter(request: web.Request, signed: SignedIn, cookie: str, location: str, *,
     """After a good sign-in: audit it, start the session, set its cookie, drop the form's
     token, and send the person on to ``location`` (raise the result)."""
     store = request.app[STORE]
-    accounts.audit_login(store, signed.username, signed.user, None)
+    accounts.audit_login(store, signed.user)
     session = accounts.start_session(store, signed.user, now=time.time(), timezone=timezone)
     response = web.HTTPSeeOther(location)
     response.set_cookie(cookie, session.token, secure=True, httponly=True, samesite="Strict",

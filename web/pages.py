@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from signaling.endpoint import SIGNALING
-from telehealth.app import CONFIG, STORE
+from telehealth.app import CONFIG, REFUSALS, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
 from telehealth.store import Person, RoomRecord
@@ -131,8 +131,8 @@ def checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
             limits.failed(address, now)
             raise
     except LinkError as exc:
-        store.audit.append(AuditEvent.LINK_REJECTED, actor="web",
-                           detail={"reason": LINK_REJECT_REASONS[exc.code].value})
+        request.app[REFUSALS].count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, address,
+                                    actor="web")
         raise
     record = store.get_room(link.room_id)
     person = next((x for x in record.people if x.id == link.person_id), None) if record else None
