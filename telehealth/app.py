@@ -70,7 +70,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[CONFIG] = config
     app[STORE] = store
     app[AUDIT] = audit
-    app[LOGIN_LIMITS] = LoginLimits()
+    app[LOGIN_LIMITS] = LoginLimits(per_address=config.login_failures_per_address,
+                                    per_account=config.login_failures_per_account,
+                                    per_seconds=config.login_window_seconds)
     refusals = app[REFUSALS] = RefusalTally(audit)
     def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
             list[protocol.IceServer], protocol.FallbackPlan]:

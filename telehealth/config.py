@@ -55,6 +55,11 @@ class Config:
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or
     # CIDR blocks, e.g. 127.0.0.1 for a proxy on the same host). Empty: every peer is a client.
     trusted_proxies: tuple[str, ...] = ()
+    # Failed sign-ins allowed per client address, and per account from one address, in a
+    # burst; they come back evenly over login_window_seconds. No account is ever locked.
+    login_failures_per_address: int = 10
+    login_failures_per_account: int = 5
+    login_window_seconds: float = 60.0
     # Refused attempts without a credential (bad links, failed sign-ins) are written to the
     # audit log as one entry per address, kind and reason per this many seconds.
     refusal_summary_seconds: float = 60.0
