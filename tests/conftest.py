@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -71,10 +72,11 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     await running.runner.cleanup()
 
 
-def session_from(address: str, **kwargs: object) -> aiohttp.ClientSession:
+def session_from(address: str, *, ssl: ssl.SSLContext | bool = True, **kwargs: object) -> aiohttp.ClientSession:
     """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8 on
     loopback): another client, as the server's limits see it."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)), **kwargs)  # type: ignore[arg-type]
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), ssl=ssl)
+    return aiohttp.ClientSession(connector=connector, **kwargs)  # type: ignore[arg-type]
 
 
 async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> None:
