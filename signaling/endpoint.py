@@ -30,9 +30,9 @@ from signaling.watch import RoomWatch
 from telehealth import rooms
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
 from telehealth.config import Config
+from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
 from telehealth.ratelimit import LinkOpenLimits
 from telehealth.refusals import RefusalTally
-from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
 from telehealth.store import Store
 from telehealth.tokens import check_link, hash_token, well_formed
 
@@ -81,7 +81,8 @@ class Signaling:
     # Refused joins are counted here and summarised, not audited one by one.
     refusals: RefusalTally | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
-    budget: SenderBudget | None = None
+    # Each socket's sending budget, from the config.
+    budget: SenderBudget = field(init=False)
     watch: RoomWatch | None = None
     # Saves live room state as it changes (signaling/keeper.py), from expire_loop; set by the app.
     keeper: SessionKeeper | None = None
@@ -95,8 +96,7 @@ class Signaling:
     last_tick: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        if self.budget is None:
-            self.budget = SenderBudget.from_config(self.config)
+        self.budget = SenderBudget.from_config(self.config)
 
     def deliver(self, out: Outbox) -> None:
         encoded: dict[int, bytes] = {}

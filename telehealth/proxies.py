@@ -79,13 +79,11 @@ def middleware(networks: tuple[Network, ...]) -> web.Middleware:
         address = _address(peer) if peer else None
         if address is None or not _trusted(address, networks):
             return await handler(request)
-        changes: dict[str, str] = {}
-        client = client_address(peer, request.headers.getall("X-Forwarded-For", ()), networks)
-        if client is not None and client != peer:
-            changes["remote"] = client
+        client = client_address(peer, request.headers.getall("X-Forwarded-For", ()), networks) or peer
         proto = request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip().lower()
-        if proto in ("http", "https") and proto != request.scheme:
-            changes["scheme"] = proto
-        return await handler(request.clone(**changes) if changes else request)
+        scheme = proto if proto in ("http", "https") else request.scheme
+        if client == peer and scheme == request.scheme:
+            return await handler(request)
+        return await handler(request.clone(remote=client, scheme=scheme))
 
     return trusted_proxies

@@ -88,8 +88,8 @@ def start_caddy(tmp_dir: Path, upstream: str) -> Caddy:
 def _handshake(caddy: Caddy) -> bool:
     """Whether Caddy completes a TLS handshake with a certificate its CA signed."""
     try:
-        with socket.create_connection(("127.0.0.1", caddy.port), timeout=2) as raw:
-            with caddy.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1"):
-                return True
+        with (socket.create_connection(("127.0.0.1", caddy.port), timeout=2) as raw,
+              caddy.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")):
+            return True
     except (OSError, ssl.SSLError):
         return False
