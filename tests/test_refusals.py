@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from telehealth.refusals import OTHER, RefusalTally
 from telehealth.store import Store
 from telehealth.tokens import new_token
 from tests.conftest import eventually, session_from, start_server
+from tests.test_audit import connect
 from tests.test_pages import sign_in
 
 BAD_PAGES = 2000
@@ -115,7 +115,7 @@ async def test_a_running_server_writes_a_summary_every_window(make_config: Any) 
 
 
 def test_a_flood_of_addresses_is_capped_per_window(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "audit.sqlite3", isolation_level=None)
+    db = connect(tmp_path / "audit.sqlite3")
     try:
         tally = RefusalTally(AuditLog(db, time.time), max_keys=50)
         for i in range(5000):
