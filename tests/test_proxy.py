@@ -56,6 +56,7 @@ async def test_behind_caddy_a_link_guesser_does_not_lock_the_real_partner_out(
     partner_link = room.partner_links[0]
     assert partner_link.startswith(caddy.base_url)
     guesses, partner = [], []
+    started = time.monotonic()
     async with client(caddy, "127.0.0.2") as guesser, client(caddy, "127.0.0.3") as real:
         for i in range(60):
             # The guesser even claims to be the partner's address: Caddy drops that header.
@@ -66,7 +67,10 @@ async def test_behind_caddy_a_link_guesser_does_not_lock_the_real_partner_out(
                 async with real.get(partner_link) as response:
                     partner.append(response.status)
                     assert "Welcome, Partner 1" in await response.text()
-    assert guesses[:20] == [404] * 20 and set(guesses[20:]) == {429}
+    # The guesser is refused after 20 failures, and keeps being refused but for the one
+    # attempt every 3 s that the budget gives back (a busy machine makes that a few).
+    refills = (time.monotonic() - started) / 3 + 1
+    assert guesses[:20] == [404] * 20 and 429 in guesses and guesses.count(404) <= 20 + refills
     assert partner == [200] * 10
 
     # Straight to the server, past the proxy, a forged header is not believed either.
