@@ -90,7 +90,7 @@ class SessionMetrics:
         if isinstance(event, MemberEvent):
             if event.kind in ("joined", "waiting"):
                 self.joins.labels(event.role).inc()
-            elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced"):
+            elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced", "revoked"):
                 self.presence.labels(event.role, event.kind).inc()
         elif isinstance(event, RoomEvent) and event.kind in ("ended", "closed"):
             last = self.last_quality.pop(event.room_id, None)
