@@ -10,18 +10,15 @@ import asyncio
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from telehealth.config import Config
-from tests.conftest import RunningServer, free_port, start_server
+from tests.conftest import METRICS_TOKEN, RunningServer, free_port
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
-TOKEN = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,18 +46,9 @@ def test_each_alert_is_unit_tested_firing_and_says_what_to_do() -> None:
     assert RULES.count("severity:") == RULES.count("summary:") == RULES.count("action:") == len(ALERTS)
 
 
-@pytest.fixture
-async def server(make_config: Callable[..., Config], tmp_path: Path) -> AsyncIterator[RunningServer]:
-    token_file = tmp_path / "metrics.token"
-    token_file.write_text(TOKEN)
-    running = await start_server(make_config(metrics_token_file=token_file))
-    yield running
-    await running.runner.cleanup()
-
-
-async def test_every_metric_the_rules_use_is_one_the_server_exports(server: RunningServer) -> None:
+async def test_every_metric_the_rules_use_is_one_the_server_exports(metrics_server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        async with http.get(f"{metrics_server.base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as r:
             text = await r.text()
     # Declared, with or without series yet (a labelled counter has none until counted).
     exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
@@ -93,10 +81,10 @@ async def until(check: Callable[[], Any], timeout: float) -> Any:
 
 
 async def test_a_real_prometheus_scrapes_the_server_with_its_token_and_evaluates_the_rules(
-    server: RunningServer, tmp_path: Path,
+    metrics_server: RunningServer, tmp_path: Path,
 ) -> None:
     port = free_port()
-    target = f"127.0.0.1:{server.config.port}"
+    target = f"127.0.0.1:{metrics_server.config.port}"
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES_DIR / "alerts.yml")],

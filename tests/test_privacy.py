@@ -4,19 +4,15 @@ line (at DEBUG), the metrics, the audit log, or the raw SQLite files."""
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from media.participant import SyntheticParticipant
 from telehealth import rooms
-from telehealth.logs import JsonFormatter
-from tests.conftest import free_port, start_server
+from tests.conftest import LogCapture, free_port, start_server
 
 THERAPIST = "Dr Henrietta Quill"
 PARTNERS = [("Marisol Okonkwo-Test", "+1 555 867 5309"), ("Bartholomew Zed", "+44 20 7946 0958")]
@@ -24,29 +20,7 @@ SECRETS = [THERAPIST, "Henrietta", "Quill", "Marisol", "Okonkwo", "Bartholomew",
            "867 5309", "8675309", "7946 0958", "79460958"]
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[Capture]:
-    handler = Capture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler
-    root.removeHandler(handler)
-    root.setLevel(level)
-
-
-async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: Any, captured_logs: Capture) -> None:
+async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: Any, captured_logs: LogCapture) -> None:
     metrics_address = f"127.0.0.1:{free_port()}"
     server = await start_server(make_config(metrics_address=metrics_address))
     try:
