@@ -2,11 +2,12 @@
 # Sets up everything the tests need on a fresh Debian machine, then runs them.
 # System packages: Chromium (browser tests), coturn (TURN relay), Caddy (the reverse proxy),
 # iproute2/nftables/iptables (network namespaces and faults), systemd (systemd-analyze checks
-# deploy/telehealth.service). Python packages go into .venv. Extra pytest arguments pass through.
+# deploy/telehealth.service), prometheus (its promtool checks the alert rules, and one test
+# scrapes the server with it). Python packages go into .venv. Extra pytest arguments pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium coturn caddy iproute2 nftables iptables procps systemd)
+APT_PACKAGES=(chromium coturn caddy iproute2 nftables iptables procps systemd prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,8 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The packages start a system coturn on 3478 and a Caddy on 80; tests run their own on free ports.
-systemctl stop coturn caddy >/dev/null 2>&1 || true
+# The packages start a system coturn on 3478, a Caddy on 80 and a Prometheus on 9090; tests
+# run their own on free ports.
+systemctl stop coturn caddy prometheus >/dev/null 2>&1 || true
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -10,7 +10,7 @@ A member's states::
     (join) --therapist, or partner admitted in grace--> in_call
     waiting|in_call --socket drops--> reconnecting --same link within grace--> previous state
     reconnecting --grace ends--> gone ("left")
-    any --leave / remove / room ends--> gone
+    any --leave / remove / room ends / its link revoked--> gone
 
 Offers: on each pair the member who entered the call later makes the offers (and is the
 impolite side in perfect negotiation); the order is kept across resumes, so roles never flip
@@ -42,7 +42,7 @@ def no_extras(record: RoomRecord, person: Person, now: float) -> tuple[list[p.Ic
 
 MemberEventKind = Literal[
     "waiting", "joined", "admitted", "reconnecting", "closing", "back", "replaced", "left", "expired",
-    "removed",
+    "removed", "revoked",
 ]
 # Away without the others being told: a page closing (or reloading: is it back within
 # CLOSING_GRACE_S?), or a member restored from disk after a restart (its media never stopped).
@@ -363,6 +363,20 @@ class RoomHub:
         if not room.members:
             del self.rooms[room.id]
             out.events.append(RoomEvent("closed", room.id, now))
+
+    def revoke(self, room_id: RoomId, person_id: PersonId, now: float) -> Outbox:
+        """The person's link was revoked (a new one issued): whoever holds the old one leaves
+        the room now, socket closed, and the new link's holder comes in as anyone new does."""
+        out = Outbox()
+        room = self.rooms.get(room_id)
+        member = room.members.get(person_id) if room is not None else None
+        if room is None or member is None:
+            return out
+        if member.conn is not None:
+            out.close(member.conn, p.CloseReason.LINK_REVOKED, p.RecoveryAction.NONE,
+                      "This link no longer works: a new one was issued.")
+        self._remove(room, member, now, out, "revoked")
+        return out
 
     def end_room(self, room_id: RoomId, now: float) -> Outbox:
         """The room was ended (by its therapist or from the CLI): tell everyone, close all."""

@@ -1,16 +1,28 @@
 """Prometheus metrics for operations. Labels carry roles, states, levels and codes only:
-never a name, a number, or (to keep series bounded) a room or person id."""
+never a name, a number, or (to keep series bounded) a room or person id.
+
+Who may read them (docs/operations.md, "Metrics"): on the main port only with
+``Authorization: Bearer <the token in TELEHEALTH_METRICS_TOKEN_FILE>`` (401 without it; 404
+when no token file is set), and without a token on the optional separate listener
+``TELEHEALTH_METRICS_ADDRESS`` (host:port, meant for loopback or a private network).
+The alert rules built on them are in deploy/prometheus/alerts.yml.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hmac
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fallback.ledger import Disruption
-from fallback.scoring import RoomQuality
+from fallback.scoring import Pair, Quality, RoomQuality
 from signaling.hub import HubEvent, MemberEvent, RoomEvent, RoomHub
 from telehealth.errors import ErrorCode
 from telehealth.tokens import RoomId
@@ -58,16 +70,31 @@ class _LiveState(Collector):
         for name, value in self.m.link_seconds(self.m.clock()).items():
             seconds.add_metric([name], value)
         yield seconds
+        now = self.m.clock()
+        yield GaugeMetricFamily(
+            "telehealth_lost_link_longest_seconds",
+            "How long the peer link lost the longest has been lost, now (0 when none is)",
+            value=max((now - since for room in self.m.lost_since.values() for since in room.values()),
+                      default=0.0))
+        yield GaugeMetricFamily("telehealth_ready", "1 when /readyz says ready, else 0",
+                                value=1 if self.m.ready() else 0)
+        yield GaugeMetricFamily("telehealth_turn_configured", "1 when a TURN relay is configured, else 0",
+                                value=1 if self.m.turn_configured else 0)
 
 
 class SessionMetrics:
     def __init__(self, hub: RoomHub, *, sockets: Callable[[], int], messages: Callable[[], int],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], ready: Callable[[], bool] = lambda: True,
+                 turn_configured: bool = False) -> None:
         self.hub = hub
         self.clock = clock
         self.sockets = sockets
         self.messages = messages
+        self.ready = ready
+        self.turn_configured = turn_configured
         self.last_quality: dict[RoomId, RoomQuality] = {}
+        # Per room, since when each of its lost links has been lost (the last judgements).
+        self.lost_since: dict[RoomId, dict[Pair, float]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.joins = Counter("telehealth_joins", "Entrances into a call or lobby", ["role"], registry=r)
@@ -90,9 +117,10 @@ class SessionMetrics:
         if isinstance(event, MemberEvent):
             if event.kind in ("joined", "waiting"):
                 self.joins.labels(event.role).inc()
-            elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced"):
+            elif event.kind in ("reconnecting", "back", "left", "expired", "removed", "replaced", "revoked"):
                 self.presence.labels(event.role, event.kind).inc()
         elif isinstance(event, RoomEvent) and event.kind in ("ended", "closed"):
+            self.lost_since.pop(event.room_id, None)
             last = self.last_quality.pop(event.room_id, None)
             if last is not None:
                 self._elapse(last, event.at, self.link_seconds_by_level)
@@ -105,6 +133,13 @@ class SessionMetrics:
         # links held the previous judgement's levels until now.
         previous = self.last_quality.get(room_id)
         self.last_quality[room_id] = quality
+        was_lost = self.lost_since.get(room_id, {})
+        lost = {pair: was_lost.get(pair, quality.at) for pair, level in quality.pairs.items()
+                if level is Quality.LOST}
+        if lost:
+            self.lost_since[room_id] = lost
+        else:
+            self.lost_since.pop(room_id, None)
         if previous is not None:
             self._elapse(previous, quality.at, self.link_seconds_by_level)
 
@@ -137,3 +172,72 @@ class SessionMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# -- who may read them ------------------------------------------------------------------------
+
+
+def read_token(path: Path) -> str:
+    """The bearer token for /metrics on the main port: the file's content, trimmed. Raises
+    ValueError (serve refuses to start) when it cannot be read or is too short to be secret."""
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"TELEHEALTH_METRICS_TOKEN_FILE: cannot read {path} "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    if len(token) < 16 or not token.isascii() or any(c.isspace() for c in token):
+        raise ValueError(f"TELEHEALTH_METRICS_TOKEN_FILE: {path} must hold one token of at least 16 "
+                         "characters, no spaces (e.g. the output of: openssl rand -hex 32)")
+    return token
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6) of the metrics listener; ValueError if not."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"TELEHEALTH_METRICS_ADDRESS: {text!r} is not host:port (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _page(metrics: SessionMetrics) -> web.Response:
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE,
+                                                         "Cache-Control": "no-store"})
+
+
+def main_port_handler(metrics: SessionMetrics, token: str | None) -> Callable[[web.Request], Any]:
+    """/metrics on the main port: not there without a token (404, like any unknown page, so a
+    proxy that forwards everything shows nothing), 401 without the right bearer token."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def handler(request: web.Request) -> web.Response:
+        if expected is None:
+            raise web.HTTPNotFound()
+        given = request.headers.get("Authorization", "").encode(errors="replace")
+        if not hmac.compare_digest(given, expected):
+            raise web.HTTPUnauthorized(text="A bearer token is needed for /metrics.",
+                                       headers={"WWW-Authenticate": 'Bearer realm="telehealth metrics"'})
+        return _page(metrics)
+
+    return handler
+
+
+def metrics_listener(metrics: SessionMetrics, host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that serves /metrics, and nothing else, without a token on host:port."""
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        side = web.Application()
+
+        async def page(request: web.Request) -> web.Response:
+            return _page(metrics)
+
+        side.router.add_get("/metrics", page)
+        runner = web.AppRunner(side, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    return listener

@@ -39,6 +39,7 @@ class CloseReason(str, enum.Enum):
     PROTOCOL = "protocol"
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
+    LINK_REVOKED = "link_revoked"
 
 
 class RecoveryAction(str, enum.Enum):
@@ -60,6 +61,7 @@ CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.PROTOCOL: 4007,
     CloseReason.SHUTDOWN: 4008,
     CloseReason.INTERNAL: 4011,
+    CloseReason.LINK_REVOKED: 4012,
 }
 
 

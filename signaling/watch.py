@@ -116,7 +116,7 @@ class RoomWatch:
             flow_event = fe.SignalingLost(event.person_id)
         elif event.kind == "back" and self._known(watched, event.person_id):
             flow_event = fe.SignalingBack(event.person_id)
-        elif event.kind in ("left", "removed") and self._known(watched, event.person_id):
+        elif event.kind in ("left", "removed", "revoked") and self._known(watched, event.person_id):
             # A deliberate leave. The end of a grace window is not: the flow's own rejoin
             # window and phone step decide what happens to someone who vanished.
             flow_event = fe.Left(event.person_id)

@@ -295,17 +295,21 @@ def record_owner(store: Store, room_id: str, user: User) -> None:
     store.db.execute("INSERT OR REPLACE INTO room_owners (room_id, user_id) VALUES (?, ?)", (room_id, user.id))
 
 
-def visible_room_ids(store: Store, user: User) -> set[str] | None:
-    """Room ids this user may see in the console; None means all of them (ops)."""
-    if user.role == "ops":
-        return None
+def owned_room_ids(store: Store, user: User) -> set[str]:
+    """The rooms a therapist created, the only ones their console shows. Other roles own none:
+    ops staff never see a room's people or open its session."""
+    if user.role != "therapist":
+        return set()
     rows = store.db.execute("SELECT room_id FROM room_owners WHERE user_id = ?", (user.id,)).fetchall()
     return {r[0] for r in rows}
 
 
-def may_manage(store: Store, user: User, room_id: str) -> bool:
-    visible = visible_room_ids(store, user)
-    return visible is None or room_id in visible
+def owns(store: Store, user: User, room_id: str) -> bool:
+    if user.role != "therapist":
+        return False
+    row = store.db.execute("SELECT 1 FROM room_owners WHERE room_id = ? AND user_id = ?",
+                           (room_id, user.id)).fetchone()
+    return row is not None
 
 
 class _transaction:

@@ -46,7 +46,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling.hub import HubEvent, MemberEvent, RoomHub
     from signaling.ice import ice_servers_for
     from signaling.keeper import SessionKeeper
-    from signaling.metrics import CONTENT_TYPE, SessionMetrics
+    from signaling.metrics import (
+        SessionMetrics, main_port_handler, metrics_listener, parse_address, read_token,
+    )
     from signaling.watch import RoomWatch
     from telehealth import requestlog
     from telehealth.sessions import LiveSessions
@@ -54,8 +56,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from telehealth.webhooks import OpsWebhooks
     from web import ops, pages
 
-    # A bad setting is refused before anything is opened.
+    # Settings that cannot work stop the start, before anything is opened.
     trusted = proxies.parse_networks(config.trusted_proxies)
+    metrics_token = read_token(config.metrics_token_file) if config.metrics_token_file else None
+    metrics_side = parse_address(config.metrics_address) if config.metrics_address else None
     # One server per data folder, for its whole life; then the store, checked page by page.
     server_lock = ServerLock(config.data_dir).acquire()
     try:
@@ -104,15 +108,13 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     watch.ledger_listeners.append(on_ledger)
 
     metrics = SessionMetrics(hub, sockets=lambda: len(sig.sockets), messages=lambda: sig.received,
-                             clock=clock)
+                             clock=clock, ready=lambda: not readiness_problems(),
+                             turn_configured=bool(config.turn_urls))
     sig.event_sinks.append(metrics.on_hub_event)
     sig.error_sinks.append(metrics.on_error)
     watch.quality_listeners.append(metrics.on_quality)
     watch.disruption_listeners.append(metrics.on_disruption)
     watch.phone_listeners.append(lambda room_id, therapist, callee: metrics.on_phone())
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def audit_hub_event(event: HubEvent) -> None:
         if isinstance(event, MemberEvent) and event.kind in ("admitted", "removed"):
@@ -124,7 +126,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def readyz(request: web.Request) -> web.Response:
+    def readiness_problems() -> list[str]:
         problems = []
         try:
             store.check_writable()
@@ -136,13 +138,19 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                 problems.append(key)
         if time.monotonic() - sig.last_tick > READY_STALE_SECONDS:
             problems.append("background loop stale")
+        return problems
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = readiness_problems()
         return web.json_response({"status": "not ready" if problems else "ready", "problems": problems},
                                  status=503 if problems else 200)
 
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/metrics", main_port_handler(metrics, metrics_token))
+    if metrics_side is not None:
+        app.cleanup_ctx.append(metrics_listener(metrics, *metrics_side))
     pages.setup(app)
     ops.setup(app)
     # Live rooms come back from disk before the server answers anyone (docs/scaling.md).

@@ -74,6 +74,8 @@ class AuditEvent(str, enum.Enum):
     LOGIN_OK = "login_ok"
     LOGIN_FAILED = "login_failed"
     OPS_ACCESS = "ops_access"
+    # A staff account refused by the console: another role, or a room it does not own.
+    ACCESS_REFUSED = "access_refused"
     KEY_ROTATED = "key_rotated"
     PURGE = "purge"
 

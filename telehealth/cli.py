@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -136,13 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30d, 12h, 600s)") from None
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30d, 12h, 600s)")
+    return seconds
 
 
-def _timestamp(text: str | None) -> float | None:
-    return datetime.datetime.fromisoformat(text).timestamp() if text else None
+def _timestamp(text: str | None, flag: str) -> float | None:
+    """An ISO 8601 time of a flag (local time when it has no offset), as a Unix time."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except (ValueError, OverflowError):
+        raise ValueError(f"{flag}: not a time: {text!r} (use e.g. 2026-11-21T15:00+00:00)") from None
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -177,7 +187,7 @@ def cmd_room(args: argparse.Namespace, config: Config) -> int:
     try:
         now = time.time()
         if args.room_command == "create":
-            starts_at = datetime.datetime.fromisoformat(args.starts_at).timestamp() if args.starts_at else None
+            starts_at = _timestamp(args.starts_at, "--starts-at")
             created = rooms.create_room(
                 store, therapist=args.therapist,
                 partners=[rooms.PartnerSpec(p["name"], p["phone"]) for p in args.partners],
@@ -230,7 +240,7 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
                 print(f"first broken entry: {result.first_broken_id}")
             print(f"head hash: {result.head_hash}")
             return 0 if result.ok else 1
-        for line in log.export(_timestamp(args.since), _timestamp(args.until)):
+        for line in log.export(_timestamp(args.since, "--since"), _timestamp(args.until, "--until")):
             print(line)
         return 0
     finally:
@@ -345,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.DatabaseError as exc:
         # Past the checks at open: a page damaged where only this command's query looked.
         print(f"telehealth: {schema.refusal(config.db_path, exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder that cannot be read or made, a port in use
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"telehealth: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

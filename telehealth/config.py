@@ -84,6 +84,12 @@ class Config:
     retention_seconds: float = 30 * 24 * 3600
     # How often the server runs the retention purge by itself.
     purge_interval_seconds: float = 24 * 3600
+    # /metrics on the main port needs "Authorization: Bearer <this file's token>"; unset, the
+    # main port has no /metrics at all (404).
+    metrics_token_file: Path | None = None
+    # host:port of a separate listener serving /metrics without a token (a local Prometheus),
+    # e.g. 127.0.0.1:9464. Unset: no such listener.
+    metrics_address: str | None = None
 
     @property
     def scheme(self) -> str:

@@ -65,6 +65,19 @@ def clean_phone(phone: str | None) -> str | None:
     return phone
 
 
+# How far from now a session may be booked: the past day (a session entered late) to five
+# years ahead. Beyond, a typo; and a date near year 1 or 9999 cannot be shown in every time
+# zone (the console answered 500 for everyone once such a room was stored).
+STARTS_AT_PAST_SECONDS = 86400.0
+STARTS_AT_AHEAD_SECONDS = 5 * 366 * 86400.0
+
+
+def check_starts_at(starts_at: float, now: float) -> None:
+    if not now - STARTS_AT_PAST_SECONDS <= starts_at <= now + STARTS_AT_AHEAD_SECONDS:
+        raise UserError(ErrorCode.INVALID_MESSAGE,
+                        "The session's date must be between yesterday and five years from now.")
+
+
 def create_room(
     store: Store,
     *,
@@ -74,9 +87,13 @@ def create_room(
     link_ttl: float,
     now: float,
     starts_at: float | None = None,
+    actor: str = "cli",
 ) -> CreatedRoom:
+    """``actor``: who asks (``cli``, or a staff account as ``u_<id>``), for the audit log."""
     if not 1 <= len(partners) <= 2:
         raise UserError(ErrorCode.INVALID_MESSAGE, "A session has one or two partners.")
+    if starts_at is not None:
+        check_starts_at(starts_at, now)
     room_id = new_room_id()
     people = [Person(new_person_id(), room_id, "therapist", 0, clean_name(therapist))]
     people += [
@@ -89,7 +106,7 @@ def create_room(
         RoomRecord(room_id, now, starts_at, None, None, tuple(people)),
         [NewLink(hash_token(t), p.id, expires_at) for t, p in zip(tokens, people)],
     )
-    store.audit.append(AuditEvent.ROOM_CREATED, room_id=room_id, detail={"people": len(people)})
+    store.audit.append(AuditEvent.ROOM_CREATED, room_id=room_id, actor=actor, detail={"people": len(people)})
     for person in people:
         store.audit.append(AuditEvent.LINK_ISSUED, room_id=room_id, person_id=person.id, actor=person.role)
     urls = [link_url(base_url, t) for t in tokens]
@@ -111,9 +128,13 @@ def end_room(store: Store, room_id: str, *, now: float, actor: str = "cli") -> N
 
 
 def reissue_link(
-    store: Store, person_id: PersonId, *, base_url: str, link_ttl: float, now: float
+    store: Store, room_id: RoomId, person_id: PersonId, *, base_url: str, link_ttl: float, now: float,
+    actor: str = "cli",
 ) -> str:
+    """A new link for a person; their old links stop working (and a server holding a socket
+    joined with one closes it: see Signaling.end_revoked)."""
     token = new_token()
     store.replace_link(person_id, NewLink(hash_token(token), person_id, now + link_ttl), now)
-    store.audit.append(AuditEvent.LINK_ISSUED, person_id=person_id, detail={"reason": "reissued"})
+    store.audit.append(AuditEvent.LINK_ISSUED, room_id=room_id, person_id=person_id, actor=actor,
+                       detail={"reason": "reissued"})
     return link_url(base_url, token)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from aiohttp import web
 from telehealth import rooms
 from telehealth.app import STORE, create_app
 from telehealth.config import Config
+from telehealth.logs import JsonFormatter
 from telehealth.store import Store
+
+# The bearer token of metrics_server's /metrics.
+METRICS_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 
 def free_port() -> int:
@@ -77,6 +82,46 @@ def session_from(address: str, *, ssl: ssl.SSLContext | bool = True, **kwargs: o
     loopback): another client, as the server's limits see it."""
     connector = aiohttp.TCPConnector(local_addr=(address, 0), ssl=ssl)
     return aiohttp.ClientSession(connector=connector, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def metrics_server(make_config: Callable[..., Config], tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server whose /metrics on the main port needs ``Bearer METRICS_TOKEN`` (in
+    tmp_path/metrics.token)."""
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(METRICS_TOKEN)
+    running = await start_server(make_config(metrics_token_file=token_file))
+    yield running
+    await running.runner.cleanup()
+
+
+class LogCapture(logging.Handler):
+    """Every record logged anywhere, at DEBUG: as the JSON lines the server writes, and those
+    that carry a traceback (or are errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+        self.tracebacks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.lines.append(line)
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.tracebacks.append(line)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[LogCapture]:
+    handler = LogCapture()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
 
 
 async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> None:

@@ -401,10 +401,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def sign_in(http: aiohttp.ClientSession, server: RunningServer, username: str) -> SignedIn:
-    async with http.get(f"{server.base_url}/console/login") as page:
+async def sign_in(http: aiohttp.ClientSession, server: RunningServer, username: str,
+                  path: str = "/console/login") -> SignedIn:
+    async with http.get(f"{server.base_url}{path}") as page:
         nonce = set_cookies(page)[LOGIN_COOKIE].value
-    async with http.post(f"{server.base_url}/console/login", allow_redirects=False,
+    async with http.post(f"{server.base_url}{path}", allow_redirects=False,
                          data={"csrf": nonce, "username": username, "password": PASSWORD},
                          headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"}) as response:
         assert response.status == 303
@@ -458,7 +459,7 @@ async def therapist(server: RunningServer, http: aiohttp.ClientSession) -> Signe
 @pytest.fixture
 async def operator(server: RunningServer, http: aiohttp.ClientSession) -> SignedIn:
     accounts.add_user(server.store, "opsdesk", PASSWORD, "ops", now=time.time())
-    return await sign_in(http, server, "opsdesk")
+    return await sign_in(http, server, "opsdesk", "/ops/login")
 
 
 NONCE = "nonce-from-the-form"

@@ -4,19 +4,15 @@ line (at DEBUG), the metrics, the audit log, or the raw SQLite files."""
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from media.participant import SyntheticParticipant
 from telehealth import rooms
-from telehealth.logs import JsonFormatter
-from tests.conftest import start_server
+from tests.conftest import LogCapture, free_port, start_server
 
 THERAPIST = "Dr Henrietta Quill"
 PARTNERS = [("Marisol Okonkwo-Test", "+1 555 867 5309"), ("Bartholomew Zed", "+44 20 7946 0958")]
@@ -24,30 +20,9 @@ SECRETS = [THERAPIST, "Henrietta", "Quill", "Marisol", "Okonkwo", "Bartholomew",
            "867 5309", "8675309", "7946 0958", "79460958"]
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[Capture]:
-    handler = Capture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler
-    root.removeHandler(handler)
-    root.setLevel(level)
-
-
-async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: Any, captured_logs: Capture) -> None:
-    server = await start_server(make_config())
+async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: Any, captured_logs: LogCapture) -> None:
+    metrics_address = f"127.0.0.1:{free_port()}"
+    server = await start_server(make_config(metrics_address=metrics_address))
     try:
         created = rooms.create_room(
             server.store, therapist=THERAPIST,
@@ -83,7 +58,7 @@ async def test_no_name_or_number_in_logs_metrics_audit_or_database(make_config: 
         await a.send_raw('{"type": "sdp", "to": "' + THERAPIST + '"}')
         await a.wait_for(lambda: len(a.errors) >= 1, 5)
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{server.base_url}/metrics") as response:
+            async with session.get(f"http://{metrics_address}/metrics") as response:
                 metrics = await response.text()
             async with session.get(created.partner_links[0][:-4] + "AAAA") as response:
                 assert response.status == 404

@@ -1,5 +1,11 @@
 """The staff console: log in, create a session room, copy its links, find today's rooms.
 
+For therapists only, and each sees and acts on only the rooms they created (``room_owners``).
+An ops account is refused at sign-in and on every route (a 403 page, nothing changed): ops
+never see a name, a number or a session, only the ops dashboard. A therapist acting on a room
+they do not own gets the same 403. Every action (create, open, new link, end) and every
+refusal is audited with the account (``u_<id>``) and the room, ids only.
+
 Plain HTML forms (they work without JavaScript; console.js only adds copy buttons and the
 time zone). Every form carries a CSRF token, every POST must come from this origin, and the
 login cookie is Secure, HttpOnly and SameSite=Strict.
@@ -12,6 +18,7 @@ import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -20,10 +27,12 @@ from multidict import MultiDictProxy
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, rooms
 from telehealth.app import CONFIG, STORE
+from telehealth.audit import AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
+from telehealth.requestlog import REQUEST_ID
 from telehealth.store import RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import SignedIn, enter, field, login_page, read_form, sign_in
+from web.forms import SignedIn, audit_path, enter, field, login_page, read_form, refuse_role, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
@@ -48,10 +57,29 @@ def _session(request: web.Request) -> accounts.LoginSession | None:
 
 
 def _require_session(request: web.Request) -> accounts.LoginSession:
+    """A signed-in therapist; any other role is refused (audited) before anything is read."""
     session = _session(request)
     if session is None:
         raise web.HTTPSeeOther("/console/login")
+    if session.user.role != "therapist":
+        room_id = request.match_info.get("room_id", "")
+        _refuse(request, session, "forbidden", room_id if request.app[STORE].get_room(room_id) else None)
     return session
+
+
+def _refuse(request: web.Request, session: accounts.LoginSession, reason: str, room_id: str | None) -> NoReturn:
+    request.app[STORE].audit.append(AuditEvent.ACCESS_REFUSED, room_id=room_id, actor=_actor(session), detail={
+        "reason": reason, "role": session.user.role, "method": request.method, "path": audit_path(request),
+        "request_id": REQUEST_ID.get()})
+    message = ("This session belongs to another therapist's console." if reason == "not_owner" else
+               "The console is for therapists. Operations staff use the operations dashboard.")
+    page = aiohttp_jinja2.render_string("error.html", request, {
+        "title": "Not for this account", "message": message, "code": "forbidden"})
+    raise web.HTTPForbidden(text=page, content_type="text/html")
+
+
+def _actor(session: accounts.LoginSession) -> str:
+    return f"u_{session.user.id}"
 
 
 async def _checked_form(request: web.Request, session: accounts.LoginSession) -> MultiDictProxy[str]:
@@ -72,7 +100,8 @@ _login_page = functools.partial(login_page, "console_login.html")
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    if _session(request) is not None:
+    session = _session(request)
+    if session is not None and session.user.role == "therapist":
         raise web.HTTPSeeOther("/console")
     return _login_page(request)
 
@@ -81,6 +110,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     signed = await sign_in(request, _login_page)
     if not isinstance(signed, SignedIn):
         return signed
+    if signed.user.role != "therapist":
+        return refuse_role(request, signed, _login_page,
+                           "This account cannot open the console. Operations staff sign in at /ops.")
     tz_name = field(signed.form, "timezone")
     raise enter(request, signed, SESSION_COOKIE, "/console",
                 timezone=tz_name if _valid_zone(tz_name) else "UTC")
@@ -108,13 +140,13 @@ def _room_rows(request: web.Request, session: accounts.LoginSession) -> tuple[li
     tz = zone(session.timezone)
     now = time.time()
     today = datetime.datetime.fromtimestamp(now, tz).date()
-    visible = accounts.visible_room_ids(store, session.user)
+    owned = accounts.owned_room_ids(store, session.user)
     live = request.app[SIGNALING].hub.rooms
     link_days = request.app[CONFIG].link_ttl_seconds + 86400
     todays: list[RoomRow] = []
     upcoming: list[RoomRow] = []
     for record in rooms.list_rooms(store, since=now - link_days):
-        if visible is not None and record.id not in visible:
+        if record.id not in owned:
             continue
         when = record.starts_at or record.created_at
         day = datetime.datetime.fromtimestamp(when, tz).date()
@@ -195,7 +227,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         created = rooms.create_room(
             store, therapist=field(form, "therapist"), partners=partners,
             base_url=config.public_base_url, link_ttl=config.link_ttl_seconds, now=now,
-            starts_at=starts_at,
+            starts_at=starts_at, actor=_actor(session),
         )
     except UserError as exc:
         return _dashboard(request, session, error=exc.detail, form=form, status=400)
@@ -221,11 +253,23 @@ def _link(label: str, copy_label: str, url: str, key: str) -> dict[str, str]:
 
 
 def _managed_room(request: web.Request, session: accounts.LoginSession) -> RoomRecord:
+    """The room of the URL, if this therapist owns it: 404 if there is none, 403 if not theirs."""
     room_id = request.match_info["room_id"]
     record = request.app[STORE].get_room(room_id)
-    if record is None or not accounts.may_manage(request.app[STORE], session.user, room_id):
+    if record is None:
         raise web.HTTPNotFound()
+    if not accounts.owns(request.app[STORE], session.user, room_id):
+        _refuse(request, session, "not_owner", record.id)
     return record
+
+
+def _reissue(request: web.Request, session: accounts.LoginSession, record: RoomRecord, person_id: PersonId) -> str:
+    """A new link for a person; whoever is in the room with the old one leaves it now."""
+    config, sig, now = request.app[CONFIG], request.app[SIGNALING], time.time()
+    url = rooms.reissue_link(request.app[STORE], record.id, person_id, base_url=config.public_base_url,
+                             link_ttl=config.link_ttl_seconds, now=now, actor=_actor(session))
+    sig.deliver(sig.hub.revoke(record.id, person_id, now))
+    return url
 
 
 async def open_room(request: web.Request) -> web.StreamResponse:
@@ -235,9 +279,7 @@ async def open_room(request: web.Request) -> web.StreamResponse:
     record = _managed_room(request, session)
     if record.ended_at is not None:
         raise web.HTTPSeeOther("/console")
-    config = request.app[CONFIG]
-    url = rooms.reissue_link(request.app[STORE], record.therapist.id, base_url=config.public_base_url,
-                             link_ttl=config.link_ttl_seconds, now=time.time())
+    url = _reissue(request, session, record, record.therapist.id)
     raise web.HTTPSeeOther(url)
 
 
@@ -248,9 +290,7 @@ async def new_partner_link(request: web.Request) -> web.StreamResponse:
     person = next((p for p in record.partners if p.id == request.match_info["person_id"]), None)
     if person is None or record.ended_at is not None:
         raise web.HTTPNotFound()
-    config = request.app[CONFIG]
-    url = rooms.reissue_link(request.app[STORE], PersonId(person.id), base_url=config.public_base_url,
-                             link_ttl=config.link_ttl_seconds, now=time.time())
+    url = _reissue(request, session, record, PersonId(person.id))
     return aiohttp_jinja2.render_template("console_links.html", request, {
         "user": session.user, "csrf": session.csrf, "title": f"New link for {person.name}",
         "lead": f"The old link for {person.name} no longer works. Send them this one.",
@@ -265,7 +305,7 @@ async def end(request: web.Request) -> web.StreamResponse:
     record = _managed_room(request, session)
     now = time.time()
     try:
-        rooms.end_room(request.app[STORE], record.id, now=now)
+        rooms.end_room(request.app[STORE], record.id, now=now, actor=_actor(session))
     except TelehealthError as exc:
         return _dashboard(request, session, error=MESSAGES.get(exc.code, exc.detail), status=409)
     # The server's store watcher only sees other processes' writes: tell the hub now.

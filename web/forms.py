@@ -4,6 +4,7 @@ dashboard. A body that cannot be read is the sender's mistake (400), never ours.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from telehealth import accounts
 from telehealth.app import LOGIN_LIMITS, REFUSALS, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, UserError
+from telehealth.requestlog import route_of
 from web.pages import same_origin
 
 # The double-submit cookie of the sign-in forms.
@@ -102,3 +104,19 @@ def enter(request: web.Request, signed: SignedIn, cookie: str, location: str, *,
                         path="/", max_age=int(accounts.SESSION_SECONDS))
     response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return response
+
+
+def refuse_role(request: web.Request, signed: SignedIn, render: Callable[..., web.StreamResponse],
+                error: str) -> web.StreamResponse:
+    """The right password for an account whose role may not come here: no session, audited,
+    answered 403 with ``error`` on the sign-in page."""
+    user = signed.user
+    request.app[STORE].audit.append(
+        AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
+        detail={"reason": "forbidden", "role": user.role, "path": audit_path(request)})
+    return render(request, username=signed.username, status=403, error=error)
+
+
+def audit_path(request: web.Request) -> str:
+    """The route as the audit log takes it: ``/ops/sessions/:room_id`` (no braces there)."""
+    return re.sub(r"\{(\w+)\}", r":\1", route_of(request))

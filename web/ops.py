@@ -48,12 +48,12 @@ from telehealth import accounts, webhooks
 from telehealth.app import CONFIG, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import StateError
-from telehealth.requestlog import REQUEST_ID, route_of
+from telehealth.requestlog import REQUEST_ID
 from telehealth.store import Person, Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
 from web.console import SESSION_COOKIE
-from web.forms import SignedIn, enter, login_page, read_form, sign_in
+from web.forms import SignedIn, audit_path, enter, login_page, read_form, refuse_role, sign_in
 from web.pages import same_origin
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -84,14 +84,9 @@ def _session(request: web.Request) -> accounts.LoginSession | None:
     return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
 
 
-def _audit_path(request: web.Request) -> str:
-    """The route as the audit log takes it: ``/ops/sessions/:room_id`` (no braces there)."""
-    return re.sub(r"\{(\w+)\}", r":\1", route_of(request))
-
-
 def _audit_access(request: web.Request, session: accounts.LoginSession, *, allowed: bool,
                   room_id: str | None = None) -> None:
-    detail: dict[str, object] = {"method": request.method, "path": _audit_path(request),
+    detail: dict[str, object] = {"method": request.method, "path": audit_path(request),
                                  "request_id": REQUEST_ID.get(), "role": session.user.role}
     if not allowed:
         detail["reason"] = "forbidden"
@@ -137,14 +132,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     signed = await sign_in(request, _login_page)
     if not isinstance(signed, SignedIn):
         return signed
-    user = signed.user
-    if user.role != "ops":
-        # The right password for an account that may not come here: no session.
-        request.app[STORE].audit.append(
-            AuditEvent.LOGIN_FAILED, actor=f"u_{user.id}",
-            detail={"reason": "forbidden", "role": user.role, "path": _audit_path(request)})
-        return _login_page(request, username=signed.username, status=403,
-                           error="This account cannot open the operations dashboard.")
+    if signed.user.role != "ops":
+        return refuse_role(request, signed, _login_page, "This account cannot open the operations dashboard.")
     raise enter(request, signed, SESSION_COOKIE, "/ops")
 
 

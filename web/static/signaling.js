@@ -78,6 +78,7 @@ export const CloseReason = Object.freeze({
   PROTOCOL: 'protocol',
   SHUTDOWN: 'shutdown',
   INTERNAL: 'internal',
+  LINK_REVOKED: 'link_revoked',
 });
 
 /** What to do after `bye` (RecoveryAction in protocol.py). */
@@ -95,12 +96,13 @@ export const CloseCodes = Object.freeze({
   4007: CloseReason.PROTOCOL,
   4008: CloseReason.SHUTDOWN,
   4011: CloseReason.INTERNAL,
+  4012: CloseReason.LINK_REVOKED,
 });
 
 // Closes after which trying again cannot help: the session is over for this page.
 const FINAL_REASONS = new Set([
   CloseReason.ROOM_ENDED, CloseReason.REMOVED, CloseReason.REPLACED, CloseReason.LEFT,
-  CloseReason.LINK_REFUSED, CloseReason.PROTOCOL,
+  CloseReason.LINK_REFUSED, CloseReason.PROTOCOL, CloseReason.LINK_REVOKED,
 ]);
 
 /** Error codes that refuse the join itself; reconnecting would be refused again. */
