@@ -61,9 +61,9 @@ async def test_sign_in_create_a_session_and_copy_its_links(
 
     await expect(page.get_by_label("Your name, as your clients will see it")).to_have_value("Dr Test")
     await page.locator("#partner1").fill("Alex Morgan")
-    await page.locator("#phone1").fill("+1 555 0100 200")
+    await page.locator("#phone1").fill("+1 202 555 0120")
     await page.locator("#partner2").fill("Sam Lee")
-    await page.locator("#phone2").fill("+1 555 0100 300")
+    await page.locator("#phone2").fill("+1 202 555 0130")
     await screenshot(page, "20-console")
     violations = await axe_violations(page)
     assert not violations, describe(violations)

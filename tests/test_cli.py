@@ -28,7 +28,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def create(data_dir: Path, *extra: str) -> dict:
     result = run("room", "create", "--data-dir", str(data_dir), "--therapist", "Dr Ada Lovelace",
-                 "--partner", "Sam Rivera", "--phone", "+1 555 555 0102", "--partner", "Alex Kim", *extra, "--json")
+                 "--partner", "Sam Rivera", "--phone", "+1 202 555 0102", "--partner", "Alex Kim", *extra, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -43,7 +43,7 @@ def test_room_create_prints_the_stable_json_contract(tmp_path: Path) -> None:
     assert [r["room_id"] for r in listed] == [room["room_id"]]
     # Personal data is not in the database file in clear text, and neither are the links.
     raw = (tmp_path / "telehealth.sqlite3").read_bytes()
-    for secret in (b"Sam Rivera", b"Alex Kim", b"Ada Lovelace", b"555 0102",
+    for secret in (b"Sam Rivera", b"Alex Kim", b"Ada Lovelace", b"555 0102", b"2025550102",
                    room["partner_links"][0].rsplit("/", 1)[1].encode()):
         assert secret not in raw
     assert (tmp_path / "telehealth.key").stat().st_mode & 0o777 == 0o600

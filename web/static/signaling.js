@@ -106,7 +106,7 @@ const FINAL_REASONS = new Set([
 /** Error codes that refuse the join itself; reconnecting would be refused again. */
 export const JOIN_REFUSALS = Object.freeze(new Set([
   'bad_link', 'link_expired', 'link_revoked', 'room_ended', 'room_full', 'room_locked',
-  'unsupported_version',
+  'unsupported_version', 'too_early', 'session_over',
 ]));
 
 /** The join token from a page path like `/j/<token>`. */
