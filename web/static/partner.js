@@ -76,6 +76,7 @@ sig.on('plan', (m) => {
   const shown = document.getElementById('phone-hint');
   if (shown) shown.textContent = hint;
   document.getElementById('phone-answers')?.setAttribute('hidden', '');
+  $('phone-question').hidden = true; // the status below says it now
   form.hidden = true;
   input.value = '';
   status.textContent = `Saved. If the video stops working, your therapist will call you at ${hint}.`;
