@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import formataddr, format_datetime, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid
 from typing import Literal
 
 import aiosmtplib
@@ -147,8 +147,8 @@ def clinic_time(ts: float, zone_name: str) -> str:
 
 
 CHECKLIST = (
-    "Set aside 10–15 minutes before the start to get ready: the link checks your camera, "
-    "microphone and connection.",
+    ("Set aside 10–15 minutes before the start to get ready: the link checks your camera, "
+     "microphone and connection."),
     "Find a private spot where no one can overhear you, and close the door.",
     "Use headphones if you can.",
     "Charge your device or plug it in.",
@@ -171,16 +171,15 @@ def compose(
         subject = f"Your video session on {when.split(' at ')[0]}"
         lines += [f"Your video session is on {when}, for {record.minutes} minutes.", ""]
     else:
-        when = ""
         subject = "Your video session link"
         lines += ["Here is the link to your video session.", ""]
     lines += ["Join from this link:", link, ""]
     if person.role == "therapist":
-        lines += ["This link opens the session room. Your clients wait in the waiting room until "
-                  "you let them in.", ""]
+        lines += [("This link opens the session room. Your clients wait in the waiting room until "
+                   "you let them in."), ""]
     else:
-        lines += ["The link is for you alone: please don't forward it. Your therapist lets you in "
-                  "from the waiting room.", ""]
+        lines += [("The link is for you alone: please don't forward it. Your therapist lets you in "
+                   "from the waiting room."), ""]
     if starts_at is not None:
         lines += [f"The link opens {round(lead_s / 60)} minutes before the session starts.", ""]
     lines += ["Before your session:"] + [f"- {item}" for item in CHECKLIST] + [""]
@@ -215,7 +214,7 @@ def _ics_time(ts: float) -> str:
 def _fold(line: str) -> str:
     """RFC 5545 3.1: lines longer than 75 octets continue on the next with a space."""
     data = line.encode()
-    parts = []
+    parts: list[bytes] = []
     while len(data) > 75:
         cut = 75 if not parts else 74
         while cut > 0 and (data[cut] & 0xC0) == 0x80:  # never inside a UTF-8 character
@@ -444,7 +443,7 @@ class MailSender:
                 use_tls=settings.security == "tls", start_tls=settings.security == "starttls",
                 timeout=settings.timeout, cert_bundle=settings.ca_file,
             )
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             reason, code, transient = classify(exc)
             now = self.clock()
             attempt = pending.attempts + 1

@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, expect
 
 from telehealth import accounts
+from telehealth.config import Config
 from tests.browser import (  # noqa: F401  (browser is a fixture)
     axe_violations,
     browser,
@@ -20,7 +21,6 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     screenshot,
     watch_console,
 )
-from telehealth.config import Config
 from tests.conftest import RunningServer, start_server
 from tests.smtp_server import smtp_server
 

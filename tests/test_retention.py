@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from telehealth import mail, rooms
-from telehealth.config import Config
 from telehealth.audit import AuditLog
+from telehealth.config import Config
 from telehealth.retention import purge
 from telehealth.store import Store
 

@@ -20,8 +20,8 @@ from signaling.endpoint import SIGNALING
 from telehealth.app import CONFIG, REFUSALS, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
-from telehealth.store import Person, RoomRecord
 from telehealth.phones import mask_phone
+from telehealth.store import Person, RoomRecord
 from telehealth.tokens import JoinLink, TooEarly, check_link, hash_token, well_formed
 
 HERE = Path(__file__).parent
