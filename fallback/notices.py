@@ -8,10 +8,10 @@ happening and what to do, never blame, never jargon. docs/fallback.md shows ever
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from signaling.protocol import FallbackPlan
+from telehealth import phones
 from telehealth.store import Person, RoomRecord
 from telehealth.tokens import PersonId
 
@@ -128,26 +128,9 @@ def notice_text(
 
 # -- phone numbers --------------------------------------------------------------------------
 
-# An extension starts at "ext", "x", "#", or a dialling pause/wait (",", ";").
-_EXTENSION = re.compile(r"(?i)\s*(?:ext\.?|x|#|,|;)\s*")
-
-
-def _split_number(number: str) -> tuple[str, str]:
-    main, ext = (_EXTENSION.split(number, maxsplit=1) + [""])[:2]
-    return "".join(c for c in main if c.isdigit()), "".join(c for c in ext if c.isdigit())
-
-
-def mask_phone(number: str) -> str:
-    """Only the last four digits, in the form a partner recognises: "(•••) •••-0102"."""
-    digits, _ = _split_number(number)
-    return f"(•••) •••-{digits[-4:].rjust(4, '•')}"
-
-
-def tel_href(number: str) -> str:
-    """A one-click ``tel:`` link (RFC 3966): "+1 555 555 0102" -> "tel:+15555550102"."""
-    digits, ext = _split_number(number)
-    plus = "+" if number.lstrip().startswith("+") else ""
-    return f"tel:{plus}{digits}" + (f";ext={ext}" if ext else "")
+# Numbers are stored in E.164 (telehealth.phones); these are the forms people see.
+mask_phone = phones.mask_phone
+tel_href = phones.tel_href
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +140,9 @@ class CallPrompt:
 
 
 def call_prompt(name: str, number: str) -> CallPrompt:
-    """What the therapist sees for a ``PhonePrompt``: "Call <name> at <number>"."""
-    return CallPrompt(f"Call {name} at {number.strip()}", tel_href(number))
+    """What the therapist sees for a ``PhonePrompt``: "Call <name> at <number>", the number
+    in its international format ("+1 201-555-0102")."""
+    return CallPrompt(f"Call {name} at {phones.display_phone(number)}", tel_href(number))
 
 
 # -- plans ----------------------------------------------------------------------------------
@@ -172,7 +156,8 @@ def fallback_plan(record: RoomRecord, person: Person, rejoin_window_s: float) ->
     file, so the therapist knows to ask for one).
     """
     if person.role == "therapist":
-        calls = [{"id": str(p.id), "name": p.name, "phone": p.phone or ""} for p in record.partners]
+        calls = [{"id": str(p.id), "name": p.name, "phone": phones.display_phone(p.phone) if p.phone else ""}
+                 for p in record.partners]
         return FallbackPlan(rejoin_window_s=rejoin_window_s, call_list=calls)
     hint = mask_phone(person.phone) if person.phone else None
     return FallbackPlan(rejoin_window_s=rejoin_window_s, phone_hint=hint)

@@ -27,7 +27,7 @@ from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
 from signaling.keeper import SessionKeeper
 from signaling.watch import RoomWatch
-from telehealth import rooms
+from telehealth import phones, rooms
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
@@ -458,6 +458,10 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
             raise TelehealthError(ErrorCode.FORBIDDEN, "The fallback flow is not running.")
         room, member = hub.seat_of(sock)
         sig.deliver(sig.watch.command(room, member, msg, sig.clock()))
+    elif isinstance(msg, p.CheckIn):
+        sig.deliver(hub.check_in(sock, msg.answers))
+    elif isinstance(msg, p.ConfirmPhone):
+        _confirm_phone(sig, sock, msg)
     elif isinstance(msg, p.End):
         room_id = hub.require_therapist(sock)
         now = sig.clock()
@@ -479,9 +483,11 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
             raise LinkError(ErrorCode.RATE_LIMITED,
                             f"Too many attempts. Please wait {max(1, round(wait))} seconds and try again.")
         try:
-            link = check_link(sig.store.find_link(token_hash) if well_formed(msg.token) else None, now)
-        except LinkError:
-            sig.link_limits.failed(address, tick)
+            link = check_link(sig.store.find_link(token_hash) if well_formed(msg.token) else None, now,
+                              sig.config.link_lead_seconds)
+        except LinkError as exc:
+            if exc.code not in (ErrorCode.TOO_EARLY, ErrorCode.SESSION_OVER):
+                sig.link_limits.failed(address, tick)
             raise
         # A live room's record is in the hub (its people never change): no database read and
         # no decryption of names on every rejoin.
@@ -501,6 +507,22 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     sig.deliver(sig.hub.join(sock, record, person, now))
     if person.role == "therapist" and record.started_at is None:
         sig.store.mark_started(record.id, now)
+
+
+def _confirm_phone(sig: Signaling, sock: ClientSocket, msg: p.ConfirmPhone) -> None:
+    """A partner confirms their number or corrects it: checked, stored, audited (ids only),
+    and the therapist's call list and the fallback flow's call prompt follow."""
+    room, _ = sig.hub.seat_of(sock)
+    phone = phones.parse_phone(msg.phone, sig.config.phone_region) if msg.phone is not None else None
+    out, person = sig.hub.set_phone(sock, phone, sig.clock())
+    if phone is not None:
+        sig.store.set_phone(person.id, phone)
+        if sig.watch is not None:
+            sig.watch.person_changed(room.id, person)
+    if sig.audit is not None:
+        event = AuditEvent.PHONE_CONFIRMED if phone is None else AuditEvent.PHONE_CHANGED
+        sig.audit.append(event, room_id=room.id, person_id=person.id, actor="partner")
+    sig.deliver(out)
 
 
 PING_FRAME = b"\x89\x00"

@@ -19,9 +19,10 @@ and no glare happens.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Literal
 
 from signaling import protocol as p
@@ -102,6 +103,9 @@ class Member:
     # Away, but the others were not told (QuietAway): they still see it in the call, and its
     # return is no news to them.
     quiet: QuietAway | None = None
+    # A partner's check-in: the checklist's answers and whether they confirmed their number.
+    checkin: p.CheckInAnswers | None = None
+    phone_check: p.PhoneCheck | None = None
 
     @property
     def id(self) -> PersonId:
@@ -289,7 +293,7 @@ class RoomHub:
         if therapist is None or therapist.conn is None or therapist.state != "in_call":
             return
         waiting = [
-            p.WaitingPerson(id=m.id, name=m.person.name)
+            p.WaitingPerson(id=m.id, name=m.person.name, checkin=m.checkin, phone=m.phone_check)
             for m in room.members.values()
             if m.state == "waiting" and m.conn is not None
         ]
@@ -520,6 +524,44 @@ class RoomHub:
             out.send(other.conn, note)
         out.events.append(RoomEvent("locked" if locked else "unlocked", room.id, now))
         return out
+
+    # -- a partner's check-in ---------------------------------------------------------------
+
+    def _partner(self, conn: Conn) -> tuple[LiveRoom, Member]:
+        room, member = self.seat_of(conn)
+        if member.role != "partner":
+            raise UserError(ErrorCode.FORBIDDEN)
+        return room, member
+
+    def check_in(self, conn: Conn, answers: p.CheckInAnswers) -> Outbox:
+        room, member = self._partner(conn)
+        member.checkin = answers
+        out = Outbox()
+        self._send_lobby(room, out)
+        return out
+
+    def set_phone(self, conn: Conn, phone: str | None, now: float) -> tuple[Outbox, Person]:
+        """The partner confirmed their number (``phone`` None) or gave this one (E.164,
+        checked and stored by the caller). Their plan and the therapist's call list follow."""
+        room, member = self._partner(conn)
+        out = Outbox()
+        if phone is None:
+            if member.person.phone is None:
+                raise UserError(ErrorCode.INVALID_PHONE, "There is no number to confirm: please give one.")
+            member.phone_check = "confirmed"
+            self._send_lobby(room, out)
+            return out, member.person
+        member.person = dataclasses.replace(member.person, phone=phone)
+        member.phone_check = "corrected"
+        room.record = dataclasses.replace(
+            room.record, people=tuple(member.person if x.id == member.id else x for x in room.record.people))
+        for other in room.members.values():
+            if other is member or other.role == "therapist":
+                _, plan = self.extras(room.record, other.person, now)
+                if plan is not None:
+                    out.send(other.conn, p.PlanChanged(fallback=plan))
+        self._send_lobby(room, out)
+        return out, member.person
 
     def require_therapist(self, conn: Conn) -> RoomId:
         room, member = self.seat_of(conn)

@@ -137,9 +137,26 @@ class PeerInfo(msgspec.Struct):
     offer: bool
 
 
-class WaitingPerson(msgspec.Struct):
+class CheckInAnswers(msgspec.Struct, omit_defaults=True):
+    """A partner's answers to the checklist before the session (unticked: False)."""
+
+    private_space: bool = False
+    headphones: bool = False
+    charged: bool = False
+    not_driving: bool = False
+    # "I'm in a car that is moving": the partner is told to park first; the therapist sees it.
+    moving_car: bool = False
+
+
+# Whether a partner confirmed the number the therapist would call, or gave another one.
+PhoneCheck = Literal["confirmed", "corrected"]
+
+
+class WaitingPerson(msgspec.Struct, omit_defaults=True):
     id: str
     name: str
+    checkin: CheckInAnswers | None = None
+    phone: PhoneCheck | None = None
 
 
 class RoomInfo(msgspec.Struct):
@@ -258,10 +275,27 @@ class GetLedger(_Msg, tag="get_ledger"):
     pass
 
 
+class CheckIn(_Msg, tag="check_in"):
+    """Partner only: the checklist's answers, sent on joining and on every change; the
+    therapist sees them in the lobby next to Admit."""
+
+    answers: CheckInAnswers
+
+
+PhoneText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+
+
+class ConfirmPhone(_Msg, tag="confirm_phone"):
+    """Partner only: without ``phone``, "that is my number"; with it, the number to call
+    instead (refused with ``invalid_phone`` unless it is a real number)."""
+
+    phone: PhoneText | None = None
+
+
 ClientMessage = Union[
     Join, ClientSdp, ClientCandidate, ClientRestart, Ping, Leave, MediaState, Stats,
     Admit, Remove, Mute, Lock, End, SwitchToPhone, ReturnToVideo, Hold, Resume, RejoinResult,
-    GetLedger,
+    GetLedger, CheckIn, ConfirmPhone,
 ]
 CLIENT_TYPES = frozenset(
     t.__struct_config__.tag for t in ClientMessage.__args__  # type: ignore[attr-defined]
@@ -426,10 +460,17 @@ class Ledger(_Msg, tag="ledger"):
     rows: list[LedgerRow]
 
 
+class PlanChanged(_Msg, tag="plan"):
+    """Your fallback plan changed (a partner corrected their number): the partner's new masked
+    number, the therapist's new call list."""
+
+    fallback: FallbackPlan
+
+
 ServerMessage = Union[
     Welcome, Waiting, Lobby, PeerJoined, PresenceChanged, ServerSdp, ServerCandidate,
     ServerRestart, Pong, PeerMedia, MuteRequest, RoomChanged, Error, Bye, Quality,
-    FallbackAction, Notice, CallPrompt, Ledger,
+    FallbackAction, Notice, CallPrompt, Ledger, PlanChanged,
 ]
 
 

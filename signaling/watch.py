@@ -87,6 +87,12 @@ class RoomWatch:
 
     # -- inputs -------------------------------------------------------------------------
 
+    def person_changed(self, room_id: RoomId, person: Person) -> None:
+        """A person's details changed (a corrected number): the next call prompt uses them."""
+        watched = self.rooms.get(room_id)
+        if watched is not None and person.id in watched.people:
+            watched.people[person.id] = person
+
     def on_hub_event(self, event: HubEvent, now: float) -> Outbox:
         out = Outbox()
         if isinstance(event, RoomEvent):

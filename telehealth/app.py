@@ -19,6 +19,7 @@ from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.datadir import ServerLock
 from telehealth.keys import key_in_use, key_problem
+from telehealth.mail import MailSender
 from telehealth.ratelimit import LoginLimits
 from telehealth.refusals import RefusalTally
 from telehealth.store import Store
@@ -32,6 +33,7 @@ AUDIT = web.AppKey("audit", AuditLog)
 LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
 # Refused attempts without a credential, counted for the audit log's summaries.
 REFUSALS = web.AppKey("refusals", RefusalTally)
+MAIL = web.AppKey("mail", MailSender)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
 # How often the server notes in the store that it is running.
@@ -78,6 +80,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                                     per_account=config.login_failures_per_account,
                                     per_seconds=config.login_window_seconds)
     refusals = app[REFUSALS] = RefusalTally(audit)
+    mail = app[MAIL] = MailSender(store, config, clock)
     def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
             list[protocol.IceServer], protocol.FallbackPlan]:
         # Fresh TURN credentials on every (re)join; each person's own fallback plan.
@@ -195,7 +198,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         with key_in_use(config.key_path):
             tasks = [asyncio.create_task(expire_loop(sig)), asyncio.create_task(liveness_loop(sig)),
                      asyncio.create_task(purge_loop()), asyncio.create_task(alive_loop()),
-                     asyncio.create_task(refusal_loop())]
+                     asyncio.create_task(refusal_loop()),
+                     asyncio.create_task(mail.run())]
             yield
             for task in tasks:
                 task.cancel()

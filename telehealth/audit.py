@@ -54,6 +54,7 @@ DETAIL_KEYS = frozenset({
     "older_than",
     "old_key_id",
     "new_key_id",
+    "smtp_code",    # email_failed: the SMTP reply code (e.g. 550), never its text
 })
 
 # Ids, enum values, routes, hashes: no spaces, no "+" or "@", so no phone number in its usual
@@ -78,6 +79,12 @@ class AuditEvent(str, enum.Enum):
     ACCESS_REFUSED = "access_refused"
     KEY_ROTATED = "key_rotated"
     PURGE = "purge"
+    # A partner confirmed the number the therapist would call, or gave another one.
+    PHONE_CONFIRMED = "phone_confirmed"
+    PHONE_CHANGED = "phone_changed"
+    EMAIL_QUEUED = "email_queued"
+    EMAIL_SENT = "email_sent"
+    EMAIL_FAILED = "email_failed"
 
 
 class LinkRejectReason(str, enum.Enum):
@@ -88,6 +95,8 @@ class LinkRejectReason(str, enum.Enum):
     REVOKED = "revoked"
     RATE_LIMITED = "rate_limited"
     ROOM_ENDED = "room_ended"
+    TOO_EARLY = "too_early"
+    SESSION_OVER = "session_over"
 
 
 # Why a link was refused, by the error code the person was shown.
@@ -97,6 +106,8 @@ LINK_REJECT_REASONS = {
     ErrorCode.LINK_REVOKED: LinkRejectReason.REVOKED,
     ErrorCode.ROOM_ENDED: LinkRejectReason.ROOM_ENDED,
     ErrorCode.RATE_LIMITED: LinkRejectReason.RATE_LIMITED,
+    ErrorCode.TOO_EARLY: LinkRejectReason.TOO_EARLY,
+    ErrorCode.SESSION_OVER: LinkRejectReason.SESSION_OVER,
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telehealth import accounts, keys, retention, rooms, schema, turn
+from telehealth import accounts, keys, mail, retention, rooms, schema, turn
 from telehealth import backup as backups
 from telehealth.audit import AuditLog
 from telehealth.config import Config, from_env
@@ -25,16 +25,17 @@ from telehealth.store import Store
 
 
 class _PartnerAction(argparse.Action):
-    """--partner NAME starts a partner; a following --phone belongs to that partner."""
+    """--partner NAME starts a partner; a following --phone and --email belong to that partner."""
 
     def __call__(self, parser: Any, ns: argparse.Namespace, value: Any, option: str | None = None) -> None:
         partners = getattr(ns, "partners", None) or []
         if self.dest == "partner_name":
-            partners.append({"name": value, "phone": None})
+            partners.append({"name": value, "phone": None, "email": None})
         else:
-            if not partners or partners[-1]["phone"] is not None:
-                parser.error("--phone must follow the --partner it belongs to")
-            partners[-1]["phone"] = value
+            key = "phone" if self.dest == "partner_phone" else "email"
+            if not partners or partners[-1][key] is not None:
+                parser.error(f"--{key} must follow the --partner it belongs to")
+            partners[-1][key] = value
         ns.partners = partners
 
 
@@ -67,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a partner's name (give twice for a couple)")
     create.add_argument("--phone", dest="partner_phone", action=_PartnerAction,
                         help="phone number of the partner named just before, for the phone fallback")
+    create.add_argument("--email", dest="partner_email", action=_PartnerAction,
+                        help="email address of the partner named just before: the server sends them their link")
+    create.add_argument("--therapist-email", help="email address the therapist's link is sent to")
     create.add_argument("--base-url", help="public base URL used in the links")
-    create.add_argument("--starts-at", help="session time, ISO 8601 (e.g. 2026-11-21T15:00+00:00)")
+    create.add_argument("--starts-at", help="session time, ISO 8601 with its offset (e.g. 2026-11-21T15:00-05:00)")
+    create.add_argument("--minutes", type=int, help="session length (default: TELEHEALTH_SESSION_MINUTES, 50)")
     create.add_argument("--json", action="store_true", help="print JSON")
 
     listing = room.add_parser("list", help="list rooms")
@@ -145,6 +150,23 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _appointment_time(text: str | None) -> float | None:
+    """--starts-at as a timestamp. The time must say its zone: the server never guesses one."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--starts-at: {text!r} is not a date and time (use e.g. 2026-11-21T15:00-05:00)") from None
+    if when.tzinfo is None:
+        raise ValueError(f"--starts-at: {text!r} does not say its time zone: add its offset, "
+                         "e.g. 2026-11-21T15:00-05:00, or Z for UTC")
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError):
+        raise ValueError(f"--starts-at: {text!r} is out of range") from None
+
+
 def _timestamp(text: str | None, flag: str) -> float | None:
     """An ISO 8601 time of a flag (local time when it has no offset), as a Unix time."""
     if not text:
@@ -187,27 +209,45 @@ def cmd_room(args: argparse.Namespace, config: Config) -> int:
     try:
         now = time.time()
         if args.room_command == "create":
-            starts_at = _timestamp(args.starts_at, "--starts-at")
+            starts_at = _appointment_time(args.starts_at)
+            if args.minutes is not None and starts_at is None:
+                raise ValueError("--minutes needs --starts-at")
             created = rooms.create_room(
                 store, therapist=args.therapist,
-                partners=[rooms.PartnerSpec(p["name"], p["phone"]) for p in args.partners],
+                partners=[rooms.PartnerSpec(p["name"], p["phone"], p["email"]) for p in args.partners],
                 base_url=config.public_base_url, link_ttl=config.link_ttl_seconds, now=now,
-                starts_at=starts_at,
+                starts_at=starts_at, minutes=config.session_minutes if args.minutes is None else args.minutes,
+                overrun_s=config.link_overrun_seconds, therapist_email=args.therapist_email,
+                phone_region=config.phone_region,
             )
+            record = store.get_room(created.room_id)
+            assert record is not None
+            queued = set(mail.queue_links(store, record, created.links, config, now))
+            # Who gets an email, by the same keys as the links: "therapist", "partner1", ...
+            emails = {("therapist" if p.role == "therapist" else f"partner{p.ordinal}"): "queued"
+                      for p in record.people if p.id in queued}
             if args.json:
-                print(json.dumps(created.as_json(), indent=2))
+                print(json.dumps({**created.as_json(), **({"emails": emails} if emails else {})}, indent=2))
             else:
-                print(f"Room {created.room_id} (links work until {_when(created.expires_at)})")
+                if created.starts_at is not None:
+                    print(f"Room {created.room_id}: {_when(created.starts_at)}, {created.minutes} minutes "
+                          f"(links work from {_when(created.starts_at - config.link_lead_seconds)} "
+                          f"until {_when(created.expires_at)})")
+                else:
+                    print(f"Room {created.room_id} (links work until {_when(created.expires_at)})")
                 print(f"  therapist: {created.therapist_link}")
                 for i, link in enumerate(created.partner_links, 1):
                     print(f"  partner {i}: {link}")
+                if emails:
+                    print(f"  email: {', '.join(emails)}: queued; the running server sends them "
+                          "(the console shows when each has gone)")
             return 0
         if args.room_command == "list":
             listed = rooms.list_rooms(store)
             if args.json:
                 print(json.dumps([
                     {"room_id": r.id, "created_at": r.created_at, "starts_at": r.starts_at,
-                     "started_at": r.started_at, "ended_at": r.ended_at,
+                     "minutes": r.minutes, "started_at": r.started_at, "ended_at": r.ended_at,
                      "partners": len(r.partners)} for r in listed
                 ], indent=2))
             else:

@@ -18,6 +18,10 @@ def default_data_dir() -> Path:
     return Path(base) / "telehealth"
 
 
+# The longest session a room may be booked for.
+MAX_SESSION_MINUTES = 8 * 60
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
@@ -29,8 +33,32 @@ class Config:
     tls_key: Path | None = None
     # Generate a self-signed certificate in the data dir (LAN demos only).
     tls_self_signed: bool = False
-    # Join links stop working after this long.
+    # Join links of a room without a set time stop working after this long.
     link_ttl_seconds: float = 7 * 24 * 3600
+    # An appointment's links open this long before its start (time for the device and
+    # network check; the clinic asks people to set aside 10-15 minutes) ...
+    link_lead_seconds: float = 30 * 60
+    # ... and keep working this long after its end (a session that runs over, a rejoin).
+    link_overrun_seconds: float = 30 * 60
+    # An appointment's length when none is given.
+    session_minutes: int = 50
+    # The clinic's time zone (IANA name), for the one place no browser is there to say the
+    # reader's own: the session time in an email, which says which zone it is in.
+    timezone: str = "UTC"
+    # Phone numbers written without a country code are read as this country's (ISO 3166).
+    phone_region: str = "US"
+    # Email: smtp://host:587 (STARTTLS), smtps://host:465 (TLS from the start), with the
+    # login as smtp://user@host:587 and its password in a file (never in the environment).
+    # smtp://host:25?starttls=off only for a relay on this machine.
+    smtp_url: str | None = None
+    smtp_from: str | None = None
+    smtp_password_file: Path | None = None
+    # Certificates to trust for the mail server besides the system's (an internal CA).
+    smtp_ca_file: Path | None = None
+    # A failed send is tried again after this long, doubling each time, this many times.
+    smtp_retry_seconds: float = 30.0
+    smtp_attempts: int = 5
+    smtp_timeout_seconds: float = 30.0
     # A participant whose signaling drops stays "reconnecting" this long before "left".
     grace_seconds: float = 45.0
     # Rejoin window of the fallback flow before the phone step.
@@ -90,6 +118,24 @@ class Config:
     # host:port of a separate listener serving /metrics without a token (a local Prometheus),
     # e.g. 127.0.0.1:9464. Unset: no such listener.
     metrics_address: str | None = None
+
+    def __post_init__(self) -> None:
+        import zoneinfo
+
+        import phonenumbers
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"TELEHEALTH_TIMEZONE: {self.timezone!r} is not a time zone "
+                             "(use a name like Europe/London or America/New_York)") from None
+        if self.phone_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"TELEHEALTH_PHONE_REGION: {self.phone_region!r} is not a country code "
+                             "(use two letters, like US or GB)")
+        if self.smtp_url is not None and not self.smtp_url.startswith(("smtp://", "smtps://")):
+            raise ValueError("TELEHEALTH_SMTP_URL must start with smtp:// or smtps://")
+        if not 1 <= self.session_minutes <= MAX_SESSION_MINUTES:
+            raise ValueError(f"TELEHEALTH_SESSION_MINUTES must be between 1 and {MAX_SESSION_MINUTES}")
 
     @property
     def scheme(self) -> str:

@@ -25,6 +25,11 @@ class ErrorCode(str, enum.Enum):
     BAD_LINK = "bad_link"
     LINK_EXPIRED = "link_expired"
     LINK_REVOKED = "link_revoked"
+    # An appointment's link opened before its window (TELEHEALTH_LINK_LEAD_SECONDS before
+    # the start), or after the session and its overrun.
+    TOO_EARLY = "too_early"
+    SESSION_OVER = "session_over"
+    INVALID_PHONE = "invalid_phone"
     ROOM_ENDED = "room_ended"
     ROOM_FULL = "room_full"
     ROOM_LOCKED = "room_locked"
@@ -48,6 +53,11 @@ MESSAGES: dict[ErrorCode, str] = {
     "or ask your therapist for a new one.",
     ErrorCode.LINK_EXPIRED: "This link has expired. Please ask your therapist for a new one.",
     ErrorCode.LINK_REVOKED: "This link no longer works. Please ask your therapist for a new one.",
+    ErrorCode.TOO_EARLY: "It is too early to join this session. Please come back shortly before it starts.",
+    ErrorCode.SESSION_OVER: "This session has ended. If you missed it or need another time, "
+    "please contact your therapist to arrange a new session.",
+    ErrorCode.INVALID_PHONE: "That is not a phone number we can call. Please write it with its "
+    "area code or country code.",
     ErrorCode.ROOM_ENDED: "This session has ended.",
     ErrorCode.ROOM_FULL: "This session already has everyone it expects.",
     ErrorCode.ROOM_LOCKED: "The therapist has locked this session.",

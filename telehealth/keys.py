@@ -138,19 +138,27 @@ def _reencrypt(
     db.execute("BEGIN IMMEDIATE")
     try:
         rows = db.execute(
-            "SELECT id, name, phone FROM people WHERE name IS NOT NULL OR phone IS NOT NULL"
+            "SELECT id, name, phone, email FROM people"
+            " WHERE name IS NOT NULL OR phone IS NOT NULL OR email IS NOT NULL"
         ).fetchall()
         count = 0
         for person_id, *blobs in rows:
             sealed: list[bytes | None] = []
-            for column, blob in zip(("name", "phone"), blobs):
+            for column, blob in zip(("name", "phone", "email"), blobs):
                 if blob is None:
                     sealed.append(None)
                     continue
                 aad = _aad(column, person_id)
                 sealed.append(new.encrypt(old.decrypt(blob, aad), aad))
                 count += 1
-            db.execute("UPDATE people SET name = ?, phone = ? WHERE id = ?", (*sealed, person_id))
+            db.execute("UPDATE people SET name = ?, phone = ?, email = ? WHERE id = ?", (*sealed, person_id))
+        # Emails not sent yet hold a link: encrypted too (telehealth.mail).
+        for person_id, blob in db.execute(
+                "SELECT person_id, message FROM mail WHERE message IS NOT NULL").fetchall():
+            aad = f"mail.message:{person_id}"
+            db.execute("UPDATE mail SET message = ? WHERE person_id = ?",
+                       (new.encrypt(old.decrypt(blob, aad), aad), person_id))
+            count += 1
         if audit is not None:
             audit.append(
                 AuditEvent.KEY_ROTATED, actor=actor,

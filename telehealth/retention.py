@@ -1,7 +1,8 @@
 """Retention: ended rooms lose their personal data and links once they are old enough.
 
 A purged room keeps its row and its people keep their opaque ids and roles, so the ledger
-and the audit log still add up; only names, phone numbers and link hashes go. The old bytes
+and the audit log still add up; only names, phone numbers, email addresses (and any email
+not sent) and link hashes go. The old bytes
 go too: SQLite overwrites freed space with zeros (secure_delete) and the write-ahead log is
 checkpointed and truncated, so the ciphertexts do not linger in the files.
 """
@@ -51,15 +52,17 @@ def purge(
             rooms = db.execute(
                 f"SELECT COUNT(*) FROM ({_ENDED_BEFORE}) AS r WHERE"
                 " EXISTS (SELECT 1 FROM people p WHERE p.room_id = r.id"
-                "         AND (p.name IS NOT NULL OR p.phone IS NOT NULL))"
+                "         AND (p.name IS NOT NULL OR p.phone IS NOT NULL OR p.email IS NOT NULL))"
+                " OR EXISTS (SELECT 1 FROM mail m WHERE m.room_id = r.id)"
                 " OR EXISTS (SELECT 1 FROM links l WHERE l.room_id = r.id)",
                 params,
             ).fetchone()[0]
             people = db.execute(
-                f"UPDATE people SET name = NULL, phone = NULL WHERE room_id IN ({_ENDED_BEFORE})"
-                " AND (name IS NOT NULL OR phone IS NOT NULL)",
+                f"UPDATE people SET name = NULL, phone = NULL, email = NULL WHERE room_id IN ({_ENDED_BEFORE})"
+                " AND (name IS NOT NULL OR phone IS NOT NULL OR email IS NOT NULL)",
                 params,
             ).rowcount
+            db.execute(f"DELETE FROM mail WHERE room_id IN ({_ENDED_BEFORE})", params)
             links = db.execute(
                 f"DELETE FROM links WHERE room_id IN ({_ENDED_BEFORE})", params
             ).rowcount

@@ -6,22 +6,32 @@ signaling hub, which learns of an ended room through the store.
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from telehealth import phones
 from telehealth.audit import AuditEvent
+from telehealth.config import MAX_SESSION_MINUTES
 from telehealth.errors import ErrorCode, StateError, UserError
 from telehealth.store import NewLink, Person, RoomRecord, Store
 from telehealth.tokens import PersonId, RoomId, hash_token, new_person_id, new_room_id, new_token
 
 MAX_NAME = 80
-_PHONE_RE = re.compile(r"^\+?[0-9][0-9 ().-]{5,24}$")
+MAX_EMAIL = 254
+# A session may be booked up to a year ahead: anything further is a typo in the year.
+MAX_AHEAD_SECONDS = 366 * 86400
+# What the CLI and console accept as an address: one @, a dot in the domain, no spaces or
+# brackets (so nothing that could add a header or a second recipient).
+_EMAIL_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
 @dataclass(frozen=True)
 class PartnerSpec:
     name: str
     phone: str | None = None
+    email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,14 +40,22 @@ class CreatedRoom:
     therapist_link: str
     partner_links: tuple[str, ...]
     expires_at: float
+    starts_at: float | None = None
+    minutes: int | None = None
+    # Each person's link by their id, for the email of each.
+    links: Mapping[PersonId, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "room_id": self.room_id,
             "therapist_link": self.therapist_link,
             "partner_links": list(self.partner_links),
             "expires_at": self.expires_at,
         }
+        if self.starts_at is not None:
+            out["starts_at"] = self.starts_at
+            out["minutes"] = self.minutes
+        return out
 
 
 def link_url(base_url: str, token: str) -> str:
@@ -53,16 +71,40 @@ def clean_name(name: str) -> str:
     return name
 
 
-def clean_phone(phone: str | None) -> str | None:
+def clean_phone(phone: str | None, region: str = phones.DEFAULT_REGION) -> str | None:
+    """The number in E.164, None when none was given; InvalidPhone when it is no number."""
     if phone is None or not phone.strip():
         return None
-    phone = phone.strip()
-    if not _PHONE_RE.match(phone):
-        raise UserError(
-            ErrorCode.INVALID_MESSAGE,
-            "A phone number may hold digits, spaces, brackets, dots and dashes, and start with +.",
-        )
-    return phone
+    return phones.parse_phone(phone, region)
+
+
+def clean_email(email: str | None) -> str | None:
+    if email is None or not email.strip():
+        return None
+    email = email.strip()
+    if len(email) > MAX_EMAIL or not _EMAIL_RE.match(email):
+        raise UserError(ErrorCode.INVALID_MESSAGE,
+                        f"“{email[:60]}” is not an email address (it should look like name@example.com).")
+    return email
+
+
+def check_appointment(starts_at: float, minutes: int, now: float) -> None:
+    """Refuse a session time that cannot be meant: gone already, or years away."""
+    if not 1 <= minutes <= MAX_SESSION_MINUTES:
+        raise UserError(ErrorCode.INVALID_MESSAGE,
+                        f"A session lasts between 1 and {MAX_SESSION_MINUTES} minutes.")
+    if not math.isfinite(starts_at) or starts_at + minutes * 60 <= now:
+        raise UserError(ErrorCode.INVALID_MESSAGE, "That session time has already passed.")
+    if starts_at > now + MAX_AHEAD_SECONDS:
+        raise UserError(ErrorCode.INVALID_MESSAGE, "A session can be booked at most a year ahead.")
+
+
+def link_expiry(starts_at: float | None, minutes: int | None, *, now: float, link_ttl: float,
+                overrun_s: float) -> float:
+    """When a link stops working: an appointment's end and overrun, else ``link_ttl`` from now."""
+    if starts_at is not None and minutes is not None:
+        return starts_at + minutes * 60 + overrun_s
+    return now + link_ttl
 
 
 # How far from now a session may be booked: the past day (a session entered late) to five
@@ -87,30 +129,44 @@ def create_room(
     link_ttl: float,
     now: float,
     starts_at: float | None = None,
+    minutes: int | None = None,
+    overrun_s: float = 30 * 60,
+    therapist_email: str | None = None,
+    phone_region: str = phones.DEFAULT_REGION,
     actor: str = "cli",
 ) -> CreatedRoom:
-    """``actor``: who asks (``cli``, or a staff account as ``u_<id>``), for the audit log."""
+    """Create a room and its links; ``actor`` (``cli``, or a staff account as ``u_<id>``) is
+    who asks, for the audit log. With ``starts_at`` it is an appointment of ``minutes``,
+    With ``starts_at`` it is an appointment of ``minutes``, whose links open shortly before it
+    and stop after its end and ``overrun_s``."""
     if not 1 <= len(partners) <= 2:
         raise UserError(ErrorCode.INVALID_MESSAGE, "A session has one or two partners.")
     if starts_at is not None:
-        check_starts_at(starts_at, now)
+        if minutes is None:
+            raise UserError(ErrorCode.INVALID_MESSAGE, "Give the session's length in minutes.")
+        check_appointment(starts_at, minutes, now)
+    else:
+        minutes = None
     room_id = new_room_id()
-    people = [Person(new_person_id(), room_id, "therapist", 0, clean_name(therapist))]
+    people = [Person(new_person_id(), room_id, "therapist", 0, clean_name(therapist),
+                     email=clean_email(therapist_email))]
     people += [
-        Person(new_person_id(), room_id, "partner", i + 1, clean_name(p.name), clean_phone(p.phone))
+        Person(new_person_id(), room_id, "partner", i + 1, clean_name(p.name),
+               clean_phone(p.phone, phone_region), clean_email(p.email))
         for i, p in enumerate(partners)
     ]
-    expires_at = now + link_ttl
+    expires_at = link_expiry(starts_at, minutes, now=now, link_ttl=link_ttl, overrun_s=overrun_s)
     tokens = [new_token() for _ in people]
     store.insert_room(
-        RoomRecord(room_id, now, starts_at, None, None, tuple(people)),
+        RoomRecord(room_id, now, starts_at, None, None, tuple(people), minutes),
         [NewLink(hash_token(t), p.id, expires_at) for t, p in zip(tokens, people)],
     )
     store.audit.append(AuditEvent.ROOM_CREATED, room_id=room_id, actor=actor, detail={"people": len(people)})
     for person in people:
         store.audit.append(AuditEvent.LINK_ISSUED, room_id=room_id, person_id=person.id, actor=person.role)
     urls = [link_url(base_url, t) for t in tokens]
-    return CreatedRoom(room_id, urls[0], tuple(urls[1:]), expires_at)
+    return CreatedRoom(room_id, urls[0], tuple(urls[1:]), expires_at, starts_at, minutes,
+                       {p.id: url for p, url in zip(people, urls)})
 
 
 def list_rooms(store: Store, *, since: float | None = None) -> list[RoomRecord]:
@@ -128,13 +184,14 @@ def end_room(store: Store, room_id: str, *, now: float, actor: str = "cli") -> N
 
 
 def reissue_link(
-    store: Store, room_id: RoomId, person_id: PersonId, *, base_url: str, link_ttl: float, now: float,
-    actor: str = "cli",
+    store: Store, record: RoomRecord, person_id: PersonId, *, base_url: str, link_ttl: float,
+    now: float, overrun_s: float = 30 * 60, actor: str = "cli",
 ) -> str:
     """A new link for a person; their old links stop working (and a server holding a socket
     joined with one closes it: see Signaling.end_revoked)."""
     token = new_token()
-    store.replace_link(person_id, NewLink(hash_token(token), person_id, now + link_ttl), now)
-    store.audit.append(AuditEvent.LINK_ISSUED, room_id=room_id, person_id=person_id, actor=actor,
+    expires_at = link_expiry(record.starts_at, record.minutes, now=now, link_ttl=link_ttl, overrun_s=overrun_s)
+    store.replace_link(person_id, NewLink(hash_token(token), person_id, expires_at), now)
+    store.audit.append(AuditEvent.LINK_ISSUED, room_id=record.id, person_id=person_id, actor=actor,
                        detail={"reason": "reissued"})
     return link_url(base_url, token)

@@ -160,10 +160,33 @@ CREATE TABLE server_clock (
 );
 """
 
+# Appointments and email (issue 17): a room's length, each person's address (encrypted like
+# names), and one email per person waiting to go out or gone (telehealth.mail).
+_APPOINTMENTS_AND_EMAIL = """
+ALTER TABLE rooms ADD COLUMN minutes INTEGER;
+ALTER TABLE people ADD COLUMN email BLOB;
+CREATE TABLE mail (
+    person_id TEXT PRIMARY KEY REFERENCES people(id),
+    room_id TEXT NOT NULL REFERENCES rooms(id),
+    -- The whole message (it holds the person's link), encrypted; NULL once it is sent.
+    message BLOB,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL,
+    sent_at REAL,
+    -- Why it failed, in the console's words (never the server's reply: it may hold the address).
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX mail_due ON mail(state, next_at);
+CREATE INDEX mail_room ON mail(room_id);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline: rooms, people, links, ledgers, audit, accounts, quality history", _BASELINE),
     Migration(2, "live sessions: room state, quality so far and the server's heartbeat, for restarts",
               _LIVE_SESSIONS),
+    Migration(3, "appointments and email: rooms.minutes, people.email, the mail table", _APPOINTMENTS_AND_EMAIL),
 ]
 
 

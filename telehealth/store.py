@@ -1,7 +1,7 @@
 """The SQLite store: rooms, the people in them, and their join links.
 
-One file in the data dir, in WAL mode so the CLI can write while the server runs. Names and
-phone numbers are encrypted with the FieldCipher before they reach SQLite; join tokens are
+One file in the data dir, in WAL mode so the CLI can write while the server runs. Names,
+phone numbers and email addresses are encrypted with the FieldCipher before they reach SQLite; join tokens are
 stored only as SHA-256 hashes. Calls are synchronous and short: they run on joins and
 commands, never per signaling message.
 """
@@ -28,7 +28,14 @@ class Person:
     role: Role
     ordinal: int
     name: str
+    # E.164 (telehealth.phones), for the phone fallback.
     phone: str | None = None
+    # Where the person's link is emailed (telehealth.mail).
+    email: str | None = None
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0] if self.name.split() else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,14 @@ class RoomRecord:
     started_at: float | None
     ended_at: float | None
     people: tuple[Person, ...]
+    # An appointment's length; None for a room without a set time (and older rooms).
+    minutes: int | None = None
+
+    @property
+    def ends_at(self) -> float | None:
+        if self.starts_at is None or self.minutes is None:
+            return None
+        return self.starts_at + self.minutes * 60
 
     @property
     def therapist(self) -> Person:
@@ -114,14 +129,15 @@ class Store:
     def insert_room(self, room: RoomRecord, links: Sequence[NewLink]) -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT INTO rooms (id, created_at, starts_at, started_at, ended_at) VALUES (?,?,?,?,?)",
-                (room.id, room.created_at, room.starts_at, room.started_at, room.ended_at),
+                "INSERT INTO rooms (id, created_at, starts_at, started_at, ended_at, minutes)"
+                " VALUES (?,?,?,?,?,?)",
+                (room.id, room.created_at, room.starts_at, room.started_at, room.ended_at, room.minutes),
             )
             self._db.executemany(
-                "INSERT INTO people (id, room_id, role, ordinal, name, phone) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO people (id, room_id, role, ordinal, name, phone, email) VALUES (?,?,?,?,?,?,?)",
                 [
                     (p.id, room.id, p.role, p.ordinal, self._seal(p.name, p.id, "name"),
-                     self._seal(p.phone, p.id, "phone"))
+                     self._seal(p.phone, p.id, "phone"), self._seal(p.email, p.id, "email"))
                     for p in room.people
                 ],
             )
@@ -133,7 +149,7 @@ class Store:
 
     def get_room(self, room_id: str) -> RoomRecord | None:
         row = self._db.execute(
-            "SELECT id, created_at, starts_at, started_at, ended_at FROM rooms WHERE id = ?", (room_id,)
+            "SELECT id, created_at, starts_at, started_at, ended_at, minutes FROM rooms WHERE id = ?", (room_id,)
         ).fetchone()
         if row is None:
             return None
@@ -141,7 +157,7 @@ class Store:
 
     def list_rooms(self, *, since: float | None = None) -> list[RoomRecord]:
         rows = self._db.execute(
-            "SELECT id, created_at, starts_at, started_at, ended_at FROM rooms"
+            "SELECT id, created_at, starts_at, started_at, ended_at, minutes FROM rooms"
             " WHERE created_at >= ? ORDER BY created_at",
             (since or 0.0,),
         ).fetchall()
@@ -152,13 +168,19 @@ class Store:
             Person(
                 id=PersonId(pid), room_id=RoomId(row[0]), role=role, ordinal=ordinal,
                 name=self._open(name, pid, "name") or "", phone=self._open(phone, pid, "phone"),
+                email=self._open(email, pid, "email"),
             )
-            for pid, role, ordinal, name, phone in self._db.execute(
-                "SELECT id, role, ordinal, name, phone FROM people WHERE room_id = ? ORDER BY ordinal",
+            for pid, role, ordinal, name, phone, email in self._db.execute(
+                "SELECT id, role, ordinal, name, phone, email FROM people WHERE room_id = ? ORDER BY ordinal",
                 (row[0],),
             )
         )
-        return RoomRecord(RoomId(row[0]), row[1], row[2], row[3], row[4], people)
+        return RoomRecord(RoomId(row[0]), row[1], row[2], row[3], row[4], people, row[5])
+
+    def set_phone(self, person_id: str, phone: str | None) -> None:
+        """A partner's corrected number (already E.164), encrypted like the rest."""
+        self._db.execute("UPDATE people SET phone = ? WHERE id = ?",
+                         (self._seal(phone, person_id, "phone"), person_id))
 
     def mark_started(self, room_id: str, now: float) -> None:
         self._db.execute(
@@ -193,13 +215,14 @@ class Store:
     def find_link(self, token_hash: str) -> JoinLink | None:
         row = self._db.execute(
             "SELECT l.token_hash, l.room_id, l.person_id, p.role, l.expires_at, l.revoked_at,"
-            " r.ended_at FROM links l JOIN people p ON p.id = l.person_id"
+            " r.ended_at, CASE WHEN r.minutes IS NULL THEN NULL ELSE r.starts_at END"
+            " FROM links l JOIN people p ON p.id = l.person_id"
             " JOIN rooms r ON r.id = l.room_id WHERE l.token_hash = ?",
             (token_hash,),
         ).fetchone()
         if row is None:
             return None
-        return JoinLink(row[0], RoomId(row[1]), PersonId(row[2]), row[3], row[4], row[5], row[6])
+        return JoinLink(row[0], RoomId(row[1]), PersonId(row[2]), row[3], row[4], row[5], row[6], row[7])
 
     def replace_link(self, person_id: str, link: NewLink, now: float) -> None:
         """Revoke a person's links and issue a new one (a lost or leaked link)."""

@@ -53,10 +53,26 @@ class JoinLink:
     expires_at: float
     revoked_at: float | None
     room_ended_at: float | None
+    # An appointment's start; None for a room without a set time (its links work at once).
+    starts_at: float | None = None
 
 
-def check_link(link: JoinLink | None, now: float) -> JoinLink:
-    """Return the link if it lets its person in now, else raise LinkError with why."""
+class TooEarly(LinkError):
+    """An appointment's link opened before its window: come back at ``opens_at``."""
+
+    def __init__(self, starts_at: float, opens_at: float) -> None:
+        super().__init__(ErrorCode.TOO_EARLY)
+        self.starts_at = starts_at
+        self.opens_at = opens_at
+
+
+def check_link(link: JoinLink | None, now: float, lead_s: float = 0.0) -> JoinLink:
+    """Return the link if it lets its person in now, else raise LinkError with why.
+
+    An appointment's link (``starts_at`` set) works from ``lead_s`` before the start until
+    its ``expires_at`` (the end of the session and its overrun); before, TooEarly; after,
+    SESSION_OVER. A link without an appointment works until it expires.
+    """
     if link is None:
         raise LinkError(ErrorCode.BAD_LINK)
     if link.room_ended_at is not None:
@@ -64,5 +80,7 @@ def check_link(link: JoinLink | None, now: float) -> JoinLink:
     if link.revoked_at is not None:
         raise LinkError(ErrorCode.LINK_REVOKED)
     if now >= link.expires_at:
-        raise LinkError(ErrorCode.LINK_EXPIRED)
+        raise LinkError(ErrorCode.LINK_EXPIRED if link.starts_at is None else ErrorCode.SESSION_OVER)
+    if link.starts_at is not None and now < link.starts_at - lead_s:
+        raise TooEarly(link.starts_at, link.starts_at - lead_s)
     return link

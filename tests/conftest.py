@@ -46,7 +46,7 @@ class RunningServer:
         return self.app[STORE]
 
     def create_room(self, partners: int = 2, **kwargs: object) -> rooms.CreatedRoom:
-        specs = [rooms.PartnerSpec(f"Partner {i + 1}", f"+1 555 555 010{i + 1}") for i in range(partners)]
+        specs = [rooms.PartnerSpec(f"Partner {i + 1}", f"+1 202 555 010{i + 1}") for i in range(partners)]
         return rooms.create_room(
             self.store, therapist="Dr Test", partners=specs, base_url=self.base_url,
             link_ttl=kwargs.pop("link_ttl", self.config.link_ttl_seconds), now=time.time(),  # type: ignore[arg-type]

@@ -123,8 +123,8 @@ class Served:
     def create_room(self) -> dict[str, Any]:
         result = subprocess.run(
             [*TELEHEALTH, "room", "create", "--data-dir", str(self.data_dir), "--base-url", self.base_url,
-             "--therapist", "Dr Rivera", "--partner", "Alex", "--phone", "+1 555 555 0102",
-             "--partner", "Sam", "--phone", "+1 555 555 0103", "--json"],
+             "--therapist", "Dr Rivera", "--partner", "Alex", "--phone", "+1 202 555 0102",
+             "--partner", "Sam", "--phone", "+1 202 555 0103", "--json"],
             capture_output=True, text=True, timeout=30, check=True,
         )
         return json.loads(result.stdout)  # type: ignore[no-any-return]

@@ -26,7 +26,7 @@ from telehealth.store import Store
 
 def create_room(data_dir: Path, base_url: str) -> dict:
     made = run("room", "create", "--data-dir", str(data_dir), "--therapist", "Dr Ada Lovelace",
-               "--partner", "Sam Rivera", "--phone", "+1 555 555 0102", "--base-url", base_url, "--json")
+               "--partner", "Sam Rivera", "--phone", "+1 202 555 0102", "--base-url", base_url, "--json")
     assert made.returncode == 0, made.stderr
     return json.loads(made.stdout)
 

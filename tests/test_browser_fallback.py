@@ -163,11 +163,11 @@ async def test_past_the_window_the_therapist_calls_and_the_partner_comes_back_to
 
     # The window ends: the therapist gets a one-click call; the partner, still cut off, shows
     # the phone step from its own plan; the other partner is told.
-    call_link = t.get_by_role("link", name="Call Partner 2 at +1 555 555 0102")
+    call_link = t.get_by_role("link", name="Call Partner 2 at +1 202-555-0102")
     await expect(call_link).to_be_visible(timeout=12_000)
     waited = time.monotonic() - cut.began
     assert 8.0 <= waited <= 13.0, waited
-    await expect(call_link).to_have_attribute("href", "tel:+15555550102")
+    await expect(call_link).to_have_attribute("href", "tel:+12025550102")
     await expect(t.locator("#alerts")).to_contain_text("Partner 2 couldn't reconnect. Please call them now.")
     await expect(tile.locator(".tile-placeholder-text")).to_have_text("Partner 2 is on the phone")
     await screenshot(t, "fallback-4-phone")

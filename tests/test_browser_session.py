@@ -84,8 +84,8 @@ async def test_a_three_party_session_from_start_to_end(
 ) -> None:
     room = rooms.create_room(
         server.store, therapist="Dr Rivera",
-        partners=[rooms.PartnerSpec("Alex", "+1 555 0100 201"), rooms.PartnerSpec("Sam", "+1 555 0100 202")],
-        base_url=server.base_url, link_ttl=3600, now=time.time(), starts_at=time.time() + 600,
+        partners=[rooms.PartnerSpec("Alex", "+1 202 555 0121"), rooms.PartnerSpec("Sam", "+1 202 555 0122")],
+        base_url=server.base_url, link_ttl=3600, now=time.time(), starts_at=time.time() + 600, minutes=50,
     )
 
     # -- the therapist checks and starts the session -------------------------------------

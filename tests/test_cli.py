@@ -28,7 +28,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def create(data_dir: Path, *extra: str) -> dict:
     result = run("room", "create", "--data-dir", str(data_dir), "--therapist", "Dr Ada Lovelace",
-                 "--partner", "Sam Rivera", "--phone", "+1 555 555 0102", "--partner", "Alex Kim", *extra, "--json")
+                 "--partner", "Sam Rivera", "--phone", "+1 202 555 0102", "--partner", "Alex Kim", *extra, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -43,7 +43,7 @@ def test_room_create_prints_the_stable_json_contract(tmp_path: Path) -> None:
     assert [r["room_id"] for r in listed] == [room["room_id"]]
     # Personal data is not in the database file in clear text, and neither are the links.
     raw = (tmp_path / "telehealth.sqlite3").read_bytes()
-    for secret in (b"Sam Rivera", b"Alex Kim", b"Ada Lovelace", b"555 0102",
+    for secret in (b"Sam Rivera", b"Alex Kim", b"Ada Lovelace", b"555 0102", b"2025550102",
                    room["partner_links"][0].rsplit("/", 1)[1].encode()):
         assert secret not in raw
     assert (tmp_path / "telehealth.key").stat().st_mode & 0o777 == 0o600
@@ -56,6 +56,16 @@ def test_room_create_prints_the_stable_json_contract(tmp_path: Path) -> None:
         (["--therapist", "T", "--partner", "A", "--partner", "B", "--partner", "C"], "one or two partners"),
         (["--therapist", "T", "--partner", "A", "--phone", "call me maybe"], "phone number"),
         (["--therapist", " ", "--partner", "A"], "name is required"),
+        # A regex let these through as numbers ("1------" became tel:1).
+        (["--therapist", "T", "--partner", "A", "--phone", "1------"], "not a phone number we can call"),
+        (["--therapist", "T", "--partner", "A", "--email", "sam at home"], "not an email address"),
+        (["--therapist", "T", "--email", "a@b.example", "--partner", "A"], "--email must follow"),
+        (["--therapist", "T", "--partner", "A", "--starts-at", "tomorrow"], "not a date and time"),
+        (["--therapist", "T", "--partner", "A", "--starts-at", "2026-12-24T15:00"], "does not say its time zone"),
+        (["--therapist", "T", "--partner", "A", "--starts-at", "9999-12-31T23:59Z"], "at most a year ahead"),
+        (["--therapist", "T", "--partner", "A", "--starts-at", "0001-01-01T00:00+01:00"], "already passed"),
+        (["--therapist", "T", "--partner", "A", "--starts-at", "2030-01-01T00:00Z", "--minutes", "0"], "between 1 and 480"),
+        (["--therapist", "T", "--partner", "A", "--minutes", "50"], "--minutes needs --starts-at"),
     ],
 )
 def test_room_create_refuses_bad_input_and_stores_nothing(tmp_path: Path, args: list[str], message: str) -> None:

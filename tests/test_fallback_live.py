@@ -132,13 +132,13 @@ async def test_still_gone_at_the_end_of_the_window_brings_the_phone_step(
         waited = time.monotonic() - cut.began
         assert WINDOW - 0.5 <= waited <= WINDOW + 4, waited
         assert prompt["callee"] == b_id
-        assert prompt["text"] == "Call Partner 2 at +1 555 555 0102"
-        assert prompt["href"] == "tel:+15555550102"
+        assert prompt["text"] == "Call Partner 2 at +1 202-555-0102"
+        assert prompt["href"] == "tel:+12025550102"
         told_a = await c.a.wait_message("notice", kind="phone", about=b_id)
         assert "Partner 2 will join by phone" in told_a["text"]
         # The clinic's phone system was asked to place the call, signed, after one retry.
         await asyncio.wait_for(system.received.wait(), 10)
-        assert system.calls[0]["phone"] == "+1 555 555 0102" and system.calls[0]["callee_id"] == b_id
+        assert system.calls[0]["phone"] == "+12025550102" and system.calls[0]["callee_id"] == b_id
         # The ledger names what happened, by id, with times.
         await c.therapist.send({"type": "get_ledger"})
         ledger = await c.therapist.wait_message("ledger")

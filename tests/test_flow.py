@@ -292,7 +292,7 @@ def test_the_therapist_failing_tells_the_partners_to_stay_then_that_they_will_be
     assert when(seen, PhonePrompt(T, A)) == when(seen, PhonePrompt(T, B)) == [55]
     phone = notices(seen, NoticeKind.PHONE)
     assert phone[A] == (55, Audience.PARTNER_THERAPIST, T)
-    hint = mask_phone("+1 555 555 0102")
+    hint = mask_phone("+12025550102")
     text = notice_text(Notice(A, NoticeKind.PHONE, phone[A][1], T), phone_hint=hint)
     assert text == ("Your therapist's video couldn't reconnect. They will call you at "
                     "(•••) •••-0102. Please keep your phone nearby.")
@@ -406,33 +406,38 @@ def test_the_ledger_holds_ids_and_facts_only() -> None:
 
 
 @pytest.mark.parametrize(("number", "masked", "href"), [
-    ("+1 555 555 0102", "(•••) •••-0102", "tel:+15555550102"),
-    ("555-555-0102", "(•••) •••-0102", "tel:5555550102"),
-    ("(555) 555-0102 ext. 12", "(•••) •••-0102", "tel:5555550102;ext=12"),
-    ("+44 20 7946 0958", "(•••) •••-0958", "tel:+442079460958"),
-    ("+1 555 555 0102 x7", "(•••) •••-0102", "tel:+15555550102;ext=7"),
+    # A US number keeps the form its owner knows, with the last four digits.
+    ("+12025550102", "(•••) •••-0102", "tel:+12025550102"),
+    ("+12015550123;ext=12", "(•••) •••-0123", "tel:+12015550123;ext=12"),
+    # Any other keeps its own format: its country code and the last two digits.
+    ("+442079460018", "+44 •• •••• ••18", "tel:+442079460018"),
+    ("+33142685300", "+33 • •• •• •• 00", "tel:+33142685300"),
+    ("+4930123456", "+49 •• ••••56", "tel:+4930123456"),
+    # Numbers stored before E.164 still mask and dial.
+    ("(202) 555-0102", "(•••) •••-0102", "tel:+12025550102"),
     ("12", "(•••) •••-••12", "tel:12"),
-    ("", "(•••) •••-••••", "tel:"),
 ])
-def test_mask_phone_shows_only_the_last_four_digits(number: str, masked: str, href: str) -> None:
+def test_mask_phone_keeps_the_numbers_own_format(number: str, masked: str, href: str) -> None:
     assert mask_phone(number) == masked
     assert tel_href(number) == href
 
 
 def test_call_prompt_is_a_one_click_tel_link() -> None:
-    prompt = call_prompt("Alex", "+1 555 555 0102")
-    assert (prompt.text, prompt.href) == ("Call Alex at +1 555 555 0102", "tel:+15555550102")
+    prompt = call_prompt("Alex", "+12025550102")
+    assert (prompt.text, prompt.href) == ("Call Alex at +1 202-555-0102", "tel:+12025550102")
+    london = call_prompt("Sam", "+442079460018")
+    assert (london.text, london.href) == ("Call Sam at +44 20 7946 0018", "tel:+442079460018")
 
 
 def test_each_participant_gets_its_own_fallback_plan() -> None:
     room_id = RoomId("r1")
-    people = (Person(T, room_id, "therapist", 0, "Dr Lee", "+1 555 555 0100"),
-              Person(A, room_id, "partner", 1, "Alex", "+1 555 555 0102"),
+    people = (Person(T, room_id, "therapist", 0, "Dr Lee", "+12025550100"),
+              Person(A, room_id, "partner", 1, "Alex", "+12025550102"),
               Person(B, room_id, "partner", 2, "Blake", None))
     record = RoomRecord(room_id, 0.0, None, None, None, people)
     therapist = fallback_plan(record, people[0], 45.0)
     assert therapist.rejoin_window_s == 45.0 and therapist.phone_hint is None
-    assert therapist.call_list == [{"id": A, "name": "Alex", "phone": "+1 555 555 0102"},
+    assert therapist.call_list == [{"id": A, "name": "Alex", "phone": "+1 202-555-0102"},
                                    {"id": B, "name": "Blake", "phone": ""}]
     alex = fallback_plan(record, people[1], 45.0)
     assert (alex.phone_hint, alex.call_list) == ("(•••) •••-0102", None)
@@ -477,9 +482,9 @@ def test_the_contract_document_states_every_timing_threshold_and_sentence() -> N
         assert f"| `{name}` | {getattr(scoring, name):g} |" in doc, name
     for kind, audience in NOTICE_TEXT:
         notice = Notice(A, kind, audience, A)
-        text = notice_text(notice, name="Alex", phone_hint=mask_phone("+1 555 555 0102"))
+        text = notice_text(notice, name="Alex", phone_hint=mask_phone("+12025550102"))
         assert text in doc, (kind, audience)
-    prompt = call_prompt("Alex", "+1 555 555 0102")
+    prompt = call_prompt("Alex", "+12025550102")
     assert prompt.text in doc and prompt.href in doc
 
 

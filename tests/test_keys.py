@@ -28,7 +28,7 @@ from telehealth.keys import (
 from telehealth.store import Store
 
 THERAPIST = "Dr Quentin Zebedee"
-PARTNERS = (("Alicia Fernandez-Okafor", "+44 7700 900123"), ("Bartholomew Nakagawa", "+1 555 010 4477"))
+PARTNERS = (("Alicia Fernandez-Okafor", "+442079460123"), ("Bartholomew Nakagawa", "+12025554477"))
 PERSONAL = [THERAPIST.encode(), *(s.encode() for pair in PARTNERS for s in pair)]
 REPO = Path(__file__).resolve().parents[1]
 

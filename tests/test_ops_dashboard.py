@@ -40,11 +40,11 @@ pytestmark = pytest.mark.browser
 
 PASSWORD = "correct horse battery staple"
 THERAPIST, ALEX, SAM = "Dr Ada Quill", "Alex Morgan", "Sam Lee"
-PHONES = ("+1 555 0100 200", "+1 555 0100 300")
+PHONES = ("+1 202 555 0120", "+1 202 555 0130")
 # What must never reach an ops page: names, and the numbers in any format (all ten digits:
 # a chart's coordinates could hold a shorter run of them by chance).
-PRIVATE = (THERAPIST, ALEX, SAM, "Morgan", "Quill", "+1 555", "0100 200", "5550100200", "0100 300",
-           "5550100300")
+PRIVATE = (THERAPIST, ALEX, SAM, "Morgan", "Quill", "+1 202", "555 0120", "2025550120", "555 0130",
+           "2025550130")
 
 
 async def start_ops_server(config: Config) -> RunningServer:

@@ -105,9 +105,10 @@ async def test_links_that_do_not_work_say_why(server: RunningServer, http: aioht
         async with http.get(url) as response:
             assert response.status == status, url
             assert words in await response.text()
-    person = server.store.get_room(room.room_id).partners[0]  # type: ignore[union-attr]
-    rooms.reissue_link(server.store, room.room_id, person.id, base_url=server.base_url, link_ttl=3600,
-                       now=time.time())
+    record = server.store.get_room(room.room_id)
+    assert record is not None
+    person = record.partners[0]
+    rooms.reissue_link(server.store, record, person.id, base_url=server.base_url, link_ttl=3600, now=time.time())
     async with http.get(room.partner_links[0]) as response:
         assert response.status == 410 and "no longer works" in await response.text()
     rooms.end_room(server.store, room.room_id, now=time.time())
@@ -264,8 +265,9 @@ async def test_console_forms_need_the_csrf_token_and_this_site(
 ) -> None:
     user = await staff(http, server, "drtest", "therapist")
     csrf = await user.csrf()
-    form = {"therapist": "Dr Test", "partner1": "Alex", "phone1": "+1 555 0100 200",
-            "partner2": "Sam", "phone2": "", "starts_at": "2030-01-02T15:00"}
+    day = datetime.date.today() + datetime.timedelta(days=30)
+    form = {"therapist": "Dr Test", "partner1": "Alex", "phone1": "+1 202 555 0120",
+            "partner2": "Sam", "phone2": "", "starts_at": f"{day.isoformat()}T15:00"}
     assert (await user.post("/console/rooms", form)).status == 403
     assert (await user.post("/console/rooms", {**form, "csrf": "0" * 64})).status == 403
     assert (await user.post("/console/rooms", {**form, "csrf": csrf}, Origin="https://evil.example")).status == 403
@@ -277,9 +279,9 @@ async def test_console_forms_need_the_csrf_token_and_this_site(
     assert len(links) == 3
     record = server.store.list_rooms()[-1]
     # The time was read in the user's own zone.
-    paris = datetime.datetime(2030, 1, 2, 15, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    paris = datetime.datetime(day.year, day.month, day.day, 15, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
     assert record.starts_at == paris.timestamp()
-    assert [p.phone for p in record.partners] == ["+1 555 0100 200", None]
+    assert [p.phone for p in record.partners] == ["+12025550120", None]
 
     bad = await user.post("/console/rooms", {**form, "partner1": "", "csrf": csrf})
     assert bad.status == 400 and "A name is required." in await bad.text()
@@ -291,7 +293,8 @@ async def test_a_therapist_manages_only_their_own_rooms_and_ending_one_closes_it
     mine = await staff(http, server, "drone", "therapist")
     other = await staff(http, server, "drtwo", "therapist")
     form = {"therapist": "Dr One", "partner1": "Alex", "partner2": "Sam",
-            "starts_at": time.strftime("%Y-%m-%dT%H:%M", time.localtime(time.time() + 600))}
+            "starts_at": datetime.datetime.fromtimestamp(time.time() + 600, zoneinfo.ZoneInfo("Europe/Paris"))
+            .strftime("%Y-%m-%dT%H:%M")}
     created = await mine.post("/console/rooms", {**form, "csrf": await mine.csrf()})
     assert created.status == 201
     therapist_link = re.findall(r'value="(http://[^"]+/j/[A-Za-z0-9_-]{43})"', await created.text())[0]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from telehealth import rooms
+from telehealth import mail, rooms
 from telehealth.audit import AuditLog
+from telehealth.config import Config
 from telehealth.retention import purge
 from telehealth.store import Store
 
@@ -26,7 +27,8 @@ def raw_bytes(store: Store) -> bytes:
 
 
 def sealed_values(store: Store, room_id: str) -> list[bytes]:
-    rows = store.db.execute("SELECT name, phone FROM people WHERE room_id = ?", (room_id,))
+    rows = [*store.db.execute("SELECT name, phone, email FROM people WHERE room_id = ?", (room_id,)),
+            *store.db.execute("SELECT message FROM mail WHERE room_id = ?", (room_id,))]
     return [blob for row in rows for blob in row if blob is not None]
 
 
@@ -37,10 +39,14 @@ def link_hashes(store: Store, room_id: str) -> list[str]:
 def make_room(store: Store, created: float, *, ended: float | None, tag: str) -> str:
     made = rooms.create_room(
         store, therapist=f"Dr {tag} Therapist",
-        partners=[rooms.PartnerSpec(f"{tag} One", "+44 7700 900111"),
-                  rooms.PartnerSpec(f"{tag} Two", "+44 7700 900222")],
+        partners=[rooms.PartnerSpec(f"{tag} One", "+442079460111", f"one@{tag.lower()}.example"),
+                  rooms.PartnerSpec(f"{tag} Two", "+442079460222")],
         base_url="https://video.clinic.example", link_ttl=7 * DAY, now=created,
     )
+    # An email never sent holds the link: it goes with the rest.
+    record = store.get_room(made.room_id)
+    assert record is not None
+    assert mail.queue_links(store, record, made.links, Config(), created)
     if ended is not None:
         rooms.end_room(store, made.room_id, now=ended)
     return made.room_id
@@ -94,7 +100,7 @@ def test_recent_and_live_rooms_keep_everything(
         assert room is not None
         assert room.therapist.name == f"Dr {tag} Therapist"
         assert [(p.name, p.phone) for p in room.partners] == [
-            (f"{tag} One", "+44 7700 900111"), (f"{tag} Two", "+44 7700 900222"),
+            (f"{tag} One", "+442079460111"), (f"{tag} Two", "+442079460222"),
         ]
         assert len(link_hashes(store, three_rooms[key])) == 3
 
@@ -134,7 +140,7 @@ def test_every_run_is_audited_with_counts_only(
     }
     assert audit.verify().ok
     exported = "\n".join(audit.export())
-    assert "Oldroom" not in exported and "7700" not in exported
+    assert "Oldroom" not in exported and "7946" not in exported
 
 
 def test_the_purge_and_its_audit_entry_commit_together(

@@ -34,7 +34,7 @@ def test_steps_run_in_order_once_each_and_a_failed_step_leaves_the_file_at_the_l
 
     def add_column(db: sqlite3.Connection) -> None:
         ran.append(base + 1)
-        db.execute("ALTER TABLE rooms ADD COLUMN minutes INTEGER")
+        db.execute("ALTER TABLE rooms ADD COLUMN room_note TEXT")
 
     def broken(db: sqlite3.Connection) -> None:
         ran.append(base + 3)
@@ -43,8 +43,8 @@ def test_steps_run_in_order_once_each_and_a_failed_step_leaves_the_file_at_the_l
 
     monkeypatch.setattr(schema, "MIGRATIONS", [
         *schema.MIGRATIONS,
-        Migration(base + 1, "rooms get a length", add_column),
-        Migration(base + 2, "an index", "CREATE INDEX rooms_minutes ON rooms(minutes);"),
+        Migration(base + 1, "rooms get a note", add_column),
+        Migration(base + 2, "an index", "CREATE INDEX rooms_room_note ON rooms(room_note);"),
         Migration(base + 3, "a step that fails", broken),
     ])
     db = sqlite3.connect(path, isolation_level=None)
@@ -53,7 +53,7 @@ def test_steps_run_in_order_once_each_and_a_failed_step_leaves_the_file_at_the_l
     # The failed step left nothing behind; the two before it are in and counted.
     assert schema.version_of(db) == base + 2
     assert "half_done" not in tables(db)
-    assert "minutes" in {r[1] for r in db.execute("PRAGMA table_info(rooms)")}
+    assert "room_note" in {r[1] for r in db.execute("PRAGMA table_info(rooms)")}
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:-1])
     assert schema.migrate(db) == base + 2  # nothing left to do, nothing run twice
     assert ran == [base + 1, base + 3]

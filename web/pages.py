@@ -20,8 +20,9 @@ from signaling.endpoint import SIGNALING
 from telehealth.app import CONFIG, REFUSALS, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
+from telehealth.phones import mask_phone
 from telehealth.store import Person, RoomRecord
-from telehealth.tokens import JoinLink, check_link, hash_token, well_formed
+from telehealth.tokens import JoinLink, TooEarly, check_link, hash_token, well_formed
 
 HERE = Path(__file__).parent
 
@@ -39,6 +40,8 @@ CSP = (
 
 LINK_STATUS = {
     ErrorCode.BAD_LINK: 404,
+    ErrorCode.TOO_EARLY: 403,
+    ErrorCode.SESSION_OVER: 410,
     ErrorCode.LINK_EXPIRED: 410,
     ErrorCode.LINK_REVOKED: 410,
     ErrorCode.ROOM_ENDED: 410,
@@ -82,11 +85,22 @@ async def security_headers(request: web.Request, handler: web.Handler) -> web.St
 
 
 def error_page(request: web.Request, code: ErrorCode, status: int) -> web.Response:
+    title = "This session has ended" if code == ErrorCode.SESSION_OVER else "This link does not work"
     return aiohttp_jinja2.render_template(
-        "error.html", request,
-        {"title": "This link does not work", "message": MESSAGES[code], "code": code.value},
+        "error.html", request, {"title": title, "message": MESSAGES[code], "code": code.value},
         status=status,
     )
+
+
+def too_early_page(request: web.Request, exc: TooEarly) -> web.Response:
+    """A link opened before its window: when the session is, and when to come back. The page
+    says both in the reader's own zone (ui.js, from the instants); UTC without script."""
+    now = time.time()
+    return aiohttp_jinja2.render_template("early.html", request, {
+        "starts_iso": iso_utc(exc.starts_at), "starts_words": plain_time(exc.starts_at, now),
+        "opens_iso": iso_utc(exc.opens_at), "opens_words": plain_time(exc.opens_at, now),
+        "opens_ms": int(exc.opens_at * 1000),
+    }, status=LINK_STATUS[ErrorCode.TOO_EARLY])
 
 
 def plain_time(ts: float, now: float, tz: datetime.tzinfo = datetime.UTC) -> str:
@@ -126,9 +140,12 @@ def checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
         if limits.check(address, token_hash, now):
             raise LinkError(ErrorCode.RATE_LIMITED)
         try:
-            link = check_link(store.find_link(token_hash) if well_formed(token) else None, time.time())
-        except LinkError:
-            limits.failed(address, now)
+            link = check_link(store.find_link(token_hash) if well_formed(token) else None, time.time(),
+                              request.app[CONFIG].link_lead_seconds)
+        except LinkError as exc:
+            # A good link at the wrong time is no guess at a token.
+            if exc.code not in (ErrorCode.TOO_EARLY, ErrorCode.SESSION_OVER):
+                limits.failed(address, now)
             raise
     except LinkError as exc:
         request.app[REFUSALS].count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, address,
@@ -144,6 +161,8 @@ def checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
 async def room_page(request: web.Request) -> web.StreamResponse:
     try:
         _, record, person = checked_link(request)
+    except TooEarly as exc:
+        return too_early_page(request, exc)
     except LinkError as exc:
         return error_page(request, exc.code, LINK_STATUS.get(exc.code, 400))
     now = time.time()
@@ -154,8 +173,11 @@ async def room_page(request: web.Request) -> web.StreamResponse:
         "partners": [p.name for p in record.partners],
         "starts_at": record.starts_at,
         "starts_iso": iso_utc(record.starts_at) if record.starts_at else "",
+        "starts_ms": int(record.starts_at * 1000) if record.starts_at else "",
         "starts_words": plain_time(record.starts_at, now) if record.starts_at else "",
         "grace_s": request.app[CONFIG].grace_seconds,
+        # The masked number the therapist would call, for the partner to confirm or correct.
+        "phone_hint": mask_phone(person.phone) if person.phone else "",
     }
     template = "therapist.html" if person.role == "therapist" else "partner.html"
     return aiohttp_jinja2.render_template(template, request, context)

@@ -45,3 +45,53 @@ for (const form of document.querySelectorAll('form[data-confirm]')) {
     if (!window.confirm(form.dataset.confirm)) event.preventDefault();
   });
 }
+
+// Email states follow the server while any email of a room is still on its way: "sending…",
+// then "sent 14:02", or "failed: mailbox unavailable — copy the link instead" with a way to
+// send it again.
+const POLL_MS = 2000;
+
+function resendForm(roomId, personId, name) {
+  const form = document.createElement('form');
+  form.method = 'post';
+  form.className = 'inline';
+  form.action = `/console/rooms/${encodeURIComponent(roomId)}/people/${encodeURIComponent(personId)}/mail`;
+  const csrf = document.createElement('input');
+  csrf.type = 'hidden';
+  csrf.name = 'csrf';
+  csrf.value = document.querySelector('input[name="csrf"]')?.value ?? '';
+  const button = document.createElement('button');
+  button.type = 'submit';
+  button.className = 'button secondary small';
+  button.textContent = `Send again to ${name}`;
+  form.append(csrf, button);
+  return form;
+}
+
+async function followMail(container) {
+  const roomId = container.dataset.mailRoom;
+  while (container.querySelector('[data-mail-state="queued"]')) {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    let states;
+    try {
+      const response = await fetch(`/console/rooms/${encodeURIComponent(roomId)}/mail`, { credentials: 'same-origin' });
+      if (!response.ok) return;
+      states = await response.json();
+    } catch (error) {
+      continue; // the server is restarting: try again
+    }
+    for (const [personId, { state, text, resend }] of Object.entries(states)) {
+      const line = container.querySelector(`[data-person="${CSS.escape(personId)}"]`);
+      const node = line?.querySelector('.mail-state');
+      if (!node || node.dataset.mailState === state && node.textContent === text) continue;
+      node.dataset.mailState = state;
+      node.textContent = text;
+      const who = line.querySelector('.mail-who');
+      if (resend && who && !line.querySelector('form')) {
+        line.append(resendForm(roomId, personId, who.textContent.replace(/^Email to |:$/g, '')));
+      }
+    }
+  }
+}
+
+for (const container of document.querySelectorAll('[data-mail-room]')) followMail(container);

@@ -127,6 +127,8 @@ export class FallbackController {
     const sig = this.signaling;
     sig.on('welcome', (m) => this._welcome(m));
     sig.on('fallback', (m) => this._fallback(m));
+    // A partner corrected their number: their hint, the therapist's call list.
+    sig.on('plan', (m) => { this.plan = m.fallback; });
     sig.on('notice', (m) => this._notice(m));
     // The therapist's call prompt: that partner is in the phone step (it comes first).
     sig.on('call_prompt', (m) => {

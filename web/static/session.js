@@ -14,7 +14,7 @@ import { LocalMedia, explainMediaError } from './devices.js';
 import { CheckView } from './check.js';
 import { CallView } from './call.js';
 import { FallbackController } from './fallback.js';
-import { $, maybe, announce, confirmDialog, localizeTimes } from './ui.js';
+import { $, maybe, announce, confirmDialog, countdownText, localizeTimes } from './ui.js';
 
 const REJOIN_KEY = 'telehealth:rejoin';
 // docs/protocol.md: every 250-500 ms. A cut is declared 1 s after packets stop, so the
@@ -37,6 +37,8 @@ const ENDINGS = {
   bad_link: ['This link does not work', 'Please check you copied the whole link, or ask your therapist for a new one.', null],
   link_expired: ['This link has expired', 'Please ask your therapist for a new link.', null],
   link_revoked: ['This link no longer works', 'Please ask your therapist for a new link.', null],
+  too_early: ['It\'s not time for your session yet', 'Please come back shortly before it starts: reload this page then.', null],
+  session_over: ['This session has ended', 'If you missed it or need another time, please contact your therapist to arrange a new session.', null],
   room_full: ['This session is full', 'Everyone the session expects is already here. If that seems wrong, contact your therapist.', 'Try again'],
   room_locked: ['The session is locked', 'Your therapist has locked the session. Please contact them if you need to join.', 'Try again'],
   shutdown: ['The server is restarting', 'Please wait a moment and join again.', 'Join again'],
@@ -82,12 +84,26 @@ export class RoomPage {
 
   start() {
     localizeTimes();
+    this._countdown();
     $('join').addEventListener('click', () => this.join());
     if (this._returning()) {
       this._rejoin();
     } else {
       this.check.start();
     }
+  }
+
+  /** "Your session starts at 3:00 PM, in 22 minutes", kept current while the check is open. */
+  _countdown() {
+    const node = maybe('session-countdown');
+    const startsMs = Number($('main').dataset.startsMs);
+    if (!node || !startsMs) return;
+    const show = () => {
+      node.textContent = countdownText(startsMs);
+      node.hidden = false;
+    };
+    show();
+    setInterval(show, 15000);
   }
 
   // ---- steps ---------------------------------------------------------------------------

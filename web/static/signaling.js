@@ -33,7 +33,8 @@ export const VERSION = 1;
 /** @typedef {{id: string, role: Role, name: string}} Me */
 /** The `offer` flag: true when *you* make the offers on this pair (the impolite side).
  * @typedef {{id: string, role: Role, name: string, state: PeerState, offer: boolean}} PeerInfo */
-/** @typedef {{id: string, name: string}} WaitingPerson */
+/** A partner's checklist (unticked: false). @typedef {{private_space?: boolean, headphones?: boolean, charged?: boolean, not_driving?: boolean, moving_car?: boolean}} CheckInAnswers */
+/** `phone`: whether they confirmed their number or gave another. @typedef {{id: string, name: string, checkin?: CheckInAnswers, phone?: 'confirmed'|'corrected'}} WaitingPerson */
 /** @typedef {{id: string, locked: boolean}} RoomInfo */
 /** @typedef {{rejoin_window_s: number, phone_hint?: string, call_list?: Array<Object<string, string>>}} FallbackPlan */
 
@@ -63,7 +64,8 @@ export const VERSION = 1;
 /** Therapist only: call this partner now. @typedef {{type: 'call_prompt', callee: string, name: string, phone: string|null, href: string|null, text: string}} CallPrompt */
 /** @typedef {{disruption: number, person: string, cause: string, started_at: number, ended_at?: number, outcome?: string, step?: string, step_at?: number, step_outcome?: string}} LedgerRow */
 /** Therapist only: the session's disruptions. @typedef {{type: 'ledger', rows: LedgerRow[]}} Ledger */
-/** @typedef {Welcome|Waiting|Lobby|PeerJoined|PresenceChanged|ServerSdp|ServerCandidate|ServerRestart|Pong|PeerMedia|MuteRequest|RoomChanged|ErrorMessage|Bye|Quality|FallbackAction|Notice|CallPrompt|Ledger} ServerMessage */
+/** Your fallback plan changed (a corrected number). @typedef {{type: 'plan', fallback: FallbackPlan}} PlanChanged */
+/** @typedef {Welcome|Waiting|Lobby|PeerJoined|PresenceChanged|ServerSdp|ServerCandidate|ServerRestart|Pong|PeerMedia|MuteRequest|RoomChanged|ErrorMessage|Bye|Quality|FallbackAction|Notice|CallPrompt|Ledger|PlanChanged} ServerMessage */
 /** @typedef {'ice_restart'|'fresh_connection'|'page_rejoin'} RejoinStep */
 
 /** Why the server closes a socket (CloseReason in protocol.py). */
@@ -108,7 +110,7 @@ const FINAL_REASONS = new Set([
 /** Error codes that refuse the join itself; reconnecting would be refused again. */
 export const JOIN_REFUSALS = Object.freeze(new Set([
   'bad_link', 'link_expired', 'link_revoked', 'room_ended', 'room_full', 'room_locked',
-  'unsupported_version',
+  'unsupported_version', 'too_early', 'session_over',
 ]));
 
 /** The join token from a page path like `/j/<token>`. */
@@ -518,6 +520,18 @@ export class SignalingClient {
   /** How a rejoin step the server asked for went. @param {RejoinStep} step */
   rejoinResult(step, ok) {
     return this.send({ type: 'rejoin_result', step, ok: Boolean(ok) });
+  }
+
+  // A partner's check-in.
+
+  /** Partner: the checklist's answers (sent on joining and on every change). @param {CheckInAnswers} answers */
+  checkIn(answers) {
+    return this.send({ type: 'check_in', answers });
+  }
+
+  /** Partner: confirm the number the therapist would call (no argument) or give another. */
+  confirmPhone(phone = null) {
+    return this.send(phone ? { type: 'confirm_phone', phone } : { type: 'confirm_phone' });
   }
 
   /** Therapist: ask for the session's disruption ledger. */

@@ -159,9 +159,42 @@ function showEndedLedger(reason) {
   $('ended-ledger').hidden = false;
 }
 
+/** ✓ or — per answer, read out as words. */
+const CHECKS = [['private_space', 'private space'], ['headphones', 'headphones'], ['charged', 'charged'], ['not_driving', 'not driving']];
+
+/**
+ * A waiting partner's check-in in one line: "Sam: private space ✓, headphones —, charged ✓,
+ * not driving ✓", then a moving car and whether they confirmed their number.
+ * @param {import('./signaling.js').WaitingPerson} person
+ * @returns {{text: string, spoken: string, warn: boolean}}
+ */
+function checkInLine(person) {
+  const a = person.checkin;
+  const parts = [];
+  const spoken = [];
+  if (!a) {
+    parts.push('has not answered the checklist yet');
+    spoken.push(parts[0]);
+  } else {
+    for (const [key, words] of CHECKS) {
+      parts.push(`${words} ${a[key] ? '✓' : '—'}`);
+      spoken.push(`${words} ${a[key] ? 'yes' : 'no'}`);
+    }
+  }
+  let text = `${person.name}: ${parts.join(', ')}`;
+  let said = `${person.name}: ${spoken.join(', ')}`;
+  if (a?.moving_car) {
+    text += '. In a moving car: asked to park first';
+    said += '. In a moving car: asked to park first';
+  }
+  const phone = { confirmed: '. Phone number confirmed', corrected: '. Gave a new phone number' }[person.phone] ?? '';
+  return { text: text + phone, spoken: said + phone, warn: Boolean(a?.moving_car) };
+}
+
 /**
  * The waiting room list, updated from each `lobby` message. Rows stay in place while their
- * person waits, so keyboard focus on an Admit button is not lost when someone else arrives.
+ * person waits, so keyboard focus on an Admit button is not lost when someone else arrives;
+ * their check-in line follows their answers.
  */
 function showLobby(waiting) {
   const list = $('lobby-list');
@@ -175,19 +208,30 @@ function showLobby(waiting) {
     li.remove();
   }
   for (const person of waiting) {
-    if (rows.has(person.id)) continue;
-    list.append(el('li', { 'data-person': person.id },
-      el('span', { text: person.name }),
-      el('button', {
-        type: 'button', className: 'button primary small', text: `Admit ${person.name}`,
-        onclick: (event) => {
-          event.currentTarget.disabled = true;
-          event.currentTarget.textContent = `Admitting ${person.name}…`;
-          page.signaling.admit(person.id);
-        },
-      })));
-    announce(`${person.name} is waiting to join.`);
-    arrived = true;
+    let row = rows.get(person.id);
+    if (!row) {
+      row = el('li', { 'data-person': person.id },
+        el('p', { className: 'lobby-checkin' }),
+        el('button', {
+          type: 'button', className: 'button primary small', text: `Admit ${person.name}`,
+          onclick: (event) => {
+            event.currentTarget.disabled = true;
+            event.currentTarget.textContent = `Admitting ${person.name}…`;
+            page.signaling.admit(person.id);
+          },
+        }));
+      list.append(row);
+      announce(`${person.name} is waiting to join.`);
+      arrived = true;
+    }
+    const line = checkInLine(person);
+    const node = row.querySelector('.lobby-checkin');
+    if (node.textContent !== line.text) {
+      node.textContent = line.text;
+      node.setAttribute('aria-label', line.spoken);
+      node.classList.toggle('warn', line.warn);
+      if (line.warn && !arrived) announce(`${person.name} is in a moving car and was asked to park first.`);
+    }
   }
   $('lobby-empty').hidden = waiting.length > 0;
   // A background tab shows the count in its title; a soft chime says someone arrived.

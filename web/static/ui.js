@@ -97,6 +97,17 @@ export function describeTime(when, now = new Date()) {
   return words;
 }
 
+/**
+ * How long until the session, for the check before it: "Your session starts at 3:00 PM, in
+ * 22 minutes"; once it has begun, "Your session started at 3:00 PM".
+ */
+export function countdownText(startsMs, nowMs = Date.now()) {
+  const clock = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' }).format(new Date(startsMs));
+  const minutes = Math.ceil((startsMs - nowMs) / 60000);
+  if (minutes <= 0) return `Your session started at ${clock}`;
+  return `Your session starts at ${clock}, in ${minutes} minute${minutes === 1 ? '' : 's'}`;
+}
+
 /** Rewrite server-rendered times (in UTC) into the reader's time zone. */
 export function localizeTimes(root = document) {
   for (const node of root.querySelectorAll('time[datetime]')) {
