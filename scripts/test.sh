@@ -42,7 +42,10 @@ mkdir -p test-artifacts
 # machine busy with browsers would blur those timings.
 phase() {
   local rc=0
-  .venv/bin/python -m pytest -p no:cacheprovider -q "$@" || rc=$?
+  # Native tracebacks: Python 3.11.7 can fail inside pytest's own AST-based traceback
+  # formatting ("AST constructor recursion depth mismatch"), turning one failure into an internal
+  # error that stops the whole run.
+  .venv/bin/python -m pytest -p no:cacheprovider -q --tb=native "$@" || rc=$?
   # Exit 5 is "no test collected": fine when the caller's -k selected none of this phase.
   if [ "$rc" -eq 5 ] && [ "$USER_ARGS" -gt 0 ]; then rc=0; fi
   return "$rc"
