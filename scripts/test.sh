@@ -38,8 +38,9 @@ fi
 
 mkdir -p test-artifacts
 # Two phases: everything else on two workers (the browser suite on one of them), then the
-# network-fault suite alone, because it asserts how fast a cut is noticed and healed and a
-# machine busy with browsers would blur those timings.
+# network-fault suite and the tests marked alone, by themselves, because they time how fast
+# things are noticed and healed (or load the machine on purpose), and a
+# second worker busy with browsers would blur those timings.
 phase() {
   local rc=0
   # Native tracebacks: Python 3.11.7 can fail inside pytest's own AST-based traceback
@@ -52,6 +53,6 @@ phase() {
 }
 USER_ARGS=$#
 echo "==> running the tests (phase 1 of 2: two workers)"
-phase -n 2 --dist loadgroup -m "not netns" "$@"
-echo "==> running the tests (phase 2 of 2: network faults, alone)"
-phase -m netns "$@"
+phase -n 2 --dist loadgroup -m "not netns and not alone" "$@"
+echo "==> running the tests (phase 2 of 2: network faults and other timing tests, alone)"
+phase -m "netns or alone" "$@"

@@ -78,6 +78,8 @@ async def judged(page: Page, attempts: int = 4) -> tuple[dict[str, str], list[di
     raise AssertionError(f"every check was starved: {starved}")
 
 
+# Alone: its CPU hogs would starve whatever ran beside it on the other worker.
+@pytest.mark.alone
 async def test_a_busy_machine_is_never_told_its_network_is_weak(
     server: RunningServer, browser: Browser, people: list[Person],  # noqa: F811
 ) -> None:

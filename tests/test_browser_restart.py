@@ -34,7 +34,8 @@ from tests.restart_call import (
     texts_since,
 )
 
-pytestmark = pytest.mark.browser
+# Alone: it times pages coming back after a restart, which a busy second worker would blur.
+pytestmark = [pytest.mark.browser, pytest.mark.alone]
 
 # What "back in order" must take at most, from the server answering again.
 BACK_WITHIN_S = 5.0
