@@ -104,8 +104,7 @@ async def test_caddy_keeps_the_metrics_inside(proxied: tuple[Caddy, RunningServe
             assert response.status == 404 and "telehealth_" not in await response.text()
         async with outside.get(f"{caddy.base_url}/healthz") as response:
             assert response.status == 200
-    async with aiohttp.ClientSession() as inside, inside.get(f"http://127.0.0.1:{server.config.port}/metrics") as response:
-        assert response.status == 200 and "telehealth_websocket_connections" in await response.text()
+    # Inside, metrics need the bearer token (tests/test_proxy_metrics.py reads them through it).
 
 
 @pytest.mark.browser

@@ -22,7 +22,7 @@ DEPLOYMENT = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md")
 
 
 def caddy_example() -> str:
-    found = re.search(r"```\n(video\.clinic\.example \{\n.*?\n\})\n```", DEPLOYMENT, re.S)
+    found = re.search(r"```\n(\{\$TELEHEALTH_SITE:localhost\} \{\n.*?\n\})\n```", DEPLOYMENT, re.S)
     assert found, "the Caddy example is gone from docs/deployment.md"
     return found.group(1)
 
@@ -85,8 +85,11 @@ async def test_the_documented_caddy_configuration_does_not_forward_metrics(
     metrics_server: RunningServer, tmp_path: Path,
 ) -> None:
     port = free_port()
-    site = caddy_example().replace("video.clinic.example", f"http://127.0.0.1:{port}").replace(
-        "127.0.0.1:8080", f"127.0.0.1:{metrics_server.config.port}")
+    # The documented block over plain http on loopback: its site and upstream filled in, and
+    # its local-CA TLS left out (tests/test_proxy.py runs it with TLS).
+    site = caddy_example().replace("{$TELEHEALTH_SITE:localhost}", f"http://127.0.0.1:{port}").replace(
+        "{$TELEHEALTH_UPSTREAM:127.0.0.1:8080}", f"127.0.0.1:{metrics_server.config.port}").replace(
+        "\ttls internal\n", "")
     (tmp_path / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site + "\n")
     env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     proxied = f"http://127.0.0.1:{port}"
