@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh Debian machine, then runs them.
-# System packages: Chromium (browser tests), coturn (TURN relay), Caddy (the reverse proxy),
+# System packages: Chromium (browser tests), coturn (TURN relay), Caddy and nginx (the two
+# documented reverse proxies),
 # iproute2/nftables/iptables (network namespaces and faults), systemd (systemd-analyze checks
 # deploy/telehealth.service), prometheus (its promtool checks the alert rules, and one test
 # scrapes the server with it). Python packages go into .venv. Extra pytest arguments pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium coturn caddy iproute2 nftables iptables procps systemd prometheus)
+APT_PACKAGES=(chromium coturn caddy nginx iproute2 nftables iptables procps systemd prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -16,12 +17,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing ${missing[*]}"
+  # The tests run their own coturn, Caddy, nginx and Prometheus on free ports; the packages'
+  # system services are not wanted, and Caddy and nginx would fight over port 80 at install.
+  # Containers already refuse service starts with a policy-rc.d; elsewhere, refuse them here.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$policy" ] || $SUDO rm -f "$policy"
 fi
-# The packages start a system coturn on 3478, a Caddy on 80 and a Prometheus on 9090; tests
-# run their own on free ports.
-systemctl stop coturn caddy prometheus >/dev/null 2>&1 || true
+# Where services were started anyway (installed earlier), stop them.
+systemctl stop coturn caddy nginx prometheus >/dev/null 2>&1 || true
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
