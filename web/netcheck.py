@@ -4,7 +4,9 @@
 - ``POST /j/{token}/netcheck``: an SDP offer for the probe (media/probe.py); its answer.
   Round trip and loss are measured on that connection, the path a call's media takes.
 - ``GET  /j/{token}/netcheck/down?bytes=N``: N incompressible bytes, as fast as TCP takes
-  them; the page times their arrival (download speed).
+  them; the page times their arrival (download speed). The socket's send buffer is sized to
+  hold the whole body, so the kernel paces it from the first write on: a busy server loop
+  cannot make a narrow link's figure lower than the link.
 - ``POST /j/{token}/netcheck/up``: a body of up to ``MAX_TRANSFER_BYTES``, read and dropped;
   the reply says how many bytes came and how late the server's loop has been waking lately,
   so the page can tell a busy server from a slow network.
@@ -16,7 +18,9 @@ link; at most ``NetworkProbe.max_transfers`` transfers run at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 
 import msgspec
@@ -101,6 +105,7 @@ async def netcheck_down(request: web.Request) -> web.StreamResponse:
     response.content_length = size
     try:
         with request.app[PROBE].transfer():
+            _buffer_whole_body(request, size)
             await response.prepare(request)
             left = size
             while left > 0:
@@ -114,6 +119,18 @@ async def netcheck_down(request: web.Request) -> web.StreamResponse:
         # The page stops reading once it has timed enough; that ends the transfer early.
         pass
     return response
+
+
+def _buffer_whole_body(request: web.Request, size: int) -> None:
+    """Let the kernel take the whole body at once (up to net.core.wmem_max; Linux grants at
+    least 200 KiB by default, which covers every download a narrow link gets), so that the
+    transfer is paced by TCP alone, never by when this loop next gets the CPU."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size + CHUNK_BYTES)
 
 
 async def netcheck_up(request: web.Request) -> web.StreamResponse:

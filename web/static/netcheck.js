@@ -11,6 +11,13 @@
 // - whether the measurement itself was starved: how late this page's own timers fire while
 //   it runs (a busy computer), and how late the server's loop has been waking (reported by
 //   the server). A verdict never blames the network for what a starved measurement saw.
+//
+// A busy computer runs this page's scripts late, not its network: so every figure the verdict
+// rests on is timed where the bytes move, not by this page's scripts. Transfers are timed by
+// the browser's network stack (their Resource Timing entries), the round trip also by the ICE
+// agent's own checks (the selected pair's round trip, timed on WebRTC's network thread).
+// Only what the page timed itself (ping echoes, and transfers when a browser gives no timing
+// entry) is set aside when the page was starved.
 // `verdict` turns the numbers into words.
 //
 // When the server hands out a TURN relay, the check also proves the relay works from this
@@ -18,8 +25,17 @@
 // networks that block UDP), and makes a real relay-only connection to the probe. Without a
 // relay configured it says nothing about relays: there is nothing the person could do.
 
-const UPLOAD_FIRST = 64 * 1024;
+const TRANSFER_FIRST = 64 * 1024;
 const TRANSFER_MAX = 4 * 1024 * 1024;
+// What the browser's network stack buffers for a download the page has not read yet (Chromium
+// gives a fetch body a data pipe of 512 KiB; half, to be safe): a page stalled for less than
+// it takes the link to fill this never slowed the download's network-timed figure.
+const UNREAD_BYTES = 256 * 1024;
+// A download this small the server hands to its kernel in one go (web/netcheck.py sizes the
+// socket's buffer to the body; Linux grants at least this much by default): the server's loop
+// does not pace it. An upload this small fits the server's receive buffer whole, so a busy
+// server can only be late with its reply, by at most its longest stall.
+const SERVER_BUFFERS_BYTES = 200 * 1024;
 
 /**
  * @typedef {{udp: boolean|null, tcp: boolean|null, connected: boolean|null, rtt_ms: number|null}} RelayResult
@@ -35,8 +51,13 @@ const TRANSFER_MAX = 4 * 1024 * 1024;
 /**
  * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
  *            down_kbps: number|null, up_kbps: number|null, candidate: string|null,
+ *            ice_rtt_ms?: number|null, speed_timed_by?: 'network'|'page'|null,
  *            relay_only?: boolean, relay: RelayResult|null, error?: string,
  *            page_lag?: Lateness|null, server_lag?: Lateness|null, hidden?: boolean}} CheckResult
+ * rtt_ms: the pings' median (timed by this page); ice_rtt_ms: the ICE agent's own round trip
+ * on the selected pair (timed on WebRTC's network thread).
+ * speed_timed_by: 'network' when both transfers were timed by the browser's network stack,
+ * 'page' when either was timed by this page's scripts (no timing entry).
  * relay_only: the server runs every call through the relay, so the check did too.
  * page_lag: this page's timers; server_lag: the server's loop (as it reported);
  * hidden: the page was in the background for part of the check (browsers slow its timers).
@@ -204,13 +225,16 @@ export async function runNetworkCheck({
   RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
   now = () => globalThis.performance.now(), timers = globalThis, onStage = () => {},
   pings = 200, pingEveryMs = 10, downMs = 1500, upMs = 1500, connectTimeoutMs = 10000, relayTimeoutMs = 5000,
-  signal = null, isHidden = undefined,
+  signal = null, isHidden = undefined, perf = globalThis.performance,
 }) {
   /** @type {CheckResult} */
   const result = {
     connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
+    ice_rtt_ms: null, speed_timed_by: null,
     relay_only: false, relay: null, page_lag: null, server_lag: null, hidden: false,
   };
+  // Room for this check's timing entries, however many checks the page ran before.
+  perf?.setResourceTimingBufferSize?.(Math.max(250, (perf.getEntriesByType?.('resource').length ?? 0) + 50));
   let iceServers = [];
   try {
     const response = await fetchImpl(url, { credentials: 'omit', cache: 'no-store' });
@@ -223,7 +247,7 @@ export async function runNetworkCheck({
   } catch (error) {
     // Without the server's ICE list we still try directly.
   }
-  const io = { url, fetchImpl, RTCPeerConnectionImpl, now, timers, connectTimeoutMs, signal };
+  const io = { url, fetchImpl, RTCPeerConnectionImpl, now, timers, connectTimeoutMs, signal, perf };
   const relays = relayServers(iceServers);
   const relayConfigured = relays.udp.length > 0 || relays.tcp.length > 0;
   // Asking the relay for an address costs next to nothing: do it while the main check runs.
@@ -312,6 +336,8 @@ async function checkConnection(result, iceServers, {
     result.candidate = await selectedCandidateType(pc);
     if (!signal?.aborted) await checkSpeed(result, { ...io, now, timers, onStage, downMs, upMs, signal });
     Object.assign(result, echoes.summary());
+    // Read last: by now the ICE agent has checked the pair a few times more.
+    result.ice_rtt_ms = await iceRoundTrip(pc);
   } catch (error) {
     result.error = (error && error.message) || 'failed';
   } finally {
@@ -323,13 +349,16 @@ async function checkConnection(result, iceServers, {
 }
 
 /** Download then upload speed over plain HTTP to the server. */
-async function checkSpeed(result, { url, fetchImpl, now, timers, onStage, downMs, upMs, signal }) {
+async function checkSpeed(result, { url, fetchImpl, now, timers, onStage, downMs, upMs, signal, perf }) {
   try {
     onStage('download');
-    result.down_kbps = await measureDown(url, { fetchImpl, now, timers, downMs, signal });
+    const down = await measureDown(url, { fetchImpl, now, timers, downMs, signal, perf });
+    result.down_kbps = down.kbps;
     onStage('upload');
-    const up = await measureUp(url, { fetchImpl, now, timers, upMs, signal });
+    const up = await measureUp(url, { fetchImpl, now, timers, upMs, signal, perf });
     result.up_kbps = up.kbps;
+    result.speed_timed_by = down.timedBy === 'network' && up.timedBy === 'network' ? 'network' : 'page';
+    Object.assign(result, { down_bytes: down.bytes, up_bytes: up.bytes, up_ms: up.ms });
     result.server_lag = up.serverLag;
   } catch (error) {
     if (!signal?.aborted) result.error = (error && error.message) || 'failed';
@@ -414,32 +443,86 @@ async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
   return echoes.summary();
 }
 
+let requestSerial = 0;
+
+/** A URL of its own for each transfer, so that its Resource Timing entry is found by name. */
+function transferUrl(path) {
+  requestSerial += 1;
+  const href = `${path}${path.includes('?') ? '&' : '?'}n=${requestSerial}`;
+  return { href, absolute: new URL(href, globalThis.location?.href ?? 'http://localhost/').href };
+}
+
 /**
- * Download speed in kbit/s: up to TRANSFER_MAX bytes as fast as they come, read for at most
- * `downMs` after the first arrives (then we stop reading and the server stops sending).
- * Timed from the first chunk's arrival to the last's, so connection setup is not counted.
+ * The Resource Timing entry of a finished request: its times are taken by the browser's network
+ * stack as bytes arrive and leave, so a page too busy to run its scripts on time does not
+ * stretch them. null when the browser gives none (then the page's own clock must do).
  */
-async function measureDown(url, { fetchImpl, now, timers, downMs, signal }) {
+async function timingEntry(perf, absolute, { now, timers, waitMs = 2000 }) {
+  if (!perf?.getEntriesByName) return null;
+  // The entry is queued once the response is complete, a task after the body was read.
+  const until = now() + waitMs;
+  for (;;) {
+    const entries = perf.getEntriesByName(absolute, 'resource');
+    const entry = entries[entries.length - 1];
+    if (entry && entry.responseEnd > 0 && entry.responseStart > 0) return entry;
+    if (now() >= until) return null;
+    await sleep(20, timers);
+  }
+}
+
+/** The size of the next transfer: aimed at about half the time left, at most 16 times more. */
+function nextSize(size, ms, budgetMs) {
+  return Math.min(TRANSFER_MAX, Math.round(size * Math.min(16, Math.max(2, budgetMs / 2 / Math.max(ms, 1)))));
+}
+
+/**
+ * Download speed in kbit/s: GETs of a known size that grow until one takes long enough to time
+ * well (or `downMs` is spent), each timed from the first byte of its response to the last
+ * (connection setup and the request's trip are not counted). Timed by the network stack when
+ * the browser gives a timing entry; by this page's clock otherwise, or when our own timer cut
+ * a transfer short (a link this slow is weak however it is timed).
+ * @returns {Promise<{kbps: number|null, timedBy: 'network'|'page'|null, bytes: number|null}>}
+ */
+async function measureDown(url, { fetchImpl, now, timers, downMs, signal, perf }) {
+  let size = TRANSFER_FIRST;
+  let out = { kbps: null, timedBy: null, bytes: null };
+  const began = now();
+  for (;;) {
+    const { href, absolute } = transferUrl(`${url}/down?bytes=${size}`);
+    const got = await downloadOnce(href, { fetchImpl, now, timers, signal, giveUpMs: downMs + 8000 });
+    const entry = got.complete ? await timingEntry(perf, absolute, { now, timers }) : null;
+    const ms = entry ? entry.responseEnd - entry.responseStart : got.pageMs;
+    if (got.bytes > 0 && ms > 0) {
+      out = { kbps: Math.round((got.bytes * 8) / ms), timedBy: entry ? 'network' : 'page', bytes: got.bytes };
+    }
+    if (!got.complete || ms >= downMs / 3 || now() - began >= downMs || size >= TRANSFER_MAX) break;
+    size = nextSize(size, ms, downMs);
+  }
+  return out;
+}
+
+/** One download, read to its end (or until `giveUpMs`); the page's own timing of it as well. */
+async function downloadOnce(href, { fetchImpl, now, timers, signal, giveUpMs }) {
   const stop = new AbortController();
   const abort = () => stop.abort();
   signal?.addEventListener('abort', abort);
-  const give = timers.setTimeout(abort, downMs + 8000);
+  const give = timers.setTimeout(abort, giveUpMs);
   let first = null;
   let last = 0;
   let bytes = 0;
+  let complete = false;
   try {
-    const response = await fetchOrWait(fetchImpl, `${url}/down?bytes=${TRANSFER_MAX}`,
+    const response = await fetchOrWait(fetchImpl, href,
       { credentials: 'omit', cache: 'no-store', signal: stop.signal }, timers);
+    first = now();
     const reader = response.body.getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      const at = now();
-      if (first === null) first = at;
-      else bytes += value.byteLength;
-      last = at;
-      if (at - first >= downMs) break;
+      bytes += value.byteLength;
+      last = now();
     }
+    complete = true;
   } catch (error) {
     if (error instanceof ProbeRefused || signal?.aborted) throw error;
     // Cut short by our own timer: what arrived until then still counts.
@@ -448,47 +531,83 @@ async function measureDown(url, { fetchImpl, now, timers, downMs, signal }) {
     signal?.removeEventListener('abort', abort);
     stop.abort();
   }
-  return bytes > 0 && last > first ? Math.round((bytes * 8) / (last - first)) : null;
+  return { bytes, complete, pageMs: first !== null && last > first ? last - first : 0 };
 }
 
 /**
  * Upload speed in kbit/s: POSTs that grow until one takes long enough to time well (or the
- * time is spent), each timed from sending to the server's reply, so it errs low by a round
- * trip. The last reply also says how late the server's loop has been waking.
+ * time is spent), each timed from sending the request to the first byte of the server's reply
+ * (so it errs low by a round trip), by the network stack when the browser gives a timing
+ * entry. The last reply also says how late the server's loop has been waking.
+ * @returns {Promise<{kbps: number|null, timedBy: 'network'|'page'|null, bytes: number|null, ms: number|null,
+ *                    serverLag: Lateness|null}>}
  */
-async function measureUp(url, { fetchImpl, now, timers, upMs, signal }) {
-  let size = UPLOAD_FIRST;
-  let kbps = null;
-  let serverLag = null;
+async function measureUp(url, { fetchImpl, now, timers, upMs, signal, perf }) {
+  let size = TRANSFER_FIRST;
+  let out = { kbps: null, timedBy: null, bytes: null, ms: null, serverLag: null };
   const began = now();
   for (;;) {
+    const { href, absolute } = transferUrl(`${url}/up`);
     const sent = now();
-    const response = await fetchOrWait(fetchImpl, `${url}/up`, {
+    const response = await fetchOrWait(fetchImpl, href, {
       method: 'POST', credentials: 'omit', cache: 'no-store', signal,
       headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array(size),
     }, timers);
+    const answered = now();
     const reply = await response.json();
-    const ms = now() - sent;
-    if (reply.bytes === size && ms > 0) kbps = Math.round((size * 8) / ms);
-    serverLag = reply.server_lag_ms ?? null;
+    const entry = await timingEntry(perf, absolute, { now, timers });
+    const ms = entry ? entry.responseStart - entry.requestStart : answered - sent;
+    if (reply.bytes === size && ms > 0) {
+      out = { ...out, kbps: Math.round((size * 8) / ms), timedBy: entry ? 'network' : 'page', bytes: size, ms: Math.round(ms) };
+    }
+    out.serverLag = serverLateness(reply.server_lag_ms);
     if (ms >= upMs / 3 || now() - began >= upMs || size >= TRANSFER_MAX) break;
-    // Aim the next one at about half the time left.
-    size = Math.min(TRANSFER_MAX, Math.round(size * Math.min(16, Math.max(2, upMs / 2 / ms))));
+    size = nextSize(size, ms, upMs);
   }
-  return { kbps, serverLag };
+  return out;
+}
+
+/** The server's report of its loop's lateness ({p90, max} in ms), as a Lateness. */
+function serverLateness(reported) {
+  if (!reported || typeof reported.p90 !== 'number' || typeof reported.max !== 'number') return null;
+  return { p90_ms: reported.p90, max_ms: reported.max };
+}
+
+/**
+ * The ICE agent's own round trip on the selected pair, in ms: its connectivity checks are
+ * timed on WebRTC's network thread, not by this page's scripts. null when not reported.
+ */
+async function iceRoundTrip(pc) {
+  try {
+    const report = await pc.getStats();
+    const pair = selectedPair(report);
+    if (!pair) return null;
+    if (pair.responsesReceived > 0 && typeof pair.totalRoundTripTime === 'number') {
+      return Math.round((pair.totalRoundTripTime / pair.responsesReceived) * 10000) / 10;
+    }
+    if (typeof pair.currentRoundTripTime === 'number') return Math.round(pair.currentRoundTripTime * 10000) / 10;
+  } catch (error) {
+    // Not worth failing the check over.
+  }
+  return null;
+}
+
+function selectedPair(report) {
+  // The transport points at the pair in use (Chromium, Safari); Firefox flags it instead.
+  let pair = null;
+  for (const s of report.values()) {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? null;
+  }
+  for (const s of report.values()) {
+    if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
+  }
+  return pair;
 }
 
 async function selectedCandidateType(pc) {
   try {
     const report = await pc.getStats();
-    // The transport points at the pair in use (Chromium, Safari); Firefox flags it instead.
-    let pair = null;
-    for (const s of report.values()) {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? null;
-    }
-    for (const s of report.values()) {
-      if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
-    }
+    const pair = selectedPair(report);
     if (!pair) return null;
     const local = report.get(pair.localCandidateId);
     const remote = report.get(pair.remoteCandidateId);
@@ -513,28 +632,83 @@ const UNREACHABLE = {
  * streams and receives two. `relay` is a line about the TURN relay, empty when none is set up.
  * @param {CheckResult} r
  * @param {{audience?: 'partner'|'therapist'}} [options]
- * A verdict is about the path. When the measurement was starved (this computer, the page in
- * the background, or the server too busy) and saw anything short of good, the words say so
- * instead of blaming the network: a busy machine delays echoes and transfers as a weak
- * network would, and "switch to mobile data" would be the wrong advice.
+ * A verdict is about the path. A busy computer or server delays echoes and transfers as a weak
+ * network would, and "switch to mobile data" would be the wrong advice. So when the
+ * measurement was starved (this computer, the page in the background, or the server too busy),
+ * the path is judged on what the starvation cannot have spoiled (`trusted`): loss, the ICE
+ * agent's round trip, transfers timed by the network stack. Short of good on those, that is
+ * the network's doing and the verdict says so; good on those but not on the rest, the words
+ * say the measurement was starved instead of guessing.
  * @returns {{level: 'good'|'relayed'|'choppy'|'weak'|'failed'|'busy'|'unmeasured', label: string,
  *            advice: string, numbers: string, relay: string}}
  */
 export function verdict(r, { audience = 'partner' } = {}) {
   const words = pathVerdict(r, audience);
   if (r.error === 'rate_limited') return { ...words, ...SERVER_BUSY };
-  if (words.level === 'good' || words.level === 'relayed') return words;
+  // Starvation only ever makes a path look worse: good is good.
+  if (isFine(words)) return words;
   // Connected, then something broke before every figure was in: no figure, no guess.
   const incomplete = r.connected && r.error && [r.rtt_ms, r.loss, r.down_kbps, r.up_kbps].includes(null);
+  const pageStarved = Boolean(r.hidden) || starved(r.page_lag);
+  const serverStarved = starved(r.server_lag);
+  if (!pageStarved && !serverStarved) return incomplete ? { ...words, ...INCOMPLETE } : words;
+  if (r.connected) {
+    const kept = trusted(r, { pageStarved, serverStarved });
+    const keptWords = pathVerdict(kept.figures, audience);
+    // Short of good on what the starvation cannot have spoiled, that is the network's doing;
+    // good on every figure of the path, timed where starvation does not reach, the path is good.
+    if (!isFine(keptWords) || kept.complete) {
+      return { ...keptWords, numbers: describeNumbers(kept.rttByIce ? { ...r, rtt_ms: r.ice_rtt_ms } : r) };
+    }
+  }
   // In the background the browser slows the page's timers on purpose: say that, not "busy".
-  const starvedWords = (r.hidden && IN_BACKGROUND) || (starved(r.page_lag) && COMPUTER_BUSY)
-    || (starved(r.server_lag) && SERVER_BUSY);
-  if (!starvedWords) return incomplete ? { ...words, ...INCOMPLETE } : words;
-  // Lost pings are the network's doing however busy the machine (late echoes are not counted
-  // as lost): judged on loss alone, that part of the verdict still holds.
-  const byLoss = r.connected ? pathVerdict({ ...r, rtt_ms: 0, down_kbps: Infinity, up_kbps: Infinity }, audience) : null;
-  if (byLoss && byLoss.level !== 'good' && byLoss.level !== 'relayed') return { ...byLoss, numbers: words.numbers };
+  const starvedWords = (r.hidden && IN_BACKGROUND) || (pageStarved && COMPUTER_BUSY) || SERVER_BUSY;
   return { ...words, ...starvedWords };
+}
+
+function isFine(words) {
+  return words.level === 'good' || words.level === 'relayed';
+}
+
+/**
+ * The figures of a starved check, each kept if the starvation cannot have spoiled it and set to
+ * its best otherwise (no delay, unlimited speed), so that only the kept ones can fail the path;
+ * `complete` when every figure was kept.
+ * Kept: loss (only echoes that never came count, and a stall delays echoes, it does not drop
+ * them); the ICE agent's round trip (timed on WebRTC's network thread, not the page's); transfers
+ * timed by the network stack as bytes move (a download the page is slow to read waits only once
+ * the browser's buffer for it is full: not while the page's longest stall is shorter than the
+ * link takes to fill it). A busy server delays the round trips (it answers them); not a download
+ * small enough to go to its kernel whole, and an upload that fits its receive buffer only by
+ * the server's longest stall.
+ */
+function trusted(r, { pageStarved, serverStarved }) {
+  const figures = { ...r };
+  let complete = r.loss !== null;
+  // A figure good as measured needs no trust (starvation only makes figures worse).
+  const setAside = (key, best, goodEnough) => {
+    figures[key] = best;
+    if (!goodEnough) complete = false;
+  };
+  const rttByIce = !serverStarved && typeof r.ice_rtt_ms === 'number';
+  if (rttByIce) figures.rtt_ms = r.ice_rtt_ms;
+  else setAside('rtt_ms', 0, r.rtt_ms !== null && r.rtt_ms <= GOOD.rtt_ms);
+  const byNetwork = r.speed_timed_by === 'network';
+  const longestStall = r.hidden ? Infinity : (r.page_lag?.max_ms ?? 0);
+  const fillsUnread = r.down_kbps > 0 && longestStall >= (UNREAD_BYTES * 8) / r.down_kbps;
+  const serverPaced = serverStarved && !(r.down_bytes > 0 && r.down_bytes <= SERVER_BUFFERS_BYTES);
+  if (r.down_kbps === null || serverPaced || (pageStarved && (!byNetwork || fillsUnread))) {
+    setAside('down_kbps', Infinity, r.down_kbps !== null && r.down_kbps >= GOOD.down_kbps);
+  }
+  if (r.up_kbps === null || (pageStarved && !byNetwork)) {
+    setAside('up_kbps', Infinity, r.up_kbps !== null && r.up_kbps >= GOOD.up_kbps);
+  } else if (serverStarved) {
+    // At best the server's reply was late by its longest stall.
+    const fits = r.up_bytes > 0 && r.up_bytes <= SERVER_BUFFERS_BYTES && r.up_ms > r.server_lag.max_ms;
+    const best = fits ? Math.round((r.up_bytes * 8) / (r.up_ms - r.server_lag.max_ms)) : Infinity;
+    setAside('up_kbps', best, r.up_kbps >= GOOD.up_kbps || (fits && best < GOOD.up_kbps));
+  }
+  return { figures, complete, rttByIce };
 }
 
 const INCOMPLETE = {
@@ -592,16 +766,20 @@ function pathVerdict(r, audience) {
   return { ...words, advice: `Your network only allows a relayed connection. ${words.advice}` };
 }
 
+// What a path must reach to be good, or at least choppy. Loss is of round trips (a ping or its
+// echo lost): 4 % each way is about 8 %.
+const GOOD = { rtt_ms: 250, loss: 0.03, down_kbps: 1500, up_kbps: 1200 };
+const CHOPPY = { rtt_ms: 500, loss: 0.15, down_kbps: 350, up_kbps: 300 };
+
 function qualityWords(r) {
   const rtt = r.rtt_ms ?? Infinity;
   const loss = r.loss ?? 1;
   const down = r.down_kbps ?? 0;
   const up = r.up_kbps ?? 0;
-  // Loss is of round trips (a ping or its echo lost): 4 % each way is about 8 %.
-  if (rtt <= 250 && loss <= 0.03 && down >= 1500 && up >= 1200) {
+  if (rtt <= GOOD.rtt_ms && loss <= GOOD.loss && down >= GOOD.down_kbps && up >= GOOD.up_kbps) {
     return { level: 'good', label: 'Good', advice: 'Your connection is good for video.' };
   }
-  if (rtt <= 500 && loss <= 0.15 && down >= 350 && up >= 300) {
+  if (rtt <= CHOPPY.rtt_ms && loss <= CHOPPY.loss && down >= CHOPPY.down_kbps && up >= CHOPPY.up_kbps) {
     return {
       level: 'choppy',
       label: 'May be choppy',
