@@ -20,12 +20,14 @@ Reported:
   and all sessions together.
 
 The browsers share this machine with the server; in a clinic they are on the partners' own
-computers. So the server and the live sessions' clients run ahead of them (``--server-nice``,
-default -10, as bench/signaling.py does; 0 lets them compete), and the browsers ahead of the
-machine's other work (``--browser-nice``, default -5: on a shared machine other people's
-tests would otherwise starve the partners' pages, which a partner's own computer does not),
-but behind the server. A page that took longer than ``CHECK_TIMEOUT_S`` to load and check is
-"unfinished".
+computers. So the server and the live sessions' clients run ahead of them: with a real-time
+round-robin policy (``--server-rt``, the default; root only), so that the browsers' CPU
+cannot delay a relay and what the live sessions measure is the server's own work, the checks
+included; or at ``--server-nice`` (default -10, as bench/signaling.py does; 0 lets them
+compete) with ``--no-server-rt``. The browsers run ahead of the machine's other work
+(``--browser-nice``, default -5: on a shared machine other people's tests would otherwise
+starve the partners' pages, which a partner's own computer does not). A page that took
+longer than ``CHECK_TIMEOUT_S`` to load and check is "unfinished".
 
 ``--server-root DIR`` runs the server (and so the page and its scripts) from another source
 tree, e.g. ``git archive main | tar -x -C /tmp/before``: the same burst against an older check.
@@ -97,6 +99,20 @@ async def one_check(browser: Browser, link: str, at: float) -> dict[str, Any]:
             await context.close()
 
 
+def run_ahead(pid: int, opts: argparse.Namespace) -> str:
+    """Put a process (every thread of it) ahead of the browsers; says how."""
+    raise_priority(pid, opts.server_nice)
+    if not opts.server_rt:
+        return f"nice {opts.server_nice}"
+    try:
+        # Threads started later inherit the policy from the thread that starts them.
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setscheduler(int(task.name), os.SCHED_RR, os.sched_param(1))
+    except OSError:
+        return f"nice {opts.server_nice}"
+    return "real-time round robin, priority 1"
+
+
 def browser_pid() -> int | None:
     """The Chromium that Playwright launched for this process (its driver's child)."""
     def children(pid: int) -> list[int]:
@@ -122,7 +138,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     server = await start_server(cwd=opts.server_root)
     # The partners' browsers run on this machine too; in a clinic they run on their own
     # computers. The server goes ahead of them, as it would on a machine of its own.
-    raise_priority(server.proc.pid, opts.server_nice)
+    ahead = run_ahead(server.proc.pid, opts)
     tmp = Path(tempfile.mkdtemp(prefix="telehealth-precheck-"))
     playwright = await async_playwright().start()
     browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -145,7 +161,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26,
                 start_new_session=True)
             # The live sessions' own clients are people elsewhere too: their timing is the measure.
-            raise_priority(loadgen.pid, opts.server_nice)
+            run_ahead(loadgen.pid, opts)
             ready = await read_event(loadgen, 120)
             if ready.get("rooms_failed"):
                 raise RuntimeError(f"live sessions did not come together: {ready}")
@@ -196,7 +212,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         "what": (f"{opts.checks} partners open their links and run the network check within {opts.within:g} s "
                  f"while {opts.sessions} sessions are live (loopback, one server process)"),
         "server_root": str(opts.server_root or BENCH.parent),
-        "server_nice": opts.server_nice,
+        "server_priority": ahead,
         "browser_nice": opts.browser_nice if chromium_pid is not None else None,
         "checks": checks,
         "warm_up": warm,
@@ -236,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of live sessions alone first")
     parser.add_argument("--server-nice", type=int, default=-10,
                         help="nice value of the server and the live sessions' clients (0: same as the browsers)")
+    parser.add_argument("--server-rt", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the server and live sessions' clients real-time (root), ahead of the browsers")
     parser.add_argument("--browser-nice", type=int, default=-5,
                         help="nice value of the partners' Chromium (behind the server, ahead of other work)")
     parser.add_argument("--server-root", type=Path, default=None, help="source tree to run the server from")
