@@ -82,7 +82,7 @@ class WebhookDialer:
                             log.warning("phone system refused the call request: HTTP %s", response.status,
                                         extra={"room_id": request.room_id})
                             return False
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 if attempt < self.attempts:
                     await asyncio.sleep(delay)

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 try:  # aiohttp's own frame parser and its message queue (the C versions when built)
     from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 except ImportError:  # pragma: no cover - an aiohttp without them: the plain path below
-    WebSocketDataQueue = WebSocketReader = None
+    WebSocketDataQueue = WebSocketReader = None  # type: ignore[assignment, misc]
 
 from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
@@ -105,7 +105,7 @@ class Signaling:
             if data is None:
                 data = encoded[id(msg)] = p.encode(msg)
             if not conn.send(data):  # type: ignore[attr-defined]
-                self._drop_slow(conn)
+                self._drop_slow(conn)  # type: ignore[arg-type]
         for conn, reason in out.closes:
             conn.close_after_flush(reason)  # type: ignore[attr-defined]
         for event in out.events:
@@ -252,7 +252,7 @@ class ClientSocket:
             self.backlog.append(None)
         try:
             await asyncio.wait_for(writer, timeout=timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             writer.cancel()
 
 
@@ -377,7 +377,7 @@ def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:
     ref: str | None = None
     try:
         msg = p.parse_client(data, sig.config.max_message_bytes)
-        ref = type(msg).__struct_config__.tag  # type: ignore[attr-defined]
+        ref = type(msg).__struct_config__.tag  # type: ignore[assignment]  # every client message is tagged by name
         _dispatch(sig, sock, msg)
     except LinkError as exc:
         _refuse(sig, sock, exc, ref)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Literal
+from typing import Any, Literal
 
 from signaling import protocol as p
 from telehealth.errors import ErrorCode, ProtocolError, UserError

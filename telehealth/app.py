@@ -49,7 +49,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     from signaling.ice import ice_servers_for
     from signaling.keeper import SessionKeeper
     from signaling.metrics import (
-        SessionMetrics, main_port_handler, metrics_listener, parse_address, read_token,
+        SessionMetrics,
+        main_port_handler,
+        metrics_listener,
+        parse_address,
+        read_token,
     )
     from signaling.watch import RoomWatch
     from telehealth import requestlog
@@ -134,7 +138,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         try:
             store.check_writable()
             key = key_problem(store.db, store.cipher, config.key_path)
-        except Exception:
+        except Exception:  # noqa: BLE001 (any failure to write is the answer, not a crash)
             problems.append("store not writable")
         else:
             if key is not None:

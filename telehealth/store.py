@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from telehealth import datadir, schema
 from telehealth.audit import AuditLog

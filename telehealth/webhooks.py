@@ -192,7 +192,7 @@ class OpsWebhooks:
                         log.warning("ops webhook refused %s: HTTP %s", event.kind.value,
                                     response.status, extra={"room_id": room_id, "event": event.kind.value})
                         return False
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             if attempt < self.attempts:
                 await asyncio.sleep(delay)

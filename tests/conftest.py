@@ -20,6 +20,7 @@ from telehealth.app import STORE, create_app
 from telehealth.config import Config
 from telehealth.logs import JsonFormatter
 from telehealth.store import Store
+from tests.served import Launcher, Outcome, launch
 
 # The bearer token of metrics_server's /metrics.
 METRICS_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -141,3 +142,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("netns"))
         elif item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.xdist_group("browser"))
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Launcher]:
+    """Real ``telehealth serve`` processes: ``await serve(data_dir, port, *flags)`` launches one
+    (tests/served.py); whatever still runs is killed after the test."""
+    started: list[Outcome] = []
+
+    async def start(*args: object, **kwargs: object) -> Outcome:
+        outcome = await launch(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(outcome)
+        return outcome
+
+    yield start
+    for outcome in started:
+        if outcome.proc.returncode is None:
+            outcome.proc.kill()
+            await outcome.proc.wait()

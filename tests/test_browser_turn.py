@@ -129,7 +129,7 @@ async def media_flows(people: list[Person], timeout: float = 40.0) -> None:
     while True:
         now = {person.name: await person.page.evaluate(INBOUND) for person in people}
 
-        def flowing(name: str) -> bool:
+        def flowing(name: str, now: dict[str, Any] = now) -> bool:
             before = {link["pc"]: link for link in first[name]}
             return len(now[name]) == 2 and all(
                 link["audio"] > before.get(link["pc"], {"audio": 0})["audio"] + 10 and link["frames"] > 0

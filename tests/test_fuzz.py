@@ -51,7 +51,7 @@ PASSWORD = "correct horse battery staple"
 
 # The error codes docs/protocol.md documents; `internal` is documented as a bug of ours.
 DOCUMENTED = set(re.findall(r"^\| `([a-z_]+)` \|", (ROOT / "docs" / "protocol.md").read_text().split(
-    "## Errors", 1)[1].split("## Close reasons", 1)[0], re.M))
+    "## Errors", 1)[1].split("## Close reasons", 1)[0], re.MULTILINE))
 # What the server may push to a partner in a call at any moment, unasked.
 PUSHED = {"quality", "fallback", "notice", "presence", "peer_joined", "peer_media", "room", "sdp",
           "candidate", "restart", "mute_request"}

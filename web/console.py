@@ -22,7 +22,6 @@ from typing import NoReturn
 
 import aiohttp_jinja2
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, mail, rooms
@@ -32,7 +31,7 @@ from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
 from telehealth.requestlog import REQUEST_ID
 from telehealth.store import Person, RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import SignedIn, audit_path, enter, field, login_page, read_form, refuse_role, sign_in
+from web.forms import Form, SignedIn, audit_path, enter, field, login_page, read_form, refuse_role, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone
 
 # "__Host-": the browser only accepts it Secure, from this host, for path "/".
@@ -119,7 +118,7 @@ def _actor(session: accounts.LoginSession) -> str:
     return f"u_{session.user.id}"
 
 
-async def _checked_form(request: web.Request, session: accounts.LoginSession) -> MultiDictProxy[str]:
+async def _checked_form(request: web.Request, session: accounts.LoginSession) -> Form:
     """The posted form, once it is known to come from this site and this session."""
     if not same_origin(request):
         raise web.HTTPForbidden(text="This form may only be sent from this site.")
@@ -127,7 +126,7 @@ async def _checked_form(request: web.Request, session: accounts.LoginSession) ->
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
         raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
-    return form  # type: ignore[return-value]
+    return form
 
 
 # -- login ----------------------------------------------------------------------------------

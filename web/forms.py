@@ -7,7 +7,7 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp_jinja2
@@ -21,11 +21,13 @@ from telehealth.errors import ErrorCode, UserError
 from telehealth.requestlog import route_of
 from web.pages import same_origin
 
+# A posted form as aiohttp reads it.
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
 # The double-submit cookie of the sign-in forms.
 LOGIN_COOKIE = "__Host-telehealth-login"
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | web.FileField]:
+async def read_form(request: web.Request) -> Form:
     try:
         return await request.post()
     except ValueError:  # not UTF-8 (UnicodeDecodeError), or not a form at all
@@ -44,7 +46,7 @@ def login_page(template: str, request: web.Request, *, error: str = "", username
     return response
 
 
-def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:
+def field(form: Mapping[str, object], name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
 
@@ -53,7 +55,7 @@ def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:
 class SignedIn:
     user: accounts.User
     username: str
-    form: MultiDictProxy[str | web.FileField]
+    form: Form
 
 
 async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse]) -> SignedIn | web.StreamResponse:

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from signaling.endpoint import SIGNALING
 from telehealth.app import CONFIG, REFUSALS, STORE
@@ -50,7 +51,7 @@ LINK_STATUS = {
 
 
 @web.middleware
-async def security_headers(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPNotFound as exc:
