@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from signaling import protocol as p
 from telehealth.errors import ErrorCode, ProtocolError, UserError
-from telehealth.store import Person, RoomRecord
+from telehealth.model import Person, RoomRecord
 from telehealth.tokens import PersonId, Role, RoomId
 
 Conn = Hashable

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from telehealth import rooms
-from telehealth.app import STORE, create_app
+from telehealth.app import create_app
+from telehealth.appkeys import STORE
 from telehealth.config import Config
 from telehealth.logs import JsonFormatter
 from telehealth.store import Store

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fallback.dialers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from media.participant import SyntheticParticipant
+from telehealth.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import RunningServer, free_port, start_server
 from tests.netfault import Namespace, namespace
 from tests.remote_participant import CounterWatch, call, media_everywhere

@@ -9,7 +9,7 @@ import pytest
 from signaling import protocol as p
 from signaling.hub import RoomHub
 from telehealth.errors import ErrorCode, TelehealthError
-from telehealth.store import Person, RoomRecord
+from telehealth.model import Person, RoomRecord
 from telehealth.tokens import PersonId, RoomId
 
 

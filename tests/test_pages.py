@@ -18,7 +18,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from media.participant import SyntheticParticipant
 from telehealth import accounts, rooms
-from telehealth.app import REFUSALS
+from telehealth.appkeys import REFUSALS
 from telehealth.config import Config
 from telehealth.tokens import new_token
 from tests.conftest import RunningServer, session_from, start_server

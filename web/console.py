@@ -25,11 +25,11 @@ from aiohttp import web
 
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, mail, rooms
-from telehealth.app import CONFIG, MAIL, STORE
+from telehealth.appkeys import CONFIG, MAIL, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
+from telehealth.model import Person, RoomRecord
 from telehealth.requestlog import REQUEST_ID
-from telehealth.store import Person, RoomRecord
 from telehealth.tokens import PersonId
 from web.forms import Form, SignedIn, audit_path, enter, field, login_page, read_form, refuse_role, sign_in
 from web.pages import iso_utc, plain_time, same_origin, zone

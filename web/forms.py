@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from telehealth import accounts
-from telehealth.app import LOGIN_LIMITS, REFUSALS, STORE
+from telehealth.appkeys import LOGIN_LIMITS, REFUSALS, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, UserError
 from telehealth.requestlog import route_of

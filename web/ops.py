@@ -7,7 +7,7 @@ address, audited alike), with its own form so that it lands here and refuses oth
 Every page and every live stream opened is recorded in the audit log as ``ops_access`` with
 the account as actor (``u_<id>``); refused attempts too.
 
-Routes (``setup`` mounts them; call it after ``pages.setup``, which sets up the templates;
+Routes (``setup`` mounts them; call it after ``routes.setup``, which sets up the templates;
 ``send_webhooks`` adds the optional ops webhooks):
 
 - ``GET /ops``: live rooms and the latest past sessions; ops.js keeps it current from
@@ -45,11 +45,12 @@ from signaling.history import QualityHistory, RoomSeries, link_key
 from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
 from signaling.watch import RoomWatch, WatchedRoom
 from telehealth import accounts, webhooks
-from telehealth.app import CONFIG, STORE
+from telehealth.appkeys import CONFIG, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import StateError
+from telehealth.model import Person
 from telehealth.requestlog import REQUEST_ID
-from telehealth.store import Person, Store
+from telehealth.store import Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
 from web.console import SESSION_COOKIE
