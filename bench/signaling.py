@@ -39,9 +39,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import RESULTS, free_port
+from bench.common import RESULTS
 from telehealth import rooms
 from telehealth.store import Store
+from tests.ports import free_port
 
 BENCH = Path(__file__).parent
 PEERJS_DIR = BENCH / "peerjs"

@@ -72,13 +72,14 @@ class Signaling:
     store: Store
     hub: RoomHub
     clock: Callable[[], float]
+    # The fallback flow and quality monitor over the hub (signaling/watch.py).
+    watch: RoomWatch
     audit: AuditLog | None = None
     # Refused joins are counted here and summarised, not audited one by one.
     refusals: RefusalTally | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
     # Each socket's sending budget, from the config.
     budget: SenderBudget = field(init=False)
-    watch: RoomWatch | None = None
     # Saves live room state as it changes (signaling/keeper.py), from expire_loop; set by the app.
     keeper: SessionKeeper | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
@@ -107,8 +108,7 @@ class Signaling:
             # An observer's failure must not undo the room change that already happened,
             # nor stop the other observers: log it (no personal data) and go on.
             try:
-                if self.watch is not None:
-                    self.deliver(self.watch.on_hub_event(event, self.clock()))
+                self.deliver(self.watch.on_hub_event(event, self.clock()))
                 for sink in self.event_sinks:
                     sink(event)
             except Exception:
@@ -374,10 +374,9 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Stats):
         room, member = hub.seat_of(sock)
         now = sig.clock()
-        if sig.watch is not None:
-            judged = sig.watch.on_stats(room, member, msg, now)
-            if judged is not None:
-                sig.deliver(judged)
+        judged = sig.watch.on_stats(room, member, msg, now)
+        if judged is not None:
+            sig.deliver(judged)
         for sink in sig.stats_sinks:
             sink(room, member, msg, now)
     elif isinstance(msg, p.Ping):
@@ -397,8 +396,6 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Lock):
         sig.deliver(hub.lock(sock, msg.locked, sig.clock()))
     elif isinstance(msg, (p.SwitchToPhone, p.ReturnToVideo, p.Hold, p.Resume, p.RejoinResult, p.GetLedger)):
-        if sig.watch is None:
-            raise TelehealthError(ErrorCode.FORBIDDEN, "The fallback flow is not running.")
         room, member = hub.seat_of(sock)
         sig.deliver(sig.watch.command(room, member, msg, sig.clock()))
     elif isinstance(msg, p.CheckIn):
@@ -460,8 +457,7 @@ def _confirm_phone(sig: Signaling, sock: ClientSocket, msg: p.ConfirmPhone) -> N
     out, person = sig.hub.set_phone(sock, phone, sig.clock())
     if phone is not None:
         sig.store.set_phone(person.id, phone)
-        if sig.watch is not None:
-            sig.watch.person_changed(room.id, person)
+        sig.watch.person_changed(room.id, person)
     if sig.audit is not None:
         event = AuditEvent.PHONE_CONFIRMED if phone is None else AuditEvent.PHONE_CHANGED
         sig.audit.append(event, room_id=room.id, person_id=person.id, actor="partner")
@@ -498,8 +494,7 @@ async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
         await asyncio.sleep(poll)
         sig.last_tick = time.monotonic()
         now = sig.clock()
-        if sig.watch is not None:
-            sig.deliver(sig.watch.tick(now))
+        sig.deliver(sig.watch.tick(now))
         if now >= next_expire:
             sig.deliver(sig.hub.expire(now))
             next_expire = now + interval

@@ -169,9 +169,6 @@ class RoomHub:
         room = self.rooms[seat.room_id]
         return room, room.members[seat.person_id]
 
-    def member_count(self) -> int:
-        return sum(len(r.members) for r in self.rooms.values())
-
     # -- joining ------------------------------------------------------------------------
 
     def join(

@@ -43,8 +43,7 @@ from telehealth.config import Config
 from telehealth.errors import ErrorCode, ProtocolError
 from tests.conftest import RunningServer
 from tests.test_hub import snapshot
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"

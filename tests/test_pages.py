@@ -22,8 +22,7 @@ from telehealth.appkeys import REFUSALS
 from telehealth.config import Config
 from telehealth.tokens import new_token
 from tests.conftest import RunningServer, session_from, start_server
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 from web.netcheck import PROBE
 
 PASSWORD = "correct horse battery staple"
