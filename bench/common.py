@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -20,17 +19,12 @@ import aiohttp
 
 from telehealth import rooms
 from telehealth.store import Store
+from tests.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 # Where write_result puts results instead, when set: the smoke tests point it at a tmp dir so
 # that they never overwrite the figures of a real run.
 RESULTS_DIR_VAR = "BENCH_RESULTS_DIR"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -44,14 +44,14 @@ async def main(runs: int, cut_s: float) -> None:
                 for _ in range(runs):
                     await c.therapist.wait_for(lambda: _heard(c.therapist, b_id, "good", 0) is not None, 15)
                     cut = await ns.cut()
-                    await c.therapist.wait_for(lambda: _heard(c.therapist, b_id, "lost", cut.began) is not None, 10)
+                    await c.therapist.wait_for(lambda: _heard(c.therapist, b_id, "lost", cut.began) is not None, 10)  # noqa: B023 (awaited here)
                     detections.append(_heard(c.therapist, b_id, "lost", cut.began) - cut.began)  # type: ignore[operator]
                     print(f"cut {len(detections)}: lost after {detections[-1]:.3f} s", flush=True)
                     await asyncio.sleep(max(0.0, cut_s - (time.monotonic() - cut.began)))
                     back = await ns.restore()
                     recoveries.append(await watch.growth_after(back.at, 10) - back.began)
                     # The next cut starts from a settled, good link.
-                    await c.therapist.wait_for(lambda: _not_lost_since(c.therapist, b_id, back.at), 15)
+                    await c.therapist.wait_for(lambda: _not_lost_since(c.therapist, b_id, back.at), 15)  # noqa: B023 (awaited here)
                     if len(recoveries) < runs:
                         await asyncio.sleep(2.0)
             finally:

@@ -24,8 +24,9 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
-from bench.common import free_port, summary, write_result
+from bench.common import summary, write_result
 from tests.browser import CHROMIUM, frames_advance, launch_chromium
+from tests.ports import free_port
 from tests.restart_call import Served, back_in_order_at, open_call
 
 SIGNALS = {"kill": [signal.SIGKILL], "term": [signal.SIGTERM], "both": [signal.SIGKILL, signal.SIGTERM]}
@@ -54,7 +55,7 @@ async def measure(runs: int, how: str) -> dict[str, Any]:
             await browser.close()
             await playwright.stop()
             served.close()
-    version = subprocess.run([str(CHROMIUM), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    version = subprocess.run([str(CHROMIUM), "--version"], capture_output=True, text=True, check=False).stdout.strip()  # noqa: ASYNC221 (once, after the runs)
     return {
         "what": "seconds from the restarted server's first /healthz answer to every page back in order",
         "how": how, "runs": each,

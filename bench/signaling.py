@@ -39,9 +39,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import RESULTS, free_port
+from bench.common import RESULTS
 from telehealth import rooms
 from telehealth.store import Store
+from tests.ports import free_port
 
 BENCH = Path(__file__).parent
 PEERJS_DIR = BENCH / "peerjs"
@@ -137,7 +138,7 @@ async def start_process(argv: list[str], port: int, probe: str, nice: int) -> Se
             proc.send_signal(signal.SIGINT)
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 
@@ -371,7 +372,7 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                 continue
             try:
                 row = await run_level(target, n, opts)
-            except (TimeoutError, asyncio.TimeoutError, RuntimeError) as exc:
+            except (TimeoutError, RuntimeError) as exc:
                 row = broken_level(target, n, f"{type(exc).__name__}: {exc}")
             level["targets"][target] = row
             print(f"{target:6} N={n:6}  p50 {row['relay_ms']['p50']:7.2f} ms  p99 {row['relay_ms']['p99']:7.2f} ms"

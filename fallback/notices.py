@@ -10,9 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from signaling.protocol import FallbackPlan
 from telehealth import phones
-from telehealth.store import Person, RoomRecord
+from telehealth.model import Person, RoomRecord
 from telehealth.tokens import PersonId
 
 
@@ -148,8 +147,20 @@ def call_prompt(name: str, number: str) -> CallPrompt:
 # -- plans ----------------------------------------------------------------------------------
 
 
-def fallback_plan(record: RoomRecord, person: Person, rejoin_window_s: float) -> FallbackPlan:
-    """What ``person``'s page does on its own once it loses the server and its peers.
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one person's page does on its own once it loses the server and its peers. The
+    signaling side puts it on the wire (signaling.welcome, as the welcome's FallbackPlan)."""
+
+    rejoin_window_s: float
+    # Partners: the masked number the therapist will call, e.g. "(•••) •••-0102".
+    phone_hint: str | None = None
+    # Therapist: who to call, per partner: {"id": ..., "name": ..., "phone": ...}.
+    call_list: list[dict[str, str]] | None = None
+
+
+def fallback_plan(record: RoomRecord, person: Person, rejoin_window_s: float) -> Plan:
+    """``person``'s plan.
 
     A partner gets the rejoin window and the masked number the therapist will call; the
     therapist gets the call list: every partner's id, name and number ("" when none is on
@@ -158,6 +169,6 @@ def fallback_plan(record: RoomRecord, person: Person, rejoin_window_s: float) ->
     if person.role == "therapist":
         calls = [{"id": str(p.id), "name": p.name, "phone": phones.display_phone(p.phone) if p.phone else ""}
                  for p in record.partners]
-        return FallbackPlan(rejoin_window_s=rejoin_window_s, call_list=calls)
+        return Plan(rejoin_window_s=rejoin_window_s, call_list=calls)
     hint = mask_phone(person.phone) if person.phone else None
-    return FallbackPlan(rejoin_window_s=rejoin_window_s, phone_hint=hint)
+    return Plan(rejoin_window_s=rejoin_window_s, phone_hint=hint)

@@ -2,7 +2,8 @@
 
 It speaks the signaling protocol over a real WebSocket, keeps one RTCPeerConnection per
 peer (a full mesh), sends a generated picture and tone, and counts the frames it decodes
-from each peer. Tests, the network check and the benchmarks use it.
+from each peer. Tests and the benchmarks use it (``python -m media.run_participant`` runs one
+from the command line); the network check has its own server-side peer, media/probe.py.
 
 aiortc has no ICE restart: a pair is recovered by a fresh peer connection with a new ``pc``
 id, made by the pair's offerer (the answerer asks for one with ``restart``).

@@ -37,11 +37,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing telehealth and test dependencies into .venv"
 .venv/bin/pip install -q --upgrade pip
+# The exact versions the suite was last run with, checked by hash (requirements.lock; to
+# update it, see its first lines), then the project itself without resolving anything again.
 # A regular (not editable) install: the tests check that the distribution is complete.
-.venv/bin/pip install -q ".[test,fast]"
+.venv/bin/pip install -q --require-hashes -r requirements.lock
+.venv/bin/pip install -q --no-deps .
 
 if [ -f package-lock.json ]; then
-  echo "==> installing axe-core (npm)"
+  echo "==> installing the npm packages (axe-core, TypeScript)"
   npm ci --no-audit --no-fund --silent
 fi
 

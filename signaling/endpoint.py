@@ -8,7 +8,6 @@ that cannot keep up is closed rather than allowed to stall its room (Galène's w
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections import deque
@@ -18,11 +17,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-try:  # aiohttp's own frame parser and its message queue (the C versions when built)
-    from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
-except ImportError:  # pragma: no cover - an aiohttp without them: the plain path below
-    WebSocketDataQueue = WebSocketReader = None
-
+from signaling import fastws
 from signaling import protocol as p
 from signaling.hub import HubEvent, Outbox, RoomHub
 from signaling.keeper import SessionKeeper
@@ -77,13 +72,14 @@ class Signaling:
     store: Store
     hub: RoomHub
     clock: Callable[[], float]
+    # The fallback flow and quality monitor over the hub (signaling/watch.py).
+    watch: RoomWatch
     audit: AuditLog | None = None
     # Refused joins are counted here and summarised, not audited one by one.
     refusals: RefusalTally | None = None
     link_limits: LinkOpenLimits = field(default_factory=LinkOpenLimits)
     # Each socket's sending budget, from the config.
     budget: SenderBudget = field(init=False)
-    watch: RoomWatch | None = None
     # Saves live room state as it changes (signaling/keeper.py), from expire_loop; set by the app.
     keeper: SessionKeeper | None = None
     stats_sinks: list[StatsSink] = field(default_factory=list)
@@ -105,15 +101,14 @@ class Signaling:
             if data is None:
                 data = encoded[id(msg)] = p.encode(msg)
             if not conn.send(data):  # type: ignore[attr-defined]
-                self._drop_slow(conn)
+                self._drop_slow(conn)  # type: ignore[arg-type]
         for conn, reason in out.closes:
             conn.close_after_flush(reason)  # type: ignore[attr-defined]
         for event in out.events:
             # An observer's failure must not undo the room change that already happened,
             # nor stop the other observers: log it (no personal data) and go on.
             try:
-                if self.watch is not None:
-                    self.deliver(self.watch.on_hub_event(event, self.clock()))
+                self.deliver(self.watch.on_hub_event(event, self.clock()))
                 for sink in self.event_sinks:
                     sink(event)
             except Exception:
@@ -128,16 +123,6 @@ class Signaling:
 _CLOSE = object()
 # Above this many bytes waiting in the transport, messages queue for the writer task instead.
 WRITE_BUFFER_LIMIT = 64 * 1024
-
-
-def text_frame(data: bytes) -> bytes:
-    """A server-to-client WebSocket text frame: unmasked, uncompressed, unfragmented."""
-    n = len(data)
-    if n < 126:
-        return bytes((0x81, n)) + data
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + data
-    return b"\x81\x7f" + n.to_bytes(8, "big") + data
 
 
 class ClientSocket:
@@ -204,7 +189,7 @@ class ClientSocket:
             if transport.is_closing() or self.ws.closed:
                 return True
             if transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT:
-                transport.write(text_frame(data))
+                transport.write(fastws.text_frame(data))
                 return True
         if len(self.backlog) >= self.limit:
             return False
@@ -252,7 +237,7 @@ class ClientSocket:
             self.backlog.append(None)
         try:
             await asyncio.wait_for(writer, timeout=timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             writer.cancel()
 
 
@@ -312,72 +297,30 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await sock.finish(timeout=5.0)
         if not ws.closed:
             await ws.close()
-        _release(request)
+        fastws.release(request)
     return ws
 
 
-if WebSocketDataQueue is not None:
-
-    class _Inbox(WebSocketDataQueue):  # type: ignore[misc, valid-type]
-        """Where aiohttp's frame parser puts each complete message. A data message is handled
-        right there, inside the parser's call: no queue, no future, no wake-up of the handler
-        task per message, which at a few thousand participants cost about a tenth of a core.
-        Control frames (ping, pong, close) queue as before, so aiohttp's closing handshake
-        is unchanged."""
-
-        def __init__(self, protocol: Any, loop: asyncio.AbstractEventLoop, sig: Signaling,
-                     sock: ClientSocket) -> None:
-            super().__init__(protocol, 2**16, loop=loop)
-            self.sig, self.sock = sig, sock
-            # The handler task's context (its request id for the logs): the parser runs in
-            # the event loop's.
-            self.context = contextvars.copy_context()
-
-        def feed_data(self, data: Any, size: int) -> None:
-            kind, sock = data[0], self.sock
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                sock.heard = True
-                if not sock.closing:
-                    self.sig.received += 1
-                    if sock.spend(size):
-                        self.context.run(_handle, self.sig, sock, data[1])
-                    else:
-                        self.context.run(_over_budget, sock)
-            else:
-                super().feed_data(data, size)
-
-
 def _handle_in_parser(sig: Signaling, sock: ClientSocket, request: web.Request) -> None:
-    """Give the socket a parser that hands data messages to _handle directly. Uses aiohttp
-    internals; where they are not as expected, messages take the usual way."""
-    ws, protocol = sock.ws, request.protocol
-    old = getattr(ws, "_reader", None)
-    if (WebSocketReader is None or protocol is None or old is None
-            or getattr(protocol, "_payload_parser", None) is not getattr(ws, "_parser", ())):
-        return
-    inbox = _Inbox(protocol, asyncio.get_running_loop(), sig, sock)
-    parser = WebSocketReader(inbox, sig.config.max_message_bytes * HARD_CAP_FACTOR,
-                             compress=False, decode_text=False)
-    ws._reader, ws._parser, protocol._payload_parser = inbox, parser, parser  # type: ignore[attr-defined]
-    while old._buffer:  # what came in with the handshake
-        inbox.feed_data(*old._buffer.popleft())
+    """Data messages are handled inside aiohttp's parser (signaling/fastws.py says why)."""
 
+    def on_data(data: bytes, size: int) -> None:
+        sock.heard = True
+        if not sock.closing:
+            sig.received += 1
+            if sock.spend(size):
+                _handle(sig, sock, data)
+            else:
+                _over_budget(sock)
 
-def _release(request: web.Request) -> None:
-    """Break the cycle aiohttp leaves behind a closed WebSocket (connection -> heartbeat
-    callback -> response -> request -> connection), so reference counting frees the whole
-    connection at once instead of leaving it for a full garbage collection, which would walk
-    every live object with the loop stopped."""
-    protocol = request.protocol
-    if protocol is not None and hasattr(protocol, "_data_received_cb"):
-        protocol._data_received_cb = None
+    fastws.install(sock.ws, request, sig.config.max_message_bytes * HARD_CAP_FACTOR, on_data)
 
 
 def _handle(sig: Signaling, sock: ClientSocket, data: bytes) -> None:
     ref: str | None = None
     try:
         msg = p.parse_client(data, sig.config.max_message_bytes)
-        ref = type(msg).__struct_config__.tag  # type: ignore[attr-defined]
+        ref = type(msg).__struct_config__.tag  # type: ignore[assignment]  # every client message is tagged by name
         _dispatch(sig, sock, msg)
     except LinkError as exc:
         _refuse(sig, sock, exc, ref)
@@ -431,10 +374,9 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Stats):
         room, member = hub.seat_of(sock)
         now = sig.clock()
-        if sig.watch is not None:
-            judged = sig.watch.on_stats(room, member, msg, now)
-            if judged is not None:
-                sig.deliver(judged)
+        judged = sig.watch.on_stats(room, member, msg, now)
+        if judged is not None:
+            sig.deliver(judged)
         for sink in sig.stats_sinks:
             sink(room, member, msg, now)
     elif isinstance(msg, p.Ping):
@@ -454,8 +396,6 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Lock):
         sig.deliver(hub.lock(sock, msg.locked, sig.clock()))
     elif isinstance(msg, (p.SwitchToPhone, p.ReturnToVideo, p.Hold, p.Resume, p.RejoinResult, p.GetLedger)):
-        if sig.watch is None:
-            raise TelehealthError(ErrorCode.FORBIDDEN, "The fallback flow is not running.")
         room, member = hub.seat_of(sock)
         sig.deliver(sig.watch.command(room, member, msg, sig.clock()))
     elif isinstance(msg, p.CheckIn):
@@ -517,15 +457,11 @@ def _confirm_phone(sig: Signaling, sock: ClientSocket, msg: p.ConfirmPhone) -> N
     out, person = sig.hub.set_phone(sock, phone, sig.clock())
     if phone is not None:
         sig.store.set_phone(person.id, phone)
-        if sig.watch is not None:
-            sig.watch.person_changed(room.id, person)
+        sig.watch.person_changed(room.id, person)
     if sig.audit is not None:
         event = AuditEvent.PHONE_CONFIRMED if phone is None else AuditEvent.PHONE_CHANGED
         sig.audit.append(event, room_id=room.id, person_id=person.id, actor="partner")
     sig.deliver(out)
-
-
-PING_FRAME = b"\x89\x00"
 
 
 async def liveness_loop(sig: Signaling) -> None:
@@ -542,7 +478,7 @@ async def liveness_loop(sig: Signaling) -> None:
             elif not sock.pinged:
                 sock.pinged = True
                 if not sock.transport.is_closing():
-                    sock.transport.write(PING_FRAME)
+                    sock.transport.write(fastws.PING_FRAME)
             else:
                 log.info("closing a socket silent for %.0f s", 2 * every, extra={"room_id": sock.room_id})
                 sock.transport.abort()
@@ -558,8 +494,7 @@ async def expire_loop(sig: Signaling, interval: float = 0.5) -> None:
         await asyncio.sleep(poll)
         sig.last_tick = time.monotonic()
         now = sig.clock()
-        if sig.watch is not None:
-            sig.deliver(sig.watch.tick(now))
+        sig.deliver(sig.watch.tick(now))
         if now >= next_expire:
             sig.deliver(sig.hub.expire(now))
             next_expire = now + interval

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Literal
+from typing import Any, Literal
 
 from signaling import protocol as p
 from telehealth.errors import ErrorCode, ProtocolError, UserError
-from telehealth.store import Person, RoomRecord
+from telehealth.model import Person, RoomRecord
 from telehealth.tokens import PersonId, Role, RoomId
 
 Conn = Hashable
@@ -168,9 +168,6 @@ class RoomHub:
             raise ProtocolError(ErrorCode.NOT_JOINED)
         room = self.rooms[seat.room_id]
         return room, room.members[seat.person_id]
-
-    def member_count(self) -> int:
-        return sum(len(r.members) for r in self.rooms.values())
 
     # -- joining ------------------------------------------------------------------------
 

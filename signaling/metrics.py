@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector

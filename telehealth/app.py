@@ -1,7 +1,8 @@
 """Wiring: ``create_app(config)`` builds the aiohttp application from its parts.
 
-This is the only place where the core imports the outer packages (web, signaling, fallback,
-media); everything else points inward.
+With telehealth/server.py and telehealth/cli.py, the one place that knows every part: it
+imports the outer packages (web, signaling, fallback), and nothing but the wiring imports it
+(tests/test_layers.py keeps that true; docs/architecture.md draws the layers).
 """
 
 from __future__ import annotations
@@ -14,26 +15,34 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from telehealth import proxies, retention
-from telehealth.audit import AuditEvent, AuditLog
+from signaling import protocol
+from signaling.endpoint import SIGNALING, Signaling, expire_loop, liveness_loop, websocket_handler
+from signaling.hub import HubEvent, MemberEvent, RoomHub
+from signaling.keeper import SessionKeeper
+from signaling.metrics import SessionMetrics, main_port_handler, metrics_listener, parse_address, read_token
+from signaling.watch import RoomWatch
+from signaling.welcome import welcome_extras
+from telehealth import proxies, requestlog, retention
+
+# The keys live in the core (telehealth.appkeys); named here too for web/netcheck.py until it
+# takes them from there (issue 15, a temporary exception in tests/test_layers.py).
+from telehealth.appkeys import AUDIT, CONFIG, LOGIN_LIMITS, MAIL, REFUSALS, STORE
+from telehealth.audit import AuditEvent
 from telehealth.config import Config
 from telehealth.datadir import ServerLock
+from telehealth.dialers import CallRequest, Dialer, TelDialer, WebhookDialer
 from telehealth.keys import key_in_use, key_problem
 from telehealth.mail import MailSender
+from telehealth.model import Person
 from telehealth.ratelimit import LoginLimits
 from telehealth.refusals import RefusalTally
+from telehealth.sessions import LiveSessions
 from telehealth.store import Store
+from telehealth.webhooks import OpsWebhooks
+from web import ops, pages, routes
 
 log = logging.getLogger("telehealth")
 
-CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)
-AUDIT = web.AppKey("audit", AuditLog)
-# Failed sign-ins (the console's and the ops dashboard's), per address and per account there.
-LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
-# Refused attempts without a credential, counted for the audit log's summaries.
-REFUSALS = web.AppKey("refusals", RefusalTally)
-MAIL = web.AppKey("mail", MailSender)
 # /readyz fails when the background loop (grace windows, ended rooms) has not run for this long.
 READY_STALE_SECONDS = 5.0
 # How often the server notes in the store that it is running.
@@ -41,23 +50,6 @@ ALIVE_EVERY_SECONDS = 1.0
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    from fallback.dialers import CallRequest, Dialer, TelDialer, WebhookDialer
-    from fallback.notices import fallback_plan
-    from signaling import protocol
-    from signaling.endpoint import SIGNALING, Signaling, expire_loop, liveness_loop, websocket_handler
-    from signaling.hub import HubEvent, MemberEvent, RoomHub
-    from signaling.ice import ice_servers_for
-    from signaling.keeper import SessionKeeper
-    from signaling.metrics import (
-        SessionMetrics, main_port_handler, metrics_listener, parse_address, read_token,
-    )
-    from signaling.watch import RoomWatch
-    from telehealth import requestlog
-    from telehealth.sessions import LiveSessions
-    from telehealth.store import Person, RoomRecord
-    from telehealth.webhooks import OpsWebhooks
-    from web import ops, pages
-
     # Settings that cannot work stop the start, before anything is opened.
     trusted = proxies.parse_networks(config.trusted_proxies)
     metrics_token = read_token(config.metrics_token_file) if config.metrics_token_file else None
@@ -81,13 +73,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                                     per_seconds=config.login_window_seconds)
     refusals = app[REFUSALS] = RefusalTally(audit)
     mail = app[MAIL] = MailSender(store, config, clock)
-    def welcome_extras(record: RoomRecord, person: Person, now: float) -> tuple[
-            list[protocol.IceServer], protocol.FallbackPlan]:
-        # Fresh TURN credentials on every (re)join; each person's own fallback plan.
-        return (ice_servers_for(config, person.id, now),
-                fallback_plan(record, person, config.rejoin_window_seconds))
-
-    hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras, relay_only=config.relay_only)
+    hub = RoomHub(grace_seconds=config.grace_seconds, extras=welcome_extras(config), relay_only=config.relay_only)
     watch = RoomWatch(hub, rejoin_window_s=config.rejoin_window_seconds)
     sig = Signaling(config=config, store=store, hub=hub, clock=clock, audit=audit, refusals=refusals,
                     watch=watch)
@@ -134,7 +120,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         try:
             store.check_writable()
             key = key_problem(store.db, store.cipher, config.key_path)
-        except Exception:
+        except Exception:  # noqa: BLE001 (any failure to write is the answer, not a crash)
             problems.append("store not writable")
         else:
             if key is not None:
@@ -154,7 +140,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.router.add_get("/metrics", main_port_handler(metrics, metrics_token))
     if metrics_side is not None:
         app.cleanup_ctx.append(metrics_listener(metrics, *metrics_side))
-    pages.setup(app)
+    routes.setup(app)
     ops.setup(app)
     # Live rooms come back from disk before the server answers anyone (docs/scaling.md).
     sessions = LiveSessions(store.db)

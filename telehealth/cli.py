@@ -194,7 +194,7 @@ def config_from(args: argparse.Namespace) -> Config:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def cmd_serve(config: Config) -> int:
@@ -302,7 +302,7 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 def cmd_key(args: argparse.Namespace, config: Config) -> int:
     store = Store.open(config.data_dir, config.key_path)
     try:
-        count = keys.rotate_key(store, config.key_path, audit=AuditLog(store.db, time.time), actor="cli")
+        count = store.rotate_key(config.key_path, audit=AuditLog(store.db, time.time), actor="cli")
     finally:
         store.close()
     print(f"Re-encrypted {count} values under a new key in {config.key_path}.")

@@ -56,6 +56,12 @@ def write_key(path: Path, key: bytes) -> None:
     os.replace(tmp, path)
 
 
+def field_binding(column: str, person_id: str) -> str:
+    """The ``aad`` of a person's encrypted field: each value is bound to its row and column,
+    so a value copied into another row or column does not open."""
+    return f"people.{column}:{person_id}"
+
+
 class FieldCipher:
     """Encrypts one field value at a time; ``aad`` names where the value belongs."""
 

@@ -18,6 +18,7 @@ import fcntl
 import os
 import stat
 from pathlib import Path
+from typing import Self
 
 from telehealth.schema import StoreError
 
@@ -79,7 +80,7 @@ class ServerLock:
         self.data_dir = data_dir
         self._fd: int | None = None
 
-    def acquire(self, advice: str = "stop it first, or give this server its own --data-dir") -> ServerLock:
+    def acquire(self, advice: str = "stop it first, or give this server its own --data-dir") -> Self:
         make_private(self.data_dir)
         fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
@@ -97,7 +98,7 @@ class ServerLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> ServerLock:
+    def __enter__(self) -> Self:
         return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -31,18 +31,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from telehealth.audit import AuditEvent
-from telehealth.crypto import FieldCipher, KeyFileError, load_key, load_or_create_key, write_key
+from telehealth.audit import AuditEvent, AuditLog
+from telehealth.crypto import FieldCipher, KeyFileError, field_binding, load_key, load_or_create_key, write_key
 from telehealth.datadir import sync
-
-if TYPE_CHECKING:
-    from telehealth.audit import AuditLog
-    from telehealth.store import Store
 
 
 class KeyBusyError(KeyFileError):
@@ -60,12 +55,14 @@ class Recovery(str, enum.Enum):
 
 
 def rotate_key(
-    store: Store, key_path: Path, *, audit: AuditLog | None = None, actor: str | None = None
-) -> int:
-    """Re-encrypt every stored name and phone under a fresh 256-bit key; return how many.
+    db: sqlite3.Connection, cipher: FieldCipher, key_path: Path, *, audit: AuditLog | None = None,
+    actor: str | None = None,
+) -> tuple[int, FieldCipher]:
+    """Re-encrypt every stored name and phone under a fresh 256-bit key: how many, and the
+    cipher of the new key (``Store.rotate_key`` takes it up).
 
-    ``store`` must have been opened with the key at ``key_path``; afterwards it goes on
-    working under the new key. Raises KeyBusyError while a server holds ``key_in_use``.
+    ``cipher`` must be the key at ``key_path``, the one ``db``'s values are sealed under.
+    Raises KeyBusyError while a server holds ``key_in_use``.
     """
     new_path = _sibling(key_path, ".new")
     with _locked(key_path, fcntl.LOCK_EX, "the key is in use: stop the server, then rotate"):
@@ -77,7 +74,7 @@ def rotate_key(
             raise KeyFileError(f"{key_path} does not exist")
         old_key = load_or_create_key(key_path)
         old_cipher = FieldCipher(old_key)
-        if old_cipher.key_id != store.cipher.key_id:
+        if old_cipher.key_id != cipher.key_id:
             raise KeyFileError(f"{key_path} is not the key this store was opened with")
         new_key = AESGCM.generate_key(bit_length=256)
         new_cipher = FieldCipher(new_key)
@@ -85,18 +82,17 @@ def rotate_key(
         _write_durably(backup_path, old_key)
         _write_durably(new_path, new_key)
         try:
-            count = _reencrypt(store.db, old_cipher, new_cipher, audit, actor)
+            count = _reencrypt(db, old_cipher, new_cipher, audit, actor)
         except BaseException:
             # Only drop the new key when the database is certainly not under it; otherwise
             # leave <key>.new for finish_interrupted_rotation.
-            if not _first_value_is_under(store.db, new_cipher):
+            if not _first_value_is_under(db, new_cipher):
                 new_path.unlink()
                 backup_path.unlink()
             raise
-        store.cipher = new_cipher
         os.replace(new_path, key_path)
         sync(key_path.parent)
-    return count
+    return count, new_cipher
 
 
 def finish_interrupted_rotation(db_path: Path, key_path: Path) -> Recovery:
@@ -148,7 +144,7 @@ def _reencrypt(
                 if blob is None:
                     sealed.append(None)
                     continue
-                aad = _aad(column, person_id)
+                aad = field_binding(column, person_id)
                 sealed.append(new.encrypt(old.decrypt(blob, aad), aad))
                 count += 1
             db.execute("UPDATE people SET name = ?, phone = ?, email = ? WHERE id = ?", (*sealed, person_id))
@@ -201,7 +197,7 @@ def first_sealed_value(db: sqlite3.Connection) -> SealedValue | None:
 def opens(cipher: FieldCipher, sealed: SealedValue) -> bool:
     person_id, column, blob = sealed
     try:
-        cipher.decrypt(blob, _aad(column, person_id))
+        cipher.decrypt(blob, field_binding(column, person_id))
     except (KeyFileError, InvalidTag):
         return False
     return True
@@ -247,9 +243,6 @@ def key_problem(db: sqlite3.Connection, cipher: FieldCipher, key_path: Path) -> 
     return None
 
 
-def _aad(column: str, person_id: str) -> str:
-    # Must match Store._seal/_open: the value is bound to its row and column.
-    return f"people.{column}:{person_id}"
 
 
 @contextlib.contextmanager

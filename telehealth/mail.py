@@ -35,7 +35,8 @@ import aiosmtplib
 
 from telehealth.audit import AuditEvent
 from telehealth.config import Config
-from telehealth.store import Person, RoomRecord, Store
+from telehealth.model import Person, RoomRecord
+from telehealth.store import Store
 from telehealth.tokens import PersonId
 
 log = logging.getLogger("telehealth.mail")

@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,12 +73,12 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], networks: tup
     return str(address)
 
 
-def middleware(networks: tuple[Network, ...]) -> web.Middleware:
+def middleware(networks: tuple[Network, ...]) -> Middleware:
     @web.middleware
-    async def trusted_proxies(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def trusted_proxies(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote
         address = _address(peer) if peer else None
-        if address is None or not _trusted(address, networks):
+        if peer is None or address is None or not _trusted(address, networks):
             return await handler(request)
         client = client_address(peer, request.headers.getall("X-Forwarded-For", ()), networks) or peer
         proto = request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip().lower()

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger("telehealth.request")
 
@@ -45,7 +46,7 @@ def route_of(request: web.Request) -> str:
 
 
 @web.middleware
-async def middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get(HEADER))
     reset = REQUEST_ID.set(request_id)
     started = time.perf_counter()

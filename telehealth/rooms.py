@@ -15,7 +15,8 @@ from telehealth import phones
 from telehealth.audit import AuditEvent
 from telehealth.config import MAX_SESSION_MINUTES
 from telehealth.errors import ErrorCode, StateError, UserError
-from telehealth.store import NewLink, Person, RoomRecord, Store
+from telehealth.model import Person, RoomRecord
+from telehealth.store import NewLink, Store
 from telehealth.tokens import PersonId, RoomId, hash_token, new_person_id, new_room_id, new_token
 
 MAX_NAME = 80

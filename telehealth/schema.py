@@ -182,11 +182,20 @@ CREATE INDEX mail_due ON mail(state, next_at);
 CREATE INDEX mail_room ON mail(room_id);
 """
 
+# The baseline's per-account sign-in counters were never written: failed sign-ins are counted
+# in memory, per address and per account (telehealth.ratelimit, LoginLimits).
+_NO_ACCOUNT_LOCKOUT_COLUMNS = """
+ALTER TABLE users DROP COLUMN failed_logins;
+ALTER TABLE users DROP COLUMN locked_until;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline: rooms, people, links, ledgers, audit, accounts, quality history", _BASELINE),
     Migration(2, "live sessions: room state, quality so far and the server's heartbeat, for restarts",
               _LIVE_SESSIONS),
     Migration(3, "appointments and email: rooms.minutes, people.email, the mail table", _APPOINTMENTS_AND_EMAIL),
+    Migration(4, "users: drop failed_logins and locked_until, never used (sign-in limits are in memory)",
+              _NO_ACCOUNT_LOCKOUT_COLUMNS),
 ]
 
 

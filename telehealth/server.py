@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from telehealth import logs, requestlog
 from signaling.endpoint import SIGNALING
+from telehealth import logs, requestlog
 from telehealth.app import create_app
 from telehealth.config import Config
 from telehealth.tls import self_signed, server_context
@@ -32,7 +32,7 @@ RECLAIM_GROWTH = 2.0
 CONNECTION_ALLOWANCE = 256 * 1024
 
 # The number of open connections, for the collector: set by the app that has them.
-OPEN_CONNECTIONS = web.AppKey("open_connections", Callable[[], int])
+OPEN_CONNECTIONS: web.AppKey[Callable[[], int]] = web.AppKey("open_connections")
 
 
 def tune_runtime() -> None:

@@ -10,58 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from telehealth import datadir, schema
+from telehealth import datadir, keys, schema
 from telehealth.audit import AuditLog
-from telehealth.crypto import FieldCipher
+from telehealth.crypto import FieldCipher, field_binding
 from telehealth.keys import finish_interrupted_rotation, key_for
-from telehealth.tokens import JoinLink, PersonId, Role, RoomId
-
-
-@dataclass(frozen=True, slots=True)
-class Person:
-    id: PersonId
-    room_id: RoomId
-    role: Role
-    ordinal: int
-    name: str
-    # E.164 (telehealth.phones), for the phone fallback.
-    phone: str | None = None
-    # Where the person's link is emailed (telehealth.mail).
-    email: str | None = None
-
-    @property
-    def first_name(self) -> str:
-        return self.name.split()[0] if self.name.split() else ""
-
-
-@dataclass(frozen=True, slots=True)
-class RoomRecord:
-    id: RoomId
-    created_at: float
-    starts_at: float | None
-    started_at: float | None
-    ended_at: float | None
-    people: tuple[Person, ...]
-    # An appointment's length; None for a room without a set time (and older rooms).
-    minutes: int | None = None
-
-    @property
-    def ends_at(self) -> float | None:
-        if self.starts_at is None or self.minutes is None:
-            return None
-        return self.starts_at + self.minutes * 60
-
-    @property
-    def therapist(self) -> Person:
-        return next(p for p in self.people if p.role == "therapist")
-
-    @property
-    def partners(self) -> tuple[Person, ...]:
-        return tuple(p for p in self.people if p.role == "partner")
+from telehealth.model import Person, RoomRecord  # plain core types, handed out from here
+from telehealth.tokens import JoinLink, PersonId, RoomId
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +70,12 @@ class Store:
         """Changes whenever another connection (the CLI) commits to the file."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def rotate_key(self, key_path: Path, *, audit: AuditLog | None = None, actor: str | None = None) -> int:
+        """Re-encrypt every personal field under a fresh key (telehealth/keys.py); from then
+        on this store works under it. Returns how many values were re-encrypted."""
+        count, self.cipher = keys.rotate_key(self._db, self.cipher, key_path, audit=audit, actor=actor)
+        return count
+
     def check_writable(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("ROLLBACK")
@@ -119,10 +83,10 @@ class Store:
     # -- personal fields ---------------------------------------------------------------
 
     def _seal(self, value: str | None, person_id: str, column: str) -> bytes | None:
-        return None if value is None else self.cipher.encrypt(value, f"people.{column}:{person_id}")
+        return None if value is None else self.cipher.encrypt(value, field_binding(column, person_id))
 
     def _open(self, blob: bytes | None, person_id: str, column: str) -> str | None:
-        return None if blob is None else self.cipher.decrypt(blob, f"people.{column}:{person_id}")
+        return None if blob is None else self.cipher.decrypt(blob, field_binding(column, person_id))
 
     # -- rooms -----------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ ids, roles, causes, steps and times only: ``OpsEvent`` refuses any other key and
 that is not a number or a short id-like string, so a name or a phone number cannot be sent.
 
 Each POST is JSON with ``X-Telehealth-Timestamp`` and ``X-Telehealth-Signature: sha256=<hex>``
-(HMAC-SHA256 over ``timestamp + "." + body``, as the phone dialer signs), ``X-Telehealth-Event``
+(HMAC-SHA256 over ``timestamp + "." + body``; the phone dialer's requests are signed the same
+way, by the same code: ``post_signed``), ``X-Telehealth-Event``
 and ``X-Telehealth-Delivery`` (the same on every retry of one event, so a receiver can drop
 duplicates). Delivery, in order, from one background task::
 
@@ -128,6 +129,34 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+async def post_signed(
+    session: aiohttp.ClientSession, url: str, secret: str, body: bytes, *, attempts: int,
+    backoff_s: float, backoff_max_s: float = math.inf, clock: Callable[[], float] = time.time,
+    headers: Mapping[str, str] | None = None,
+) -> int | None:
+    """POST a signed JSON ``body`` (these webhooks and the phone dialer's, telehealth/dialers.py).
+
+    A network error, a timeout, 429 or 5xx is tried again after a wait that doubles, up to
+    ``backoff_max_s``. Returns the status that ended it (below 300: delivered; any other:
+    refused), or None when ``attempts`` ran out first. Freshly stamped and signed each time.
+    """
+    delay = backoff_s
+    for attempt in range(1, attempts + 1):
+        stamp = str(int(clock()))
+        sent = {"Content-Type": "application/json", TIMESTAMP_HEADER: stamp,
+                SIGNATURE_HEADER: sign(secret, stamp, body), **(headers or {})}
+        try:
+            async with session.post(url, data=body, headers=sent) as response:
+                if response.status < 300 or (response.status < 500 and response.status != 429):
+                    return response.status
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        if attempt < attempts:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff_max_s)
+    return None
+
+
 class OpsWebhooks:
     """Delivers OpsEvents to one URL, in order, from the task ``run`` (see the module doc).
 
@@ -176,27 +205,17 @@ class OpsWebhooks:
                     self.queue.task_done()
 
     async def deliver(self, session: aiohttp.ClientSession, event: OpsEvent) -> bool:
-        body = event.body()
         room_id = event.fields.get("room_id")
-        delay = self.backoff_s
-        for attempt in range(1, self.attempts + 1):
-            stamp = str(int(self.clock()))
-            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: stamp,
-                       SIGNATURE_HEADER: sign(self.secret, stamp, body),
-                       EVENT_HEADER: event.kind.value, DELIVERY_HEADER: event.delivery}
-            try:
-                async with session.post(self.url, data=body, headers=headers) as response:
-                    if response.status < 300:
-                        return True
-                    if response.status < 500 and response.status != 429:
-                        log.warning("ops webhook refused %s: HTTP %s", event.kind.value,
-                                    response.status, extra={"room_id": room_id, "event": event.kind.value})
-                        return False
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            if attempt < self.attempts:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
+        status = await post_signed(
+            session, self.url, self.secret, event.body(), attempts=self.attempts, backoff_s=self.backoff_s,
+            backoff_max_s=self.backoff_max_s, clock=self.clock,
+            headers={EVENT_HEADER: event.kind.value, DELIVERY_HEADER: event.delivery})
+        if status is not None and status < 300:
+            return True
+        if status is not None:
+            log.warning("ops webhook refused %s: HTTP %s", event.kind.value,
+                        status, extra={"room_id": room_id, "event": event.kind.value})
+            return False
         log.warning("ops webhook unreachable after %d attempts: %s dropped", self.attempts,
                     event.kind.value, extra={"room_id": room_id, "event": event.kind.value})
         return False

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,19 +17,16 @@ import pytest
 from aiohttp import web
 
 from telehealth import rooms
-from telehealth.app import STORE, create_app
+from telehealth.app import create_app
+from telehealth.appkeys import STORE
 from telehealth.config import Config
 from telehealth.logs import JsonFormatter
 from telehealth.store import Store
+from tests.ports import free_port
+from tests.served import Launcher, Outcome, launch
 
 # The bearer token of metrics_server's /metrics.
 METRICS_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -96,32 +94,52 @@ async def metrics_server(make_config: Callable[..., Config], tmp_path: Path) -> 
 
 
 class LogCapture(logging.Handler):
-    """Every record logged anywhere, at DEBUG: as the JSON lines the server writes, and those
+    """Every record logged anywhere: the records, the JSON lines the server writes, and those
     that carry a traceback (or are errors)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(JsonFormatter())
+        self.records: list[logging.LogRecord] = []
         self.lines: list[str] = []
         self.tracebacks: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
         line = self.format(record)
         self.lines.append(line)
         if record.exc_info or record.levelno >= logging.ERROR:
             self.tracebacks.append(line)
 
+    def entries(self, logger: str) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.lines if json.loads(line)["logger"] == logger]
+
+    def requests(self) -> list[dict[str, object]]:
+        """The request lines' fields as logged (whether or not the formatter prints them)."""
+        keys = ("method", "route", "status", "duration_ms", "request_id", "room_id", "levelname")
+        return [{k: getattr(r, k, None) for k in keys} for r in self.records
+                if r.name == "telehealth.request"]
+
+
+@contextlib.contextmanager
+def capturing_logs(level: int = logging.DEBUG) -> Iterator[LogCapture]:
+    """A LogCapture on the root logger, which logs from ``level`` on meanwhile."""
+    handler = LogCapture()
+    root = logging.getLogger()
+    before = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+
 
 @pytest.fixture
 def captured_logs() -> Iterator[LogCapture]:
-    handler = LogCapture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with capturing_logs() as handler:
+        yield handler
 
 
 async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> None:
@@ -141,3 +159,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("netns"))
         elif item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.xdist_group("browser"))
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Launcher]:
+    """Real ``telehealth serve`` processes: ``await serve(data_dir, port, *flags)`` launches one
+    (tests/served.py); whatever still runs is killed after the test."""
+    started: list[Outcome] = []
+
+    async def start(*args: object, **kwargs: object) -> Outcome:
+        outcome = await launch(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(outcome)
+        return outcome
+
+    yield start
+    for outcome in started:
+        if outcome.proc.returncode is None:
+            outcome.proc.kill()
+            await outcome.proc.wait()

@@ -26,6 +26,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from media import tracks
 from signaling.protocol import IceServer
+from tests.ports import free_port
 
 TURNSERVER = Path("/usr/bin/turnserver")
 REALM = "telehealth.test"
@@ -56,21 +57,6 @@ class CoturnServer:
 
     def log_tail(self) -> str:
         return _tail(self.log_file)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP right now (coturn listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def stun_binding_answered(host: str, port: int, timeout: float) -> bool:
@@ -181,7 +167,7 @@ def start_coturn(
     ``options`` add or override config lines (``None`` for a flag)."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port(udp=True)
     min_relay, max_relay = relay_port_window()
     lines: dict[str, str | None] = {
         "listening-ip": "127.0.0.1",

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 TELEHEALTH = [sys.executable, "-m", "telehealth.cli"]
 # Generous: a loaded machine starts Python and imports aiortc slowly; a refusal comes sooner.
@@ -88,20 +87,3 @@ def assert_refused(outcome: Outcome, *words: str) -> str:
 
 
 Launcher = Callable[..., Awaitable[Outcome]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Launcher]:
-    """``await serve(data_dir, port, *flags)``: launch; whatever still runs is killed after."""
-    started: list[Outcome] = []
-
-    async def start(*args: object, **kwargs: object) -> Outcome:
-        outcome = await launch(*args, **kwargs)  # type: ignore[arg-type]
-        started.append(outcome)
-        return outcome
-
-    yield start
-    for outcome in started:
-        if outcome.proc.returncode is None:
-            outcome.proc.kill()
-            await outcome.proc.wait()

@@ -35,7 +35,7 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
 
 
 RULES = (RULES_DIR / "alerts.yml").read_text()
-ALERTS = set(re.findall(r"^      - alert: (\w+)$", RULES, re.M))
+ALERTS = set(re.findall(r"^      - alert: (\w+)$", RULES, re.MULTILINE))
 
 
 def test_each_alert_is_unit_tested_firing_and_says_what_to_do() -> None:
@@ -51,7 +51,7 @@ async def test_every_metric_the_rules_use_is_one_the_server_exports(metrics_serv
         async with http.get(f"{metrics_server.base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as r:
             text = await r.text()
     # Declared, with or without series yet (a labelled counter has none until counted).
-    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
     used = set(re.findall(r"\b(telehealth_[a-z_]+)", RULES))
     assert used and used <= exported, used - exported
 
@@ -135,6 +135,6 @@ async def test_a_real_prometheus_scrapes_the_server_with_its_token_and_evaluates
             proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()

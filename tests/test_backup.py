@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.conftest import free_port
-from tests.served import TELEHEALTH, Launcher, assert_refused, run, serve  # noqa: F401 (serve: a fixture)
 from telehealth import schema
 from telehealth.audit import AuditLog
 from telehealth.crypto import FieldCipher, load_key, write_key
 from telehealth.store import Store
+from tests.conftest import free_port
+from tests.served import TELEHEALTH, Launcher, run
 
 
 def create_room(data_dir: Path, base_url: str) -> dict:

@@ -19,6 +19,7 @@ from playwright.async_api import Browser, Page, expect
 from signaling import protocol as p
 from signaling.endpoint import SIGNALING
 from signaling.hub import HubEvent, MemberEvent
+from telehealth import rooms
 from tests.browser import (  # noqa: F401  (browser is a fixture)
     PHONE,
     Person,
@@ -33,7 +34,6 @@ from tests.browser import (  # noqa: F401  (browser is a fixture)
     visibly_focused,
     watch_console,
 )
-from telehealth import rooms
 from tests.conftest import RunningServer, eventually
 
 pytestmark = pytest.mark.browser

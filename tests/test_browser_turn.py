@@ -21,13 +21,13 @@ from tests.coturn import (
     REALM,
     CoturnServer,
     config_text,
-    free_port,
     launch_coturn,
     relay_port_window,
     sandbox_lines,
     start_coturn,
 )
 from tests.netfault import Namespace, namespace
+from tests.ports import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -129,7 +129,7 @@ async def media_flows(people: list[Person], timeout: float = 40.0) -> None:
     while True:
         now = {person.name: await person.page.evaluate(INBOUND) for person in people}
 
-        def flowing(name: str) -> bool:
+        def flowing(name: str, now: dict[str, Any] = now) -> bool:
             before = {link["pc"]: link for link in first[name]}
             return len(now[name]) == 2 and all(
                 link["audio"] > before.get(link["pc"], {"audio": 0})["audio"] + 10 and link["frames"] > 0
@@ -272,7 +272,7 @@ def start_coturn_for_namespace(tmp_dir: Path, ns: Namespace) -> tuple[CoturnServ
     self-signed certificate) on a port of its own; yields the server and its TLS port."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed(tmp_dir / "tls", ns.host_ip)
-    port, tls_port = free_port(), free_port()
+    port, tls_port = free_port(udp=True), free_port(udp=True)
     min_relay, max_relay = relay_port_window()
     lines: dict[str, str | None] = {
         "listening-ip": "127.0.0.1",

@@ -12,7 +12,7 @@ import pytest
 
 from media.participant import SyntheticParticipant
 from signaling.endpoint import SIGNALING
-from telehealth.app import REFUSALS
+from telehealth.appkeys import REFUSALS
 from tests.conftest import RunningServer, start_server
 from tests.test_hub import snapshot
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fallback.dialers import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from media.participant import SyntheticParticipant
+from telehealth.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import RunningServer, free_port, start_server
 from tests.netfault import Namespace, namespace
 from tests.remote_participant import CounterWatch, call, media_everywhere
@@ -93,7 +93,7 @@ async def test_cut_partner_is_lost_within_2s_and_recovers_inside_the_window(
     make_config: Any, ns: Namespace, phone_system: tuple[PhoneSystem, str],
 ) -> None:
     async with fallback_server(make_config, phone_system[1]) as server, call(server, ns) as c:
-        t_id, a_id, b_id = c.ids()
+        _t_id, _a_id, b_id = c.ids()
         await media_everywhere(c)
         await c.therapist.wait_for(lambda: quality_when(c.therapist, b_id, "good") is not None, 10)
         frames_from_b = CounterWatch(lambda: c.therapist.frames_from(b_id)["video"])
@@ -125,7 +125,7 @@ async def test_still_gone_at_the_end_of_the_window_brings_the_phone_step(
 ) -> None:
     system, url = phone_system
     async with fallback_server(make_config, url) as server, call(server, ns) as c:
-        t_id, a_id, b_id = c.ids()
+        _t_id, _a_id, b_id = c.ids()
         await media_everywhere(c)
         cut = await ns.cut()
         prompt = await c.therapist.wait_message("call_prompt", timeout=WINDOW + 6)

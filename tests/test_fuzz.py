@@ -43,15 +43,14 @@ from telehealth.config import Config
 from telehealth.errors import ErrorCode, ProtocolError
 from tests.conftest import RunningServer
 from tests.test_hub import snapshot
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
 
 # The error codes docs/protocol.md documents; `internal` is documented as a bug of ours.
 DOCUMENTED = set(re.findall(r"^\| `([a-z_]+)` \|", (ROOT / "docs" / "protocol.md").read_text().split(
-    "## Errors", 1)[1].split("## Close reasons", 1)[0], re.M))
+    "## Errors", 1)[1].split("## Close reasons", 1)[0], re.MULTILINE))
 # What the server may push to a partner in a call at any moment, unasked.
 PUSHED = {"quality", "fallback", "notice", "presence", "peer_joined", "peer_media", "room", "sdp",
           "candidate", "restart", "mute_request"}

@@ -31,8 +31,7 @@ from telehealth import accounts, cli
 from telehealth.tokens import check_link, hash_token
 from tests.conftest import LogCapture, RunningServer
 from tests.test_fuzz import FORMS, PASSWORD, SignedIn, set_cookies
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 
 # The zones furthest from UTC either way, a zone with DST, and names that are not zones.
 ZONES = ["Etc/GMT+12", "Etc/GMT-14", "Pacific/Kiritimati", "America/St_Johns", "UTC", "Factory",

@@ -9,7 +9,7 @@ import pytest
 from signaling import protocol as p
 from signaling.hub import RoomHub
 from telehealth.errors import ErrorCode, TelehealthError
-from telehealth.store import Person, RoomRecord
+from telehealth.model import Person, RoomRecord
 from telehealth.tokens import PersonId, RoomId
 
 
@@ -122,7 +122,7 @@ def test_drop_resume_and_grace_expiry(hub: RoomHub) -> None:
 
 def test_second_device_replaces_the_first(hub: RoomHub) -> None:
     rec = record()
-    t, a, b = seat_call(hub, rec)
+    _t, a, _b = seat_call(hub, rec)
     a2 = Sock("a2")
     out = hub.join(a2, rec, rec.people[1], 5.0)
     assert sent(out, a) == [p.Bye(reason=p.CloseReason.REPLACED, action=p.RecoveryAction.NONE,
@@ -138,8 +138,8 @@ def test_second_device_replaces_the_first(hub: RoomHub) -> None:
 
 def test_relay_stays_inside_the_room(hub: RoomHub) -> None:
     rec, other = record("r1"), record("r2")
-    t, a, b = seat_call(hub, rec)
-    x, _, _ = seat_call(hub, other)
+    t, a, _b = seat_call(hub, rec)
+    _x, _, _ = seat_call(hub, other)
     sdp = p.Description("offer", "v=0")
     out = hub.relay(a, p.ClientSdp(to="r1-t", pc="1", description=sdp))
     assert out.sends == [(t, p.ServerSdp(from_="r1-p1", pc="1", description=sdp))]

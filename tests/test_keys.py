@@ -23,7 +23,6 @@ from telehealth.keys import (
     Recovery,
     finish_interrupted_rotation,
     key_in_use,
-    rotate_key,
 )
 from telehealth.store import Store
 
@@ -87,7 +86,7 @@ def test_rotation_re_encrypts_everything_and_the_new_key_reads_it_back(
     old_blobs = store.db.execute("SELECT id, name, phone FROM people").fetchall()
     assert not any(value in raw_bytes(store.path) for value in PERSONAL)
 
-    assert rotate_key(store, key_path) == 5  # three names, two phones
+    assert store.rotate_key(key_path) == 5  # three names, two phones
 
     new_key = read_key(key_path)
     assert new_key != old_key and len(new_key) == 32
@@ -106,7 +105,7 @@ def test_rotation_re_encrypts_everything_and_the_new_key_reads_it_back(
 
 def test_the_old_key_no_longer_decrypts_anything(store: Store, key_path: Path) -> None:
     old_key = read_key(key_path)
-    rotate_key(store, key_path)
+    store.rotate_key(key_path)
     old_cipher, old_aead = FieldCipher(old_key), AESGCM(old_key)
     for person_id, name, _ in store.db.execute("SELECT id, name, phone FROM people"):
         aad = f"people.name:{person_id}"
@@ -119,8 +118,8 @@ def test_the_old_key_no_longer_decrypts_anything(store: Store, key_path: Path) -
 
 def test_the_old_key_is_kept_aside_with_mode_0600(store: Store, data_dir: Path, key_path: Path) -> None:
     old_key = read_key(key_path)
-    rotate_key(store, key_path)
-    rotate_key(store, key_path)
+    store.rotate_key(key_path)
+    store.rotate_key(key_path)
     backups = sorted(data_dir.glob("telehealth.key.old-*"))
     assert len(backups) == 2
     assert read_key(backups[0]) == old_key
@@ -131,7 +130,7 @@ def test_the_old_key_is_kept_aside_with_mode_0600(store: Store, data_dir: Path, 
 def test_rotation_is_audited_without_any_key_material(store: Store, key_path: Path) -> None:
     audit = AuditLog(store.db, time.time)
     old_key = read_key(key_path)
-    rotate_key(store, key_path, audit=audit, actor="cli")
+    store.rotate_key(key_path, audit=audit, actor="cli")
     [entry] = [e for e in map(json.loads, audit.export()) if e["event"] == "key_rotated"]
     assert entry["event"] == "key_rotated" and entry["actor"] == "cli"
     assert entry["detail"]["values"] == 5
@@ -145,10 +144,10 @@ def test_rotation_is_refused_while_a_server_holds_the_key(
 ) -> None:
     old_key = read_key(key_path)
     with key_in_use(key_path), pytest.raises(KeyBusyError, match="stop the server"):
-        rotate_key(store, key_path)
+        store.rotate_key(key_path)
     assert read_key(key_path) == old_key
     assert names_of(store, room_id) == EXPECTED
-    assert rotate_key(store, key_path) == 5  # released: now it works
+    assert store.rotate_key(key_path) == 5  # released: now it works
 
 
 def test_a_server_cannot_start_during_a_rotation(store: Store, key_path: Path) -> None:
@@ -167,7 +166,7 @@ def test_rotation_refuses_a_key_file_that_is_not_the_stores_key(
     other = data_dir / "other.key"
     write_key(other, AESGCM.generate_key(bit_length=256))
     with pytest.raises(KeyFileError, match="not the key this store was opened with"):
-        rotate_key(store, other)
+        store.rotate_key(other)
     assert names_of(store, room_id) == EXPECTED
 
 
@@ -184,7 +183,7 @@ def test_a_failed_re_encryption_changes_nothing(
     old_key = read_key(key_path)
     before = store.db.execute("SELECT id, name, phone FROM people ORDER BY id").fetchall()
     with pytest.raises(KeyFileError):
-        rotate_key(store, key_path)
+        store.rotate_key(key_path)
     assert store.db.execute("SELECT id, name, phone FROM people ORDER BY id").fetchall() == before
     assert read_key(key_path) == old_key and store.cipher.key_id == FieldCipher(old_key).key_id
     assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith("telehealth.key")) == [
@@ -193,15 +192,14 @@ def test_a_failed_re_encryption_changes_nothing(
 
 
 def test_nothing_to_recover_after_a_clean_rotation(store: Store, key_path: Path) -> None:
-    rotate_key(store, key_path)
+    store.rotate_key(key_path)
     assert finish_interrupted_rotation(store.path, key_path) is Recovery.NOTHING
 
 
-# A real process that dies (os._exit, no cleanup) at a chosen step of rotate_key.
+# A real process that dies (os._exit, no cleanup) at a chosen step of Store.rotate_key.
 CRASHING_ROTATION = """
 import os, sys, time
 from pathlib import Path
-from telehealth import keys
 from telehealth.audit import AuditLog
 from telehealth.store import Store
 
@@ -215,12 +213,12 @@ if step == "after_commit":
             os._exit(3)  # the database committed; the key file swap never happens
         real_replace(src, dst)
     os.replace = replace
-    keys.rotate_key(store, key_path)
+    store.rotate_key(key_path)
 else:
     class DiesBeforeCommit(AuditLog):
         def append(self, *args, **kwargs):
             os._exit(3)  # inside the re-encryption transaction, before COMMIT
-    keys.rotate_key(store, key_path, audit=DiesBeforeCommit(store.db, time.time))
+    store.rotate_key(key_path, audit=DiesBeforeCommit(store.db, time.time))
 """
 
 
@@ -263,7 +261,7 @@ def test_a_crash_before_the_commit_keeps_the_old_key(
     store = Store.open(data_dir)
     try:
         assert names_of(store, room_id) == EXPECTED
-        assert rotate_key(store, key_path) == 5  # and a new rotation goes through
+        assert store.rotate_key(key_path) == 5  # and a new rotation goes through
     finally:
         store.close()
 
@@ -275,7 +273,7 @@ def test_rotation_refuses_to_start_over_an_unsettled_one(
     store = Store(data_dir / "telehealth.sqlite3", FieldCipher(read_key(key_path)))
     try:
         with pytest.raises(KeyFileError, match="interrupted rotation"):
-            rotate_key(store, key_path)
+            store.rotate_key(key_path)
     finally:
         store.close()
     assert finish_interrupted_rotation(data_dir / "telehealth.sqlite3", key_path) is Recovery.COMPLETED

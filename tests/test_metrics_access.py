@@ -88,8 +88,8 @@ def test_serve_refuses_a_metrics_token_file_it_cannot_read_in_one_line(tmp_path:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"telehealth: TELEHEALTH_METRICS_TOKEN_FILE: cannot read {tmp_path / 'missing.token'} "
-        "(No such file or directory)"]
+        (f"telehealth: TELEHEALTH_METRICS_TOKEN_FILE: cannot read {tmp_path / 'missing.token'} "
+        "(No such file or directory)")]
     assert not (tmp_path / "data").exists()  # refused before anything was made
 
 

@@ -18,12 +18,11 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from media.participant import SyntheticParticipant
 from telehealth import accounts, rooms
-from telehealth.app import REFUSALS
+from telehealth.appkeys import REFUSALS
 from telehealth.config import Config
 from telehealth.tokens import new_token
 from tests.conftest import RunningServer, session_from, start_server
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 from web.netcheck import PROBE
 
 PASSWORD = "correct horse battery staple"

@@ -98,7 +98,7 @@ async def test_behind_caddy_bad_sign_ins_from_one_client_do_not_lock_staff_on_an
 
 
 async def test_caddy_keeps_the_metrics_inside(proxied: tuple[Caddy, RunningServer]) -> None:
-    caddy, server = proxied
+    caddy, _server = proxied
     async with client(caddy, "127.0.0.2") as outside:
         async with outside.get(f"{caddy.base_url}/metrics") as response:
             assert response.status == 404 and "telehealth_" not in await response.text()

@@ -22,7 +22,7 @@ DEPLOYMENT = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md")
 
 
 def caddy_example() -> str:
-    found = re.search(r"```\n(\{\$TELEHEALTH_SITE:localhost\} \{\n.*?\n\})\n```", DEPLOYMENT, re.S)
+    found = re.search(r"```\n(\{\$TELEHEALTH_SITE:localhost\} \{\n.*?\n\})\n```", DEPLOYMENT, re.DOTALL)
     assert found, "the Caddy example is gone from docs/deployment.md"
     return found.group(1)
 
@@ -65,7 +65,7 @@ async def proxy(argv: list[str], env: dict[str, str], url: str) -> AsyncIterator
             proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -13,46 +12,15 @@ from aiohttp import web
 from telehealth import requestlog
 from telehealth.app import create_app
 from telehealth.config import Config
-from telehealth.logs import JsonFormatter
-from tests.conftest import RunningServer, eventually, free_port
-
-
-class Lines(logging.Handler):
-    """Every record as the server would print it: a JSON line, with the request-id filter."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.lines.append(self.format(record))
-
-    def entries(self, logger: str) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.lines if json.loads(line)["logger"] == logger]
-
-    def requests(self) -> list[dict[str, object]]:
-        """The request lines' fields as logged (whether or not the formatter prints them)."""
-        keys = ("method", "route", "status", "duration_ms", "request_id", "room_id", "levelname")
-        return [{k: getattr(r, k, None) for k in keys} for r in self.records
-                if r.name == "telehealth.request"]
+from tests.conftest import LogCapture, RunningServer, capturing_logs, eventually, free_port
 
 
 @pytest.fixture
-def lines() -> Iterator[Lines]:
-    handler = Lines()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    requestlog.install([handler])
-    yield handler
-    root.removeHandler(handler)
-    root.setLevel(level)
-
-
+def lines() -> Iterator[LogCapture]:
+    """Every record as the server would print it: a JSON line, with the request-id filter."""
+    with capturing_logs(logging.INFO) as handler:
+        requestlog.install([handler])
+        yield handler
 
 
 @pytest.fixture
@@ -73,7 +41,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def test_a_join_page_is_logged_by_its_pattern_never_its_token(
-    logged_server: RunningServer, http: aiohttp.ClientSession, lines: Lines,
+    logged_server: RunningServer, http: aiohttp.ClientSession, lines: LogCapture,
 ) -> None:
     room = logged_server.create_room()
     token = room.partner_links[0].rsplit("/", 1)[1]
@@ -95,7 +63,7 @@ async def test_a_join_page_is_logged_by_its_pattern_never_its_token(
 
 
 async def test_a_well_formed_request_id_is_kept_and_a_bad_one_replaced(
-    logged_server: RunningServer, http: aiohttp.ClientSession, lines: Lines,
+    logged_server: RunningServer, http: aiohttp.ClientSession, lines: LogCapture,
 ) -> None:
     url = f"{logged_server.base_url}/healthz"
     async with http.get(url, headers={"X-Request-Id": "3f2a9c1e-proxy-id"}) as response:
@@ -109,7 +77,7 @@ async def test_a_well_formed_request_id_is_kept_and_a_bad_one_replaced(
 
 
 async def test_lines_logged_during_a_request_carry_its_id(
-    logged_server: RunningServer, http: aiohttp.ClientSession, lines: Lines,
+    logged_server: RunningServer, http: aiohttp.ClientSession, lines: LogCapture,
 ) -> None:
     # A forged link on the signaling socket is logged by the endpoint, inside the socket's
     # upgrade request: that line carries the request's id.
@@ -129,7 +97,7 @@ async def test_lines_logged_during_a_request_carry_its_id(
 
 
 async def test_routes_with_a_room_say_which_and_failures_are_errors(
-    http: aiohttp.ClientSession, lines: Lines,
+    http: aiohttp.ClientSession, lines: LogCapture,
 ) -> None:
     async def fails(request: web.Request) -> web.Response:
         raise RuntimeError("a bug")

@@ -25,8 +25,7 @@ from signaling.endpoint import SIGNALING
 from telehealth import accounts
 from tests.conftest import RunningServer
 from tests.test_fuzz import Socket, connect, set_cookies, token_of
-from web.console import SESSION_COOKIE
-from web.forms import LOGIN_COOKIE
+from web.forms import LOGIN_COOKIE, SESSION_COOKIE
 
 PASSWORD = "correct horse battery staple"
 ALEX, SAM, ADA = "Alex Morgan", "Sam Lee", "Dr Ada Quill"

@@ -25,6 +25,15 @@ def test_a_new_file_gets_every_table_at_the_latest_version(tmp_path: Path) -> No
         db.close()
 
 
+def test_users_keep_no_unused_lockout_columns(tmp_path: Path) -> None:
+    db = schema.connect(tmp_path / "t.sqlite3")
+    try:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(users)")}
+        assert columns == {"id", "username", "role", "display_name", "password_hash", "created_at"}
+    finally:
+        db.close()
+
+
 def test_steps_run_in_order_once_each_and_a_failed_step_leaves_the_file_at_the_last_good_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,7 +125,7 @@ async def test_grace_window_ends_in_left(make_config) -> None:  # type: ignore[n
 
     server = await start_server(make_config(grace_seconds=0.6))
     try:
-        async with call(server) as (therapist, a, b):
+        async with call(server) as (therapist, a, _b):
             a_id = a.me["id"]
             await a.drop_signaling()
             await therapist.wait_message("presence", peer=a_id, state="reconnecting")

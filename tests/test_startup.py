@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.conftest import free_port
-from tests.served import Launcher, Outcome, assert_refused, run, serve  # noqa: F401 (serve: a fixture)
 from telehealth.crypto import write_key
+from tests.conftest import free_port
+from tests.served import Launcher, Outcome, assert_refused, run
 
 
 def create_room(data_dir: Path, base_url: str = "http://127.0.0.1:1") -> dict:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.served import Launcher, serve  # noqa: F401 (serve: a fixture)
 from telehealth.config import Config, from_env
+from tests.conftest import free_port
+from tests.served import Launcher
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "telehealth.service"

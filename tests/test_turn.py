@@ -32,7 +32,6 @@ from tests.coturn import (
     CoturnServer,
     candidate_types,
     config_text,
-    free_port,
     launch_coturn,
     peer_pair,
     relay_port_window,
@@ -40,6 +39,7 @@ from tests.coturn import (
     sandbox_lines,
     start_coturn,
 )
+from tests.ports import free_port
 
 SECRET = "correct horse battery staple"
 NOW = 1_800_000_000.0
@@ -326,7 +326,7 @@ def coturn_with_printed_config(
     """Run coturn on exactly what ``telehealth turn config`` prints, on free ports; yields the
     server and its TLS port. For the test, logs go to a file instead of syslog."""
     cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
-    port, tls_port = free_port(), free_port()
+    port, tls_port = free_port(udp=True), free_port(udp=True)
     min_relay, max_relay = relay_port_window()
     text = render_coturn_config(
         "turn.clinic.example",

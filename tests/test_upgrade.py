@@ -12,13 +12,13 @@ from pathlib import Path
 import aiohttp
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.conftest import free_port
-from tests.served import Launcher, assert_refused, run, serve  # noqa: F401 (serve: a fixture)
 from telehealth import schema
 from telehealth.accounts import hash_password
 from telehealth.audit import AuditEvent, AuditLog
 from telehealth.crypto import FieldCipher, write_key
 from telehealth.tokens import hash_token, new_token
+from tests.conftest import free_port
+from tests.served import Launcher, assert_refused, run
 
 BEFORE_VERSIONS = Path(__file__).parent / "data" / "schema-before-versions.sql"
 PEOPLE = [("p_therapist01", "therapist", 0, "Dr Ada Lovelace", None),

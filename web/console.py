@@ -14,7 +14,6 @@ login cookie is Secure, HttpOnly and SameSite=Strict.
 from __future__ import annotations
 
 import datetime
-import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,21 +21,17 @@ from typing import NoReturn
 
 import aiohttp_jinja2
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from signaling.endpoint import SIGNALING
 from telehealth import accounts, mail, rooms
-from telehealth.app import CONFIG, MAIL, STORE
+from telehealth.appkeys import CONFIG, MAIL, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, TelehealthError, UserError
+from telehealth.model import Person, RoomRecord
 from telehealth.requestlog import REQUEST_ID
-from telehealth.store import Person, RoomRecord
 from telehealth.tokens import PersonId
-from web.forms import SignedIn, audit_path, enter, field, login_page, read_form, refuse_role, sign_in
-from web.pages import iso_utc, plain_time, same_origin, zone
-
-# "__Host-": the browser only accepts it Secure, from this host, for path "/".
-SESSION_COOKIE = "__Host-telehealth-console"
+from web.forms import SignedIn, StaffDoor, audit_path, field
+from web.pages import iso_utc, plain_time, zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +83,9 @@ def mail_words(delivery: mail.Delivery, tz: datetime.tzinfo) -> str:
     return "sending…"
 
 
-def _session(request: web.Request) -> accounts.LoginSession | None:
-    token = request.cookies.get(SESSION_COOKIE, "")
-    return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
-
-
 def _require_session(request: web.Request) -> accounts.LoginSession:
     """A signed-in therapist; any other role is refused (audited) before anything is read."""
-    session = _session(request)
+    session = DOOR.session(request)
     if session is None:
         raise web.HTTPSeeOther("/console/login")
     if session.user.role != "therapist":
@@ -119,40 +109,24 @@ def _actor(session: accounts.LoginSession) -> str:
     return f"u_{session.user.id}"
 
 
-async def _checked_form(request: web.Request, session: accounts.LoginSession) -> MultiDictProxy[str]:
-    """The posted form, once it is known to come from this site and this session."""
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await read_form(request)
-    csrf = form.get("csrf")
-    if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
-        raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
-    return form  # type: ignore[return-value]
-
-
 # -- login ----------------------------------------------------------------------------------
 
 
-_login_page = functools.partial(login_page, "console_login.html")
+DOOR = StaffDoor(role="therapist", template="console_login.html", home="/console", login_path="/console/login",
+                 wrong_role="This account cannot open the console. Operations staff sign in at /ops.")
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    session = _session(request)
-    if session is not None and session.user.role == "therapist":
-        raise web.HTTPSeeOther("/console")
-    return _login_page(request)
+    return await DOOR.login_form(request)
+
+
+def _timezone(signed: SignedIn) -> str:
+    tz_name = field(signed.form, "timezone")
+    return tz_name if _valid_zone(tz_name) else "UTC"
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    signed = await sign_in(request, _login_page)
-    if not isinstance(signed, SignedIn):
-        return signed
-    if signed.user.role != "therapist":
-        return refuse_role(request, signed, _login_page,
-                           "This account cannot open the console. Operations staff sign in at /ops.")
-    tz_name = field(signed.form, "timezone")
-    raise enter(request, signed, SESSION_COOKIE, "/console",
-                timezone=tz_name if _valid_zone(tz_name) else "UTC")
+    return await DOOR.login(request, timezone=_timezone)
 
 
 def _valid_zone(name: str) -> bool:
@@ -161,11 +135,8 @@ def _valid_zone(name: str) -> bool:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     session = _require_session(request)
-    await _checked_form(request, session)
-    accounts.end_session(request.app[STORE], session.token)
-    response = web.HTTPSeeOther("/console/login")
-    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
-    raise response
+    await DOOR.checked_form(request, session)
+    raise DOOR.leave(request, session)
 
 
 # -- rooms ----------------------------------------------------------------------------------
@@ -268,7 +239,7 @@ def _parse_minutes(value: str, default: int) -> int:
 
 async def create(request: web.Request) -> web.StreamResponse:
     session = _require_session(request)
-    form = await _checked_form(request, session)
+    form = await DOOR.checked_form(request, session)
     config, store = request.app[CONFIG], request.app[STORE]
     now = time.time()
     try:
@@ -348,7 +319,7 @@ def _reissue(request: web.Request, session: accounts.LoginSession, record: RoomR
 async def open_room(request: web.Request) -> web.StreamResponse:
     """Issue the therapist a fresh link (links are stored only as hashes) and go there."""
     session = _require_session(request)
-    await _checked_form(request, session)
+    await DOOR.checked_form(request, session)
     record = _managed_room(request, session)
     if record.ended_at is not None:
         raise web.HTTPSeeOther("/console")
@@ -358,7 +329,7 @@ async def open_room(request: web.Request) -> web.StreamResponse:
 
 async def new_partner_link(request: web.Request) -> web.StreamResponse:
     session = _require_session(request)
-    await _checked_form(request, session)
+    await DOOR.checked_form(request, session)
     record = _managed_room(request, session)
     person = next((p for p in record.partners if p.id == request.match_info["person_id"]), None)
     if person is None or record.ended_at is not None:
@@ -386,7 +357,7 @@ async def mail_state(request: web.Request) -> web.StreamResponse:
 
 async def send_again(request: web.Request) -> web.StreamResponse:
     session = _require_session(request)
-    await _checked_form(request, session)
+    await DOOR.checked_form(request, session)
     record = _managed_room(request, session)
     person_id = request.match_info["person_id"]
     if person_id not in {p.id for p in record.people}:
@@ -398,7 +369,7 @@ async def send_again(request: web.Request) -> web.StreamResponse:
 
 async def end(request: web.Request) -> web.StreamResponse:
     session = _require_session(request)
-    await _checked_form(request, session)
+    await DOOR.checked_form(request, session)
     record = _managed_room(request, session)
     now = time.time()
     try:

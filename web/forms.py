@@ -1,5 +1,7 @@
-"""Posted forms: reading them, and the staff sign-in form shared by the console and the ops
-dashboard. A body that cannot be read is the sender's mistake (400), never ours."""
+"""Posted forms: reading them, and the staff sign-in shared by the console and the ops
+dashboard (``StaffDoor``: the sign-in page and form, the session cookie, the checked form of a
+signed-in person, the sign-out). A body that cannot be read is the sender's mistake (400),
+never ours."""
 
 from __future__ import annotations
 
@@ -7,25 +9,31 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
 from telehealth import accounts
-from telehealth.app import LOGIN_LIMITS, REFUSALS, STORE
+from telehealth.appkeys import LOGIN_LIMITS, REFUSALS, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import ErrorCode, UserError
 from telehealth.requestlog import route_of
 from web.pages import same_origin
 
+# A posted form as aiohttp reads it.
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
 # The double-submit cookie of the sign-in forms.
 LOGIN_COOKIE = "__Host-telehealth-login"
+# The staff session (console and ops dashboard alike). "__Host-": the browser only accepts it
+# Secure, from this host, for path "/".
+SESSION_COOKIE = "__Host-telehealth-console"
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | web.FileField]:
+async def read_form(request: web.Request) -> Form:
     try:
         return await request.post()
     except ValueError:  # not UTF-8 (UnicodeDecodeError), or not a form at all
@@ -44,7 +52,7 @@ def login_page(template: str, request: web.Request, *, error: str = "", username
     return response
 
 
-def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:
+def field(form: Mapping[str, object], name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
 
@@ -53,7 +61,7 @@ def field(form: MultiDictProxy[str | web.FileField], name: str) -> str:
 class SignedIn:
     user: accounts.User
     username: str
-    form: MultiDictProxy[str | web.FileField]
+    form: Form
 
 
 async def sign_in(request: web.Request, render: Callable[..., web.StreamResponse]) -> SignedIn | web.StreamResponse:
@@ -120,3 +128,58 @@ def refuse_role(request: web.Request, signed: SignedIn, render: Callable[..., we
 def audit_path(request: web.Request) -> str:
     """The route as the audit log takes it: ``/ops/sessions/:room_id`` (no braces there)."""
     return re.sub(r"\{(\w+)\}", r":\1", route_of(request))
+
+
+@dataclass(frozen=True, slots=True)
+class StaffDoor:
+    """How staff of one ``role`` get into their area at ``home`` and out again: the sign-in page
+    (``template``) at ``login_path``, the session cookie, and the form checks every signed-in
+    POST passes. ``wrong_role`` is what a right password for another role is told."""
+
+    role: str
+    template: str
+    home: str
+    login_path: str
+    wrong_role: str
+
+    def session(self, request: web.Request) -> accounts.LoginSession | None:
+        """The signed-in session of the request's cookie, of any role; None without one."""
+        token = request.cookies.get(SESSION_COOKIE, "")
+        return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
+
+    def page(self, request: web.Request, **kwargs: Any) -> web.Response:
+        return login_page(self.template, request, **kwargs)
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        session = self.session(request)
+        if session is not None and session.user.role == self.role:
+            raise web.HTTPSeeOther(self.home)
+        return self.page(request)
+
+    async def login(self, request: web.Request, *,
+                    timezone: Callable[[SignedIn], str] | None = None) -> web.StreamResponse:
+        signed = await sign_in(request, self.page)
+        if not isinstance(signed, SignedIn):
+            return signed
+        if signed.user.role != self.role:
+            return refuse_role(request, signed, self.page, self.wrong_role)
+        raise enter(request, signed, SESSION_COOKIE, self.home,
+                    **({"timezone": timezone(signed)} if timezone is not None else {}))
+
+    async def checked_form(self, request: web.Request, session: accounts.LoginSession) -> Form:
+        """The posted form, once it is known to come from this site and this session."""
+        if not same_origin(request):
+            raise web.HTTPForbidden(text="This form may only be sent from this site.")
+        form = await read_form(request)
+        csrf = form.get("csrf")
+        if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
+            raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
+        return form
+
+    def leave(self, request: web.Request, session: accounts.LoginSession) -> web.HTTPSeeOther:
+        """Sign out: the session ends, its cookie goes, and the person is sent back to the
+        sign-in (raise the result)."""
+        accounts.end_session(request.app[STORE], session.token)
+        response = web.HTTPSeeOther(self.login_path)
+        response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        return response

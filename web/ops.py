@@ -7,7 +7,7 @@ address, audited alike), with its own form so that it lands here and refuses oth
 Every page and every live stream opened is recorded in the audit log as ``ops_access`` with
 the account as actor (``u_<id>``); refused attempts too.
 
-Routes (``setup`` mounts them; call it after ``pages.setup``, which sets up the templates;
+Routes (``setup`` mounts them; call it after ``routes.setup``, which sets up the templates;
 ``send_webhooks`` adds the optional ops webhooks):
 
 - ``GET /ops``: live rooms and the latest past sessions; ops.js keeps it current from
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import json
 import re
 import time
@@ -45,16 +44,15 @@ from signaling.history import QualityHistory, RoomSeries, link_key
 from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
 from signaling.watch import RoomWatch, WatchedRoom
 from telehealth import accounts, webhooks
-from telehealth.app import CONFIG, STORE
+from telehealth.appkeys import CONFIG, STORE
 from telehealth.audit import AuditEvent
 from telehealth.errors import StateError
+from telehealth.model import Person
 from telehealth.requestlog import REQUEST_ID
-from telehealth.store import Person, Store
+from telehealth.store import Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
-from web.console import SESSION_COOKIE
-from web.forms import SignedIn, audit_path, enter, login_page, read_form, refuse_role, sign_in
-from web.pages import same_origin
+from web.forms import StaffDoor, audit_path
 
 # How often the live stream sends a snapshot; the history samples once a second too.
 LIVE_INTERVAL_S = 1.0
@@ -79,11 +77,6 @@ OPS = web.AppKey("ops", OpsState)
 # -- access ---------------------------------------------------------------------------------
 
 
-def _session(request: web.Request) -> accounts.LoginSession | None:
-    token = request.cookies.get(SESSION_COOKIE, "")
-    return accounts.find_session(request.app[STORE], token, now=time.time()) if token else None
-
-
 def _audit_access(request: web.Request, session: accounts.LoginSession, *, allowed: bool,
                   room_id: str | None = None) -> None:
     detail: dict[str, object] = {"method": request.method, "path": audit_path(request),
@@ -105,7 +98,7 @@ def _forbidden(request: web.Request) -> web.Response:
 
 def _ops_session(request: web.Request, room_id: str | None = None) -> accounts.LoginSession | web.Response:
     """The viewer's session if they may see ops pages (audited either way), else the answer."""
-    session = _session(request)
+    session = DOOR.session(request)
     if session is None:
         raise web.HTTPSeeOther("/ops/login")
     if session.user.role != "ops":
@@ -118,39 +111,24 @@ def _ops_session(request: web.Request, room_id: str | None = None) -> accounts.L
 # -- login ----------------------------------------------------------------------------------
 
 
-_login_page = functools.partial(login_page, "ops_login.html")
+DOOR = StaffDoor(role="ops", template="ops_login.html", home="/ops", login_path="/ops/login",
+                 wrong_role="This account cannot open the operations dashboard.")
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    session = _session(request)
-    if session is not None and session.user.role == "ops":
-        raise web.HTTPSeeOther("/ops")
-    return _login_page(request)
+    return await DOOR.login_form(request)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    signed = await sign_in(request, _login_page)
-    if not isinstance(signed, SignedIn):
-        return signed
-    if signed.user.role != "ops":
-        return refuse_role(request, signed, _login_page, "This account cannot open the operations dashboard.")
-    raise enter(request, signed, SESSION_COOKIE, "/ops")
+    return await DOOR.login(request)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    session = _session(request)
+    session = DOOR.session(request)
     if session is None:
         raise web.HTTPSeeOther("/ops/login")
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="This form may only be sent from this site.")
-    form = await read_form(request)
-    csrf = form.get("csrf")
-    if not isinstance(csrf, str) or not accounts.csrf_matches(session.token, csrf):
-        raise web.HTTPForbidden(text="This form has expired. Go back, reload the page and try again.")
-    accounts.end_session(request.app[STORE], session.token)
-    response = web.HTTPSeeOther("/ops/login")
-    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
-    raise response
+    await DOOR.checked_form(request, session)
+    raise DOOR.leave(request, session)
 
 
 # -- what the dashboard shows ---------------------------------------------------------------
@@ -290,7 +268,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def live(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: a snapshot every LIVE_INTERVAL_S until the viewer goes or signs out."""
-    session = _session(request)
+    session = DOOR.session(request)
     if session is None:
         raise web.HTTPUnauthorized(text="Sign in to see the dashboard.")
     if session.user.role != "ops":
@@ -309,7 +287,7 @@ async def live(request: web.Request) -> web.StreamResponse:
         while not state.stopping.is_set():
             if time.monotonic() - checked_at > SESSION_CHECK_S:
                 checked_at = time.monotonic()
-                if _session(request) is None:
+                if DOOR.session(request) is None:
                     await response.write(b"event: signed_out\ndata: {}\n\n")
                     break
             snapshot: dict[str, Any] = {"now": sig.clock(), "rooms": live_rooms(
@@ -399,8 +377,6 @@ def setup(app: web.Application) -> None:
     """Mount the dashboard and start recording quality history."""
     sig = app[SIGNALING]
     watch = sig.watch
-    if watch is None:
-        raise RuntimeError("the ops dashboard needs the room watch")
     history = QualityHistory(app[STORE], _relayed(watch))
     watch.quality_listeners.append(history.on_quality)
     # A hub event reaches the watch before these sinks: the flow settles first.
@@ -425,8 +401,6 @@ def send_webhooks(app: web.Application, hooks: webhooks.OpsWebhooks) -> None:
     """Send ops webhooks for the app's rooms: started, ended, disruptions, phone fallbacks."""
     sig = app[SIGNALING]
     watch = sig.watch
-    if watch is None:
-        raise RuntimeError("ops webhooks need the room watch")
     feed = WebhookFeed(hooks, sig.clock)
     sig.event_sinks.append(feed.on_hub_event)
     watch.disruption_listeners.append(feed.on_disruption)

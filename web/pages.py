@@ -1,8 +1,7 @@
 """HTTP pages: the room page behind each join link and the error pages.
 
-Handlers parse the request, ask the core, and render; they hold no state. ``setup(app)``
-mounts everything under web/ (pages, the network check's endpoints in web/netcheck.py,
-console, static files).
+Handlers parse the request, ask the core, and render; they hold no state. web/routes.py
+mounts them with the rest of web/.
 """
 
 from __future__ import annotations
@@ -10,21 +9,18 @@ from __future__ import annotations
 import datetime
 import time
 import zoneinfo
-from pathlib import Path
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from signaling.endpoint import SIGNALING
-from telehealth.app import CONFIG, REFUSALS, STORE
+from telehealth.appkeys import CONFIG, REFUSALS, STORE
 from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
+from telehealth.model import Person, RoomRecord
 from telehealth.phones import mask_phone
-from telehealth.store import Person, RoomRecord
 from telehealth.tokens import JoinLink, TooEarly, check_link, hash_token, well_formed
-
-HERE = Path(__file__).parent
 
 # No inline scripts or styles, nothing from elsewhere, media from this origin only (blob:
 # for the generated speaker-test sound), no plugins, no framing, forms post only here. The
@@ -50,7 +46,7 @@ LINK_STATUS = {
 
 
 @web.middleware
-async def security_headers(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPNotFound as exc:
@@ -217,22 +213,3 @@ def not_found(request: web.Request) -> web.Response:
         status=404,
     )
 
-
-def asset(name: str) -> str:
-    return f"/static/{name}"
-
-
-def setup(app: web.Application) -> None:
-    from web import console, netcheck
-
-    env = aiohttp_jinja2.setup(
-        app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.globals["asset"] = asset
-
-    app.router.add_get("/", home)
-    app.router.add_get("/j/{token}", room_page)
-    netcheck.setup(app)
-    console.setup(app)
-    app.router.add_static("/static/", HERE / "static")

@@ -1,7 +1,7 @@
 // The console: copy buttons for links, the time zone for the login, and a confirmation
 // before forms that cannot be undone. The pages work without it.
 
-const zoneField = document.getElementById('timezone');
+const zoneField = /** @type {HTMLInputElement|null} */ (document.getElementById('timezone'));
 if (zoneField) {
   try {
     zoneField.value = Intl.DateTimeFormat().resolvedOptions().timeZone || '';
@@ -24,9 +24,10 @@ async function copy(field) {
 }
 
 for (const button of document.querySelectorAll('button[data-copy]')) {
+  if (!(button instanceof HTMLButtonElement)) continue;
   button.hidden = false;
   button.addEventListener('click', async () => {
-    const field = document.getElementById(button.dataset.copy);
+    const field = /** @type {HTMLInputElement} */ (document.getElementById(button.dataset.copy));
     const done = await copy(field);
     const label = document.querySelector(`label[for="${field.id}"]`)?.textContent ?? 'Link';
     button.textContent = done ? 'Copied' : 'Copy';
@@ -36,10 +37,12 @@ for (const button of document.querySelectorAll('button[data-copy]')) {
 }
 
 for (const field of document.querySelectorAll('input.link-field')) {
+  if (!(field instanceof HTMLInputElement)) continue;
   field.addEventListener('focus', () => field.select());
 }
 
 for (const form of document.querySelectorAll('form[data-confirm]')) {
+  if (!(form instanceof HTMLFormElement)) continue;
   form.addEventListener('submit', (event) => {
     // The browser's own dialog: accessible everywhere and modal.
     if (!window.confirm(form.dataset.confirm)) event.preventDefault();
@@ -59,7 +62,8 @@ function resendForm(roomId, personId, name) {
   const csrf = document.createElement('input');
   csrf.type = 'hidden';
   csrf.name = 'csrf';
-  csrf.value = document.querySelector('input[name="csrf"]')?.value ?? '';
+  csrf.value = document.querySelector('input[name="csrf"]') instanceof HTMLInputElement
+    ? /** @type {HTMLInputElement} */ (document.querySelector('input[name="csrf"]')).value : '';
   const button = document.createElement('button');
   button.type = 'submit';
   button.className = 'button secondary small';

@@ -92,8 +92,10 @@ export async function openMedia({ cameraId = '', micId = '', video = true, audio
   }
   const tracks = [];
   const problems = {};
-  for (const [kind, wanted, id] of [['audio', audio, micId], ['video', video, cameraId]]) {
-    if (!wanted) continue;
+  /** @type {Array<[Kind, boolean, string]>} */
+  const wanted = [['audio', audio, micId], ['video', video, cameraId]];
+  for (const [kind, asked, id] of wanted) {
+    if (!asked) continue;
     try {
       tracks.push(await openTrack(kind, id));
     } catch (error) {

@@ -136,6 +136,7 @@ export function renderLedger(container, rows, nameOf) {
   const list = disruptions(rows, nameOf);
   const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
   // The downloads come first, so a long log never hides them.
+  /** @type {HTMLElement[]} */
   const parts = [el('div', { className: 'ledger-downloads' },
     el('button', {
       type: 'button', className: 'button secondary', text: 'Download CSV',

@@ -88,6 +88,7 @@ export function drawChart(svg, points, options) {
     parts.push(node('line', { class: 'grid', x1: LEFT, x2: WIDTH - RIGHT, y1: y(rank), y2: y(rank) }));
     parts.push(node('text', { class: 'axis', x: 2, y: y(rank) + 4 }, name));
   });
+  /** @type {{to: number, rank: number}|null} */
   let previous = null;
   for (const run of runs(points, { end, hold })) {
     const level = decode(run.code);

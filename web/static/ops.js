@@ -8,7 +8,7 @@ import { el, levelBadge, minutes, renderLedger, share, utc } from './ops-view.js
 const roomsBox = document.getElementById('rooms');
 const noRooms = document.getElementById('no-rooms');
 const status = document.getElementById('live-status');
-const pastTable = document.getElementById('past');
+const pastTable = /** @type {HTMLTableElement} */ (document.getElementById('past'));
 const noPast = document.getElementById('no-past');
 const WINDOW_S = Number(roomsBox.dataset.window) || 600;
 const SAMPLE_S = 1;
@@ -130,7 +130,7 @@ function renderRoom(room, now) {
   const held = append(room);
   const card = roomCard(room.id);
   card.querySelector('.usable-value').textContent = share(room.usable);
-  card.querySelector('.usable-value').dataset.usable = room.usable ?? '';
+  /** @type {HTMLElement} */ (card.querySelector('.usable-value')).dataset.usable = room.usable ?? '';
   const meta = [room.started_at ? `Started ${utc(room.started_at)} UTC` : 'Not started yet',
     `in session ${minutes(room.session_s)}`];
   if (room.locked) meta.push('locked');
@@ -155,6 +155,7 @@ function renderPast(rows) {
 function render(snapshot) {
   const live = new Set(snapshot.rooms.map((room) => room.id));
   for (const card of roomsBox.querySelectorAll('.ops-room')) {
+    if (!(card instanceof HTMLElement)) continue;
     if (!live.has(card.dataset.room)) {
       card.remove();
       series.delete(card.dataset.room);

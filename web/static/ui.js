@@ -15,9 +15,11 @@ export function maybe(id) {
 
 /**
  * Build an element. Text is always set as text, never parsed as HTML.
- * @param {string} tag
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
  * @param {Object<string, any>} [props] attributes; `text`, `className`, `hidden`, `on*` handled specially
  * @param {...(Node|string)} children
+ * @returns {HTMLElementTagNameMap[K]}
  */
 export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);

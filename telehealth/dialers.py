@@ -3,7 +3,8 @@
 - ``TelDialer``: the default. The therapist's page shows a one-click ``tel:`` link; the
   therapist's own phone places the call. Nothing leaves the server.
 - ``WebhookDialer``: sends an HMAC-signed JSON request to the clinic's phone system, which
-  places the call. Retries with backoff on network errors and 5xx answers.
+  places the call. Retries with backoff on network errors, 429 and 5xx answers. Signed and
+  sent as the ops webhooks are (telehealth/webhooks.py, ``post_signed``).
 
 The webhook carries the partner's number (the phone system needs it) to the clinic's own
 endpoint only; it is never logged.
@@ -11,9 +12,6 @@ endpoint only; it is never logged.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -22,10 +20,9 @@ from typing import Protocol
 
 import aiohttp
 
-log = logging.getLogger("telehealth.dialer")
+from telehealth.webhooks import post_signed
 
-SIGNATURE_HEADER = "X-Telehealth-Signature"
-TIMESTAMP_HEADER = "X-Telehealth-Timestamp"
+log = logging.getLogger("telehealth.dialer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +45,6 @@ class TelDialer:
         return True
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex>`` over ``timestamp.body``: a receiver can reject replays by time."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
 class WebhookDialer:
     def __init__(self, url: str, secret: str, *, attempts: int = 4, backoff_s: float = 0.5,
                  timeout_s: float = 5.0) -> None:
@@ -68,25 +59,15 @@ class WebhookDialer:
             "event": "phone_fallback", "room_id": request.room_id, "callee_id": request.callee_id,
             "phone": request.phone, "therapist_id": request.therapist_id, "at": request.at,
         }).encode()
-        delay = self.backoff_s
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            for attempt in range(1, self.attempts + 1):
-                stamp = str(int(time.time()))
-                headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: stamp,
-                           SIGNATURE_HEADER: sign(self.secret, stamp, body)}
-                try:
-                    async with session.post(self.url, data=body, headers=headers) as response:
-                        if response.status < 300:
-                            return True
-                        if response.status < 500 and response.status != 429:
-                            log.warning("phone system refused the call request: HTTP %s", response.status,
-                                        extra={"room_id": request.room_id})
-                            return False
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
-                if attempt < self.attempts:
-                    await asyncio.sleep(delay)
-                    delay *= 2
+            status = await post_signed(session, self.url, self.secret, body, attempts=self.attempts,
+                                       backoff_s=self.backoff_s, clock=time.time)
+        if status is not None and status < 300:
+            return True
+        if status is not None:
+            log.warning("phone system refused the call request: HTTP %s", status,
+                        extra={"room_id": request.room_id})
+            return False
         log.warning("phone system unreachable after %d attempts", self.attempts,
                     extra={"room_id": request.room_id})
         return False
