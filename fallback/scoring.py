@@ -30,10 +30,11 @@ from typing import Literal
 
 import msgspec
 
-from signaling.protocol import LinkStats
 from telehealth.tokens import PersonId
 
 CandidateType = Literal["host", "srflx", "prflx", "relay"]
+# What the sender's video encoder says holds it back (outbound-rtp qualityLimitationReason).
+SendLimit = Literal["none", "cpu", "bandwidth", "other"]
 Pair = frozenset[PersonId]
 
 # E-model (ITU-T G.107), simplified as in Cole & Rosenbluth (2001). The constants are the
@@ -96,12 +97,18 @@ class ScoringThresholds:
     # Video: score (0..1, see video_score) at or above these is good / fair.
     video_good: float = 0.75
     video_fair: float = 0.4
-    # Video targets: a 640x360 call at a steady frame rate.
-    target_fps: float = 24.0
+    # What full video needs, bit/s (a 640x360 call); a lowered step needs its own cap.
     target_bitrate: float = 500_000.0
-    # A new connection's video is not judged for this long: the sender's bandwidth estimate
-    # and frame rate ramp up over the first seconds, and that is not a weak network.
+    # Video bandwidth is not judged for this long after media starts, or after the flow
+    # changes what the link sends (video paused, lowered or back): the sender's bandwidth
+    # estimate ramps up over the first seconds, and that is not a weak network.
     video_warmup_s: float = 6.0
+    # Device: a page whose own timers run this late (ms, mean over the window) is busy.
+    busy_lag_ms: float = 150.0
+    # Device: a receiver that decodes less than this share of the frames its sender sends,
+    # with network loss under busy_loss_max, is busy (decoding late), not badly connected.
+    busy_decode_share: float = 0.5
+    busy_loss_max: float = 0.01
 
 
 class LinkSample(msgspec.Struct, frozen=True, gc=False):
@@ -128,14 +135,13 @@ class LinkSample(msgspec.Struct, frozen=True, gc=False):
     candidate: CandidateType | None = None
     video: bool = True
     pc: str | None = None
-
-    @classmethod
-    def from_stats(cls, stats: LinkStats, t: float) -> LinkSample:
-        return cls(
-            t, stats.rtt_ms, stats.jitter_ms, stats.loss, stats.packets_in, stats.bytes_in,
-            stats.frames_decoded, stats.frames_dropped, stats.fps, stats.concealed,
-            stats.out_bitrate, stats.in_bitrate, stats.candidate, stats.video, stats.pc,
-        )
+    # The reporter's own sending on this link: what limits its video encoder, the frame rate
+    # it sends, the bitrate cap its flow step applied (None: uncapped).
+    send_limit: SendLimit | None = None
+    send_fps: float | None = None
+    send_cap: float | None = None
+    # How late the reporter's page runs its timers (ms): a busy or throttled page.
+    lag_ms: float | None = None
 
 
 # -- formulas -------------------------------------------------------------------------------
@@ -169,28 +175,31 @@ def audio_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
     return mos_from_r(r_factor(rtt_ms, jitter_ms, loss))
 
 
-def video_score(
-    fps: float | None, bitrate: float | None, limits: ScoringThresholds
-) -> float | None:
-    """The weaker of frame rate and bandwidth, each against its target, capped at 1."""
-    if fps is None and bitrate is None:
+def video_score(bandwidth: float | None, need: float) -> float | None:
+    """What the link can carry against what the current step needs, capped at 1."""
+    if bandwidth is None or need <= 0:
         return None
-    score = 1.0
-    if fps is not None:
-        score = min(score, fps / limits.target_fps)
-    if bitrate is not None:
-        score = min(score, bitrate / limits.target_bitrate)
-    return max(score, 0.0)
+    score = bandwidth / need
+    return 1.0 if score > 1.0 else score if score > 0.0 else 0.0
+
+
+def median(values: list[float]) -> float:
+    """The middle of a few values (a window holds a handful): one late sample does not judge."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 @dataclass(slots=True)
 class WindowSums:
     """Running sums and counts of a window's figures, so that a sample joining or leaving
     the window costs the same whatever its length: the server scores every sample of every
-    link as it arrives. Each figure's mean is over the samples that have it."""
+    link as it arrives. Each figure's mean is over the samples that have it. The round trip
+    is not summed: it is the median of the window (``median``), so one late sample does not
+    judge."""
 
-    rtt: float = 0.0
-    n_rtt: float = 0.0
+    n: float = 0.0
     jitter: float = 0.0
     n_jitter: float = 0.0
     loss: float = 0.0
@@ -199,23 +208,22 @@ class WindowSums:
     n_fps: float = 0.0
     out_rate: float = 0.0
     n_out: float = 0.0
-    in_rate: float = 0.0
-    n_in: float = 0.0
+    lag: float = 0.0
+    n_lag: float = 0.0
+    # Samples whose sender says its video is held back by bandwidth / by its CPU.
+    n_bandwidth: float = 0.0
+    n_cpu: float = 0.0
 
     def shift(self, s: LinkSample, sign: float) -> None:
         """Add (sign 1.0) or take away (sign -1.0) one sample."""
-        v = s.rtt_ms
-        if v is not None:
-            self.rtt += sign * v
-            self.n_rtt += sign
+        self.n += sign
         v = s.jitter_ms
         if v is not None:
             self.jitter += sign * v
             self.n_jitter += sign
-        # What the listener misses is the larger of network loss and concealed audio.
-        v, concealed = s.loss, s.concealed
-        if concealed is not None and (v is None or concealed > v):
-            v = concealed
+        # Network loss only: concealed audio is high in a call's first seconds and on a busy
+        # receiver with no packet lost, so it says nothing certain about the network.
+        v = s.loss
         if v is not None:
             self.loss += sign * v
             self.n_loss += sign
@@ -227,31 +235,32 @@ class WindowSums:
         if v is not None:
             self.out_rate += sign * v
             self.n_out += sign
-        v = s.in_bitrate
+        v = s.lag_ms
         if v is not None:
-            self.in_rate += sign * v
-            self.n_in += sign
+            self.lag += sign * v
+            self.n_lag += sign
+        limit = s.send_limit
+        if limit is not None:
+            if limit == "bandwidth":
+                self.n_bandwidth += sign
+            elif limit == "cpu":
+                self.n_cpu += sign
 
-    def level(self, first: LinkSample, newest: LinkSample, limits: ScoringThresholds, *,
+    def level(self, newest: LinkSample, rtt: float | None, limits: ScoringThresholds, *,
               video: bool = True) -> Quality | None:
-        """The worse of audio and video over the window from ``first`` to ``newest``."""
+        """The worse of audio and video over the window ending at ``newest``; ``rtt`` is the
+        window's robust round trip. Video is judged on bandwidth alone, and only while the
+        sender says bandwidth holds its video back, against what the step needs."""
         level: Quality | None = None
-        if self.n_rtt or self.n_jitter or self.n_loss:
-            mos = audio_mos(self.rtt / self.n_rtt if self.n_rtt else 0.0,
+        if rtt is not None or self.n_jitter or self.n_loss:
+            mos = audio_mos(rtt if rtt is not None else 0.0,
                             self.jitter / self.n_jitter if self.n_jitter else 0.0,
                             self.loss / self.n_loss if self.n_loss else 0.0)
             level = (Quality.GOOD if mos >= limits.mos_good
                      else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
-        if video and newest.video:
-            fps: float | None = self.fps / self.n_fps if self.n_fps else None
-            if (fps is None and newest.t > first.t and first.frames_decoded is not None
-                    and newest.frames_decoded is not None):
-                fps = (newest.frames_decoded - first.frames_decoded) / (newest.t - first.t)
-            # The browser's estimate of what the link can carry; what arrives drops on
-            # purpose when video is lowered, and must not read as a worse network.
-            bitrate = (self.out_rate / self.n_out if self.n_out
-                       else self.in_rate / self.n_in if self.n_in else None)
-            score = video_score(fps, bitrate, limits)
+        if video and newest.video and self.n_out and self.n_bandwidth * 2 > self.n:
+            cap = newest.send_cap
+            score = video_score(self.out_rate / self.n_out, cap if cap else limits.target_bitrate)
             if score is not None:
                 seen = (Quality.GOOD if score >= limits.video_good
                         else Quality.FAIR if score >= limits.video_fair else Quality.POOR)
@@ -269,7 +278,8 @@ def window_level(window: list[LinkSample], limits: ScoringThresholds, *,
     sums = WindowSums()
     for s in window:
         sums.shift(s, 1.0)
-    return sums.level(window[0], window[-1], limits, video=video)
+    rtts = [s.rtt_ms for s in window if s.rtt_ms is not None]
+    return sums.level(window[-1], median(rtts) if rtts else None, limits, video=video)
 
 
 # -- one directed link ----------------------------------------------------------------------
@@ -293,20 +303,44 @@ class _LinkTrack:
     growth_run_since: float | None = None
     # When this connection's first media arrived (the video warm-up runs from here).
     media_since: float | None = None
+    # When the link last changed what it sends (video on/off, the step's cap): its
+    # bandwidth estimate ramps again from there.
+    basis_since: float = -math.inf
+    # The window's median round trip as this end measures it.
+    rtt: float | None = None
+    # The reporter's device, as this link's reports show it: busy (its encoder held back by
+    # CPU, its timers late, or decoding far fewer frames than its peer sends).
+    busy: bool = False
+    cpu: bool = False
+    late: bool = False
+    slow_decode: bool = False
 
     def reset(self) -> None:
         self.samples.clear()
         self.sums = WindowSums()
         self.level = self.rise_since = self.rise_floor = self.packets = None
         self.flowed = False
-        self.growth_run_since = self.media_since = None
+        self.growth_run_since = self.media_since = self.rtt = None
+        self.basis_since = -math.inf
+        self.busy = self.cpu = self.late = self.slow_decode = False
 
-    def add(self, sample: LinkSample, limits: ScoringThresholds) -> None:
+    def add(self, sample: LinkSample, limits: ScoringThresholds,
+            other: _LinkTrack | None = None) -> None:
+        """One sample of this link; ``other`` is the reverse link (the peer's reports of
+        the same pair), whose round trip and sending frame rate it compares with."""
         # One flat method (counting packets, the window, the raw level): it runs for every
         # sample of every link, and each call costs.
         samples, t = self.samples, sample.t
-        if samples and sample.pc != samples[-1].pc:
-            self.reset()  # a fresh connection: its counters start again
+        if samples:
+            previous_sample = samples[-1]
+            if sample.pc != previous_sample.pc:
+                self.reset()  # a fresh connection: its counters start again
+            elif (sample.video != previous_sample.video
+                  or sample.send_cap != previous_sample.send_cap):
+                self.basis_since = t
+                # What the link carries changed on purpose: its past falls were about
+                # another load, and say nothing of how this one will hold.
+                self.hold, self.last_rise = 0.0, None
         if sample.candidate is not None:
             self.candidate = sample.candidate
         sums = self.sums
@@ -315,6 +349,10 @@ class _LinkTrack:
         oldest = t - limits.window_s
         while samples[0].t < oldest:
             sums.shift(samples.popleft(), -1.0)
+        if sample.rtt_ms is not None or self.rtt is not None:
+            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
+            self.rtt = median(rtts) if rtts else None
+        self._device(sample, limits, other)
 
         count = sample.packets_in
         if count is not None:
@@ -339,13 +377,53 @@ class _LinkTrack:
             return  # still connecting: no judgement before the first media
         else:
             since = self.media_since
-            warm = since is None or t - since >= limits.video_warmup_s
-            raw = sums.level(samples[0], sample, limits, video=warm)
+            warm = since is None or (t - since >= limits.video_warmup_s
+                                     and t - self.basis_since >= limits.video_warmup_s)
+            # The round trip is the path's: the lower of what both ends measure, so one
+            # end's late timers do not judge it.
+            rtt = self.rtt
+            if (other is not None and other.rtt is not None and other.samples
+                    and t - other.samples[-1].t < limits.stale_after_s
+                    and (rtt is None or other.rtt < rtt)):
+                rtt = other.rtt
+            raw = sums.level(sample, rtt, limits, video=warm)
             if raw is None:
                 if not self.flowed:
                     return
                 raw = Quality.GOOD
         self._move(raw, t, limits)
+
+    def _device(self, sample: LinkSample, limits: ScoringThresholds,
+                other: _LinkTrack | None) -> None:
+        """Whether the reporter's device is busy. Each sign switches on over the window and
+        off only once the window is clear of it, so it does not flicker."""
+        sums = self.sums
+        if sums.n_cpu * 2 > sums.n:
+            self.cpu = True
+        elif not sums.n_cpu:
+            self.cpu = False
+        if sums.n_lag:
+            lag = sums.lag / sums.n_lag
+            if lag >= limits.busy_lag_ms:
+                self.late = True
+            elif lag < limits.busy_lag_ms / 2:
+                self.late = False
+        else:
+            self.late = False
+        sent = (other.samples[-1].send_fps if other is not None and other.samples
+                and sample.t - other.samples[-1].t < limits.stale_after_s else None)
+        if sent is None or sent < 5 or not sample.video or not sums.n_fps:
+            self.slow_decode = False
+        else:
+            fps = sums.fps / sums.n_fps
+            loss = sums.loss / sums.n_loss if sums.n_loss else 0.0
+            if loss >= limits.busy_loss_max:
+                self.slow_decode = False
+            elif fps < limits.busy_decode_share * sent:
+                self.slow_decode = True
+            elif fps >= (limits.busy_decode_share + 0.25) * sent:
+                self.slow_decode = False
+        self.busy = self.cpu or self.late or self.slow_decode
 
     def _move(self, raw: Quality, t: float, limits: ScoringThresholds) -> None:
         if self.level is None or raw.rank < self.level.rank:
@@ -384,6 +462,14 @@ class Cause(str, enum.Enum):
     SERVER_RESTART = "server_restart"  # our own server went away and came back: nobody's network
 
 
+class Device(str, enum.Enum):
+    """What a person's own device is doing to the call: not their network, never a reason to
+    rejoin or to go to the phone."""
+
+    BUSY = "busy"  # their computer is busy: it encodes or decodes late, or its page runs late
+    ASLEEP = "asleep"  # their page stopped (a locked phone, a frozen tab) with its socket up
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     cause: Cause
@@ -404,6 +490,7 @@ class RoomQuality:
     pairs: Mapping[Pair, Quality]
     participants: Mapping[PersonId, Quality]
     attributions: tuple[Attribution, ...]
+    devices: Mapping[PersonId, Device] = field(default_factory=dict)
 
     def cause_for(self, person: PersonId) -> Cause:
         for a in self.attributions:
@@ -419,7 +506,8 @@ class QualityMonitor:
     """Keeps a short window of samples per directed link (reporter -> peer) in one room.
 
     Events: ``ingest`` a sample, ``heartbeat`` when a participant's signaling is heard from,
-    ``forget`` a participant who left. ``evaluate(now)`` judges. ``due(now)`` says whether a
+    ``socket`` when a participant's signaling socket drops or is back, ``forget`` a
+    participant who left. ``evaluate(now)`` judges. ``due(now)`` says whether a
     judgement now could differ from the last one: a link changed level, someone was heard
     from again, or the last judgement's freshness runs out; when it could not, ``evaluate``
     returns the last judgement again, at ``now``. The server acts on a room's quality only
@@ -435,6 +523,8 @@ class QualityMonitor:
         self._expires_at = math.inf
         self._last: RoomQuality | None = None
         self._relayed: set[Pair] | None = None
+        # People whose signaling socket is down (the hub says reconnecting).
+        self._socket_down: set[PersonId] = set()
 
     def ingest(self, reporter: PersonId, peer: PersonId, sample: LinkSample) -> None:
         if reporter == peer:
@@ -446,13 +536,13 @@ class QualityMonitor:
         samples = track.samples
         if samples and sample.t < samples[-1].t:
             return  # out of order: the newer sample already spoke
-        level, candidate, flowed = track.level, track.candidate, track.flowed
+        level, candidate, flowed, busy = track.level, track.candidate, track.flowed, track.busy
         if not samples or sample.t - samples[-1].t >= self.limits.stale_after_s:
             self._changed = True  # a new or a stale link is heard from
-        track.add(sample, self.limits)
+        track.add(sample, self.limits, self._tracks.get((peer, reporter)))
         if track.candidate != candidate:
             self._changed, self._relayed = True, None
-        elif track.level is not level or track.flowed != flowed:
+        elif track.level is not level or track.flowed != flowed or track.busy != busy:
             self._changed = True
         self.heartbeat(reporter, sample.t)
         if peer not in self._heard:
@@ -466,8 +556,18 @@ class QualityMonitor:
         if last is None or t > last:
             self._heard[person] = t
 
+    def socket(self, person: PersonId, up: bool) -> None:
+        """The person's signaling socket dropped (``up=False``) or is back. A page silent
+        with its socket up has stopped (asleep); one whose socket dropped has not."""
+        if up:
+            self._socket_down.discard(person)
+        else:
+            self._socket_down.add(person)
+        self._changed = True
+
     def forget(self, person: PersonId) -> None:
         self._heard.pop(person, None)
+        self._socket_down.discard(person)
         for key in [k for k in self._tracks if person in k]:
             del self._tracks[key]
         self._changed, self._relayed = True, None
@@ -506,7 +606,8 @@ class QualityMonitor:
     def evaluate(self, now: float) -> RoomQuality:
         last = self._last
         if last is not None and not self.due(now):
-            return RoomQuality(now, last.links, last.pairs, last.participants, last.attributions)
+            return RoomQuality(now, last.links, last.pairs, last.participants, last.attributions,
+                               last.devices)
         stale_after = self.limits.stale_after_s
         fresh = {p for p, t in self._heard.items() if now - t < stale_after}
         links = {
@@ -525,8 +626,25 @@ class QualityMonitor:
                 pairs[frozenset((a, b))] = Quality.LOST
         attributions = _attribute(sorted(self._heard), fresh, pairs)
         self._last = RoomQuality(now, links, pairs, _participant_levels(pairs, attributions),
-                                 attributions)
+                                 attributions, self._devices(now, fresh))
         return self._last
+
+    def _devices(self, now: float, fresh: set[PersonId]) -> dict[PersonId, Device]:
+        """Busy: a fresh report of theirs says so. Asleep: heard from before, silent now with
+        the socket up, while their media still reaches a peer (their page stopped, their
+        network did not)."""
+        stale_after = self.limits.stale_after_s
+        devices: dict[PersonId, Device] = {}
+        for (reporter, peer), track in self._tracks.items():
+            if not track.samples or now - track.samples[-1].t >= stale_after:
+                continue
+            if track.busy and reporter in fresh:
+                devices.setdefault(reporter, Device.BUSY)
+            if (peer not in fresh and peer not in self._socket_down
+                    and self._heard.get(peer, -math.inf) > -math.inf
+                    and track.level is not None and track.level != Quality.LOST):
+                devices[peer] = Device.ASLEEP
+        return devices
 
 
 def _attribute(

@@ -114,6 +114,13 @@ class LinkStats(msgspec.Struct, omit_defaults=True):
     in_bitrate: Rate | None = None
     candidate: Literal["host", "srflx", "prflx", "relay"] | None = None
     video: bool = True
+    # The reporter's own video to this peer: what holds its encoder back (outbound-rtp
+    # qualityLimitationReason), the frame rate it sends, the bitrate cap its flow step set.
+    send_limit: Literal["none", "cpu", "bandwidth", "other"] | None = None
+    send_fps: Annotated[float, msgspec.Meta(ge=0, le=1000)] | None = None
+    send_cap: Rate | None = None
+    # How late the reporter's page runs its timers (a busy or throttled page).
+    lag_ms: Millis | None = None
 
 
 class IceServer(msgspec.Struct, omit_defaults=True):
@@ -400,6 +407,9 @@ class LinkQuality(msgspec.Struct, omit_defaults=True):
     relay: bool = False
 
 
+DeviceState = Literal["busy", "asleep"]
+
+
 class Quality(_Msg, tag="quality"):
     """Everyone's connection quality, sent when a level changes. ``weak`` names the person
     whose own network is the cause, when the monitor can tell."""
@@ -407,6 +417,8 @@ class Quality(_Msg, tag="quality"):
     links: list[LinkQuality]
     people: dict[str, QualityLevel]
     weak: str | None = None
+    # People whose own device, not their network, slows the call: "busy" or "asleep".
+    devices: dict[str, DeviceState] = {}
 
 
 FallbackStep = Literal[

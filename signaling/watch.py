@@ -32,6 +32,16 @@ QualityListener = Callable[[RoomId, RoomQuality], None]
 DisruptionListener = Callable[[Disruption], None]
 
 
+def sample_from_stats(stats: p.LinkStats, t: float) -> LinkSample:
+    """The scorer's LinkSample of one wire report, at the server's receive time ``t``."""
+    return LinkSample(
+        t, stats.rtt_ms, stats.jitter_ms, stats.loss, stats.packets_in, stats.bytes_in,
+        stats.frames_decoded, stats.frames_dropped, stats.fps, stats.concealed,
+        stats.out_bitrate, stats.in_bitrate, stats.candidate, stats.video, stats.pc,
+        stats.send_limit, stats.send_fps, stats.send_cap, stats.lag_ms,
+    )
+
+
 # A room whose quality and flow are settled is still judged this often, for the listeners'
 # time series (ops history, metrics).
 REPORT_EVERY_S = 1.0
@@ -115,6 +125,10 @@ class RoomWatch:
             watched.monitor.forget(event.person_id)
         else:
             watched.closing.discard(event.person_id)
+        if event.kind in ("reconnecting", "back", "joined", "replaced"):
+            # A page silent with its socket up has stopped (asleep); one whose socket dropped
+            # is reconnecting.
+            watched.monitor.socket(event.person_id, up=event.kind != "reconnecting")
         if event.kind == "joined":
             watched.entered.add(event.person_id)
             flow_event = fe.Joined(event.person_id, event.role)
@@ -163,7 +177,7 @@ class RoomWatch:
         for stats in msg.links:
             peer = stats.peer
             if peer in people and peer != me and peer not in closing:
-                monitor.ingest(me, PersonId(peer), LinkSample.from_stats(stats, now))
+                monitor.ingest(me, PersonId(peer), sample_from_stats(stats, now))
         if not monitor.due(now):
             return None
         out = Outbox()
@@ -283,6 +297,7 @@ class RoomWatch:
             ],
             people={person: level.value for person, level in sorted(quality.participants.items())},
             weak=weak,
+            devices={person: device.value for person, device in sorted(quality.devices.items())},
         )
         if msg == watched.last_quality:
             return

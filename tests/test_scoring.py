@@ -8,9 +8,11 @@ from fallback.scoring import (
     Attribution,
     Cause,
     LinkSample,
+    Device,
     Quality,
     QualityMonitor,
     ScoringThresholds,
+    SendLimit,
     audio_mos,
     mos_from_r,
     r_factor,
@@ -18,6 +20,7 @@ from fallback.scoring import (
     window_level,
 )
 from signaling.protocol import LinkStats
+from signaling.watch import sample_from_stats
 from telehealth.tokens import PersonId
 
 T, A, B = PersonId("therapist"), PersonId("alex"), PersonId("blake")
@@ -27,9 +30,11 @@ PACKETS_PER_S = 50  # Opus at 20 ms: what an audio-only link delivers
 
 def sample(t: float, packets: int, *, loss: float = 0.0, rtt: float = 40.0,
            fps: float | None = 30.0, bitrate: float | None = 1_000_000, video: bool = True,
-           pc: str = "pc1") -> LinkSample:
+           pc: str = "pc1", limit: SendLimit | None = "none", cap: float | None = None,
+           send_fps: float | None = None, lag: float | None = None) -> LinkSample:
     return LinkSample(t=t, rtt_ms=rtt, jitter_ms=5.0, loss=loss, packets_in=packets, fps=fps,
-                      out_bitrate=bitrate, video=video, pc=pc)
+                      out_bitrate=bitrate, video=video, pc=pc, send_limit=limit, send_cap=cap,
+                      send_fps=send_fps, lag_ms=lag)
 
 
 def ticks(start: float, end: float, every: float) -> list[float]:
@@ -102,37 +107,45 @@ def test_mos_only_falls_as_loss_and_delay_grow() -> None:
     assert by_rtt == sorted(by_rtt, reverse=True)
 
 
-@pytest.mark.parametrize(("fps", "bitrate", "score"), [
-    (30, 1_000_000, 1.0),
-    (24, 500_000, 1.0),
-    (12, 1_000_000, 0.5),
-    (30, 170_000, 0.34),  # 30 % loss in Chromium: video falls to ~170 kbit/s
-    (None, 250_000, 0.5),
-    (12, None, 0.5),
-    (None, None, None),
+@pytest.mark.parametrize(("bandwidth", "need", "score"), [
+    (1_000_000, 500_000, 1.0),
+    (500_000, 500_000, 1.0),
+    (250_000, 500_000, 0.5),
+    (170_000, 500_000, 0.34),  # 30 % loss in Chromium: video falls to ~170 kbit/s
+    (200_000, 250_000, 0.8),  # the lowered step needs its own cap, not full video
+    (None, 500_000, None),
 ])
-def test_video_score_is_the_weaker_of_frame_rate_and_bandwidth(
-    fps: float | None, bitrate: float | None, score: float | None
+def test_video_score_is_bandwidth_against_what_the_step_needs(
+    bandwidth: float | None, need: float, score: float | None
 ) -> None:
     expected = pytest.approx(score) if score is not None else None
-    assert video_score(fps, bitrate, LIMITS) == expected
+    assert video_score(bandwidth, need) == expected
 
 
 @pytest.mark.parametrize(("window", "level"), [
     ([sample(0, 1)], Quality.GOOD),
-    ([sample(0, 1, fps=14)], Quality.FAIR),
-    ([sample(0, 1, fps=5)], Quality.POOR),
-    ([sample(0, 1, bitrate=150_000)], Quality.POOR),
+    # Frame rate is not the network's signal: a busy computer sends and shows fewer frames.
+    ([sample(0, 1, fps=14)], Quality.GOOD),
+    ([sample(0, 1, fps=5)], Quality.GOOD),
+    # Bandwidth counts only while the sender says bandwidth holds its video back...
+    ([sample(0, 1, bitrate=150_000)], Quality.GOOD),
+    ([sample(0, 1, bitrate=150_000, limit="bandwidth")], Quality.POOR),
+    ([sample(0, 1, bitrate=300_000, limit="bandwidth")], Quality.FAIR),
+    ([sample(0, 1, bitrate=150_000, limit="cpu")], Quality.GOOD),
+    # ... against what the step sends: a lowered step capped at 250 kbit/s needs no more.
+    ([sample(0, 1, bitrate=220_000, limit="bandwidth", cap=250_000)], Quality.GOOD),
+    ([sample(0, 1, bitrate=150_000, limit="bandwidth", cap=250_000)], Quality.FAIR),
+    # ... and for most of the window, not one sample's say.
+    ([sample(0, 1, bitrate=150_000), sample(0.5, 2, bitrate=150_000),
+      sample(1, 3, bitrate=150_000, limit="bandwidth")], Quality.GOOD),
     # Audio only: the missing video is not a fault.
     ([sample(0, 1, fps=None, bitrate=None, video=False)], Quality.GOOD),
-    ([sample(0, 1, fps=2, bitrate=10_000, video=False)], Quality.GOOD),
-    # Concealed audio counts as lost audio even when the network reports no loss.
-    ([LinkSample(t=0, rtt_ms=40, concealed=0.2, video=False)], Quality.POOR),
-    # Frame rate from the decoded-frames counter when the page sends no fps.
-    ([LinkSample(t=0, frames_decoded=0, out_bitrate=1e6),
-      LinkSample(t=1, frames_decoded=30, out_bitrate=1e6)], Quality.GOOD),
-    ([LinkSample(t=0, frames_decoded=0, out_bitrate=1e6),
-      LinkSample(t=1, frames_decoded=8, out_bitrate=1e6)], Quality.POOR),
+    ([sample(0, 1, fps=2, bitrate=10_000, video=False, limit="bandwidth")], Quality.GOOD),
+    # Concealed audio is not network loss (a call's first seconds, a busy receiver).
+    ([LinkSample(t=0, rtt_ms=40, loss=0.0, concealed=0.2, video=False)], Quality.GOOD),
+    # One late round trip in a window does not judge it: the window's median does.
+    ([sample(0, 1, rtt=40), sample(0.25, 2, rtt=690), sample(0.5, 3, rtt=40)], Quality.GOOD),
+    ([sample(0, 1, rtt=600), sample(0.25, 2, rtt=650), sample(0.5, 3, rtt=40)], Quality.POOR),
     # A single bad sample in a window of good ones is diluted: the window is the unit.
     ([sample(0, 1), sample(0.5, 2), sample(1, 3, loss=0.08), sample(1.5, 4)], Quality.GOOD),
 ])
@@ -144,12 +157,13 @@ def test_from_stats_keeps_every_field_and_takes_the_server_time() -> None:
     stats = LinkStats(peer="alex", pc="pc9", rtt_ms=80, jitter_ms=4, loss=0.01, packets_in=900,
                       bytes_in=90_000, frames_decoded=300, frames_dropped=2, fps=29.5,
                       concealed=0.002, out_bitrate=1.2e6, in_bitrate=9e5, candidate="relay",
-                      video=False)
-    got = LinkSample.from_stats(stats, t=12.5)
+                      video=False, send_limit="cpu", send_fps=12.0, send_cap=250_000, lag_ms=35.5)
+    got = sample_from_stats(stats, t=12.5)
     assert got == LinkSample(t=12.5, rtt_ms=80, jitter_ms=4, loss=0.01, packets_in=900,
                              bytes_in=90_000, frames_decoded=300, frames_dropped=2, fps=29.5,
                              concealed=0.002, out_bitrate=1.2e6, in_bitrate=9e5,
-                             candidate="relay", video=False, pc="pc9")
+                             candidate="relay", video=False, pc="pc9", send_limit="cpu",
+                             send_fps=12.0, send_cap=250_000, lag_ms=35.5)
 
 
 # -- one link over time ---------------------------------------------------------------------
@@ -364,13 +378,13 @@ def test_a_new_connections_video_ramp_up_is_not_a_weak_network() -> None:
     for i in range(20):
         t = i * 0.25
         monitor.ingest(a, b, LinkSample(t=t, rtt_ms=20, jitter_ms=2, loss=0.0, packets_in=50 * (i + 1),
-                                        fps=5.0, out_bitrate=150_000, pc="1"))
+                                        fps=5.0, out_bitrate=150_000, pc="1", send_limit="bandwidth"))
     assert monitor.evaluate(4.75).links[(a, b)].value == "good"
     # Past the warm-up the same video would be judged: it is poor.
     for i in range(20, 32):
         t = i * 0.25
         monitor.ingest(a, b, LinkSample(t=t, rtt_ms=20, jitter_ms=2, loss=0.0, packets_in=50 * (i + 1),
-                                        fps=5.0, out_bitrate=150_000, pc="1"))
+                                        fps=5.0, out_bitrate=150_000, pc="1", send_limit="bandwidth"))
     assert monitor.evaluate(7.75).links[(a, b)].value == "poor"
 
 
@@ -405,3 +419,182 @@ def test_a_room_is_due_for_judgement_only_when_something_could_have_changed() ->
     # Then nobody reports: the judgement expires when b's last report (at t + 0.5) goes stale.
     assert not monitor.due(t + 0.5 + LIMITS.stale_after_s - 0.01)
     assert monitor.due(t + 0.5 + LIMITS.stale_after_s)
+
+
+# -- the truth of each verdict: device is not network, ramp-up is not weakness --------------
+
+
+def feed(monitor: QualityMonitor, start: float, end: float, make, every: float = 0.25,
+         links: tuple[tuple[PersonId, PersonId], ...] = ((T, A), (A, T))) -> dict[float, object]:
+    """Feeds every link ``make(t, reporter, peer, i)`` and records each evaluation."""
+    seen: dict[float, object] = {}
+    for t in ticks(start, end, every):
+        for reporter, peer in links:
+            monitor.ingest(reporter, peer, make(t, reporter, peer))
+        seen[t] = monitor.evaluate(t)
+    return seen
+
+
+def packets(t: float) -> int:
+    return int(PACKETS_PER_S * t) + 1
+
+
+def test_a_clean_call_start_raises_no_alarm() -> None:
+    """The first seconds of a real clean call: concealment 0.14-0.2, the bandwidth estimate
+    ramping from 150 kbit/s with the encoder bandwidth-limited, a few frames, one late RTT."""
+    monitor = QualityMonitor()
+
+    def start(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        ramp = min(1.0, t / 5)
+        return LinkSample(t=t, rtt_ms=690.0 if round(t * 4) % 9 == 4 else 20.0, jitter_ms=3,
+                          loss=0.0, concealed=0.18 if t < 4 else 0.02, packets_in=packets(t),
+                          fps=4 + 20 * ramp, out_bitrate=150_000 + 900_000 * ramp,
+                          send_limit="bandwidth" if ramp < 1 else "none", send_fps=24 * ramp,
+                          in_bitrate=0.0 if t < 1 else 400_000, pc="1")
+
+    seen = feed(monitor, 0.0, 20.0, start)
+    assert {q.links.get((T, A)) for q in seen.values()} <= {Quality.GOOD}  # type: ignore[attr-defined]
+    assert all(q.devices == {} for q in seen.values())  # type: ignore[attr-defined]
+
+
+def test_concealment_alone_is_no_alarm() -> None:
+    monitor = QualityMonitor()
+    seen = feed(monitor, 0.0, 12.0, lambda t, r, p: LinkSample(
+        t=t, rtt_ms=30, jitter_ms=4, loss=0.0, concealed=0.2, packets_in=packets(t), pc="1"))
+    assert {q.links[(T, A)] for q in seen.values()} == {Quality.GOOD}  # type: ignore[attr-defined]
+
+
+def test_a_cpu_limited_sender_is_a_busy_device_not_a_weak_network() -> None:
+    monitor = QualityMonitor()
+
+    def busy(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        alex = reporter == A
+        return LinkSample(t=t, rtt_ms=25, jitter_ms=4, loss=0.0, packets_in=packets(t),
+                          fps=12.0, out_bitrate=900_000, send_fps=11.0 if alex else 24.0,
+                          send_limit="cpu" if alex and t >= 8 else "none", pc="1")
+
+    seen = feed(monitor, 0.0, 20.0, busy)
+    assert {q.pairs[frozenset((T, A))] for q in seen.values()} == {Quality.GOOD}  # type: ignore[attr-defined]
+    assert seen[7.75].devices == {}  # type: ignore[attr-defined]
+    assert seen[9.0].devices == {A: Device.BUSY}  # type: ignore[attr-defined]
+    assert seen[19.75].attributions == ()  # type: ignore[attr-defined]
+    # The window clears of it, and the words go.
+    seen = feed(monitor, 20.0, 24.0, lambda t, r, p: sample(t, packets(t)))
+    assert seen[23.75].devices == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("sign", ["late timers", "late decoding"])
+def test_a_busy_receiver_is_a_busy_device(sign: str) -> None:
+    monitor = QualityMonitor()
+
+    def make(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        alex = reporter == A
+        lag = 400.0 if alex and sign == "late timers" else 8.0
+        fps = 6.0 if alex and sign == "late decoding" else 22.0
+        return LinkSample(t=t, rtt_ms=25, jitter_ms=4, loss=0.0, packets_in=packets(t), fps=fps,
+                          send_fps=24.0, send_limit="none", lag_ms=lag, pc="1")
+
+    seen = feed(monitor, 0.0, 12.0, make)
+    assert seen[11.75].devices == {A: Device.BUSY}  # type: ignore[attr-defined]
+    assert seen[11.75].pairs == {frozenset((T, A)): Quality.GOOD}  # type: ignore[attr-defined]
+
+
+def test_late_decoding_under_network_loss_is_the_network() -> None:
+    monitor = QualityMonitor()
+    seen = feed(monitor, 0.0, 12.0, lambda t, r, p: LinkSample(
+        t=t, rtt_ms=25, jitter_ms=4, loss=0.06, packets_in=packets(t), fps=6.0, send_fps=24.0, pc="1"))
+    assert seen[11.75].devices == {}  # type: ignore[attr-defined]
+    assert seen[11.75].pairs[frozenset((T, A))] in (Quality.FAIR, Quality.POOR)  # type: ignore[attr-defined]
+
+
+def test_a_capped_step_on_a_clean_link_is_good() -> None:
+    """Lowered video, capped at 250 kbit/s: the estimate never shows more than the cap lets
+    the sender try, and that is not a weak link."""
+    monitor = QualityMonitor()
+    seen = feed(monitor, 0.0, 30.0, lambda t, r, p: sample(
+        t, packets(t), bitrate=230_000, limit="bandwidth", cap=250_000))
+    assert {q.links[(T, A)] for q in seen.values()} == {Quality.GOOD}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["loss 4 %", "250 kbit/s"])
+def test_a_weak_link_is_named_within_five_seconds(fault: str) -> None:
+    monitor = QualityMonitor()
+    links = ((T, A), (A, T), (T, B), (B, T), (A, B), (B, A))
+
+    def make(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        weak = t >= 20 and A in (reporter, peer)
+        if not weak:
+            return sample(t, packets(t))
+        if fault == "loss 4 %":
+            return sample(t, packets(t), loss=0.04 * 2)  # 4 % each way, both directions' media
+        return sample(t, packets(t), bitrate=180_000, limit="bandwidth", rtt=120)
+
+    seen = feed(monitor, 0.0, 30.0, make, links=links)
+    named = next(t for t, q in seen.items() if t >= 20 and any(  # type: ignore[attr-defined]
+        a.person == A for a in q.attributions))  # type: ignore[attr-defined]
+    assert named - 20 <= 5.0
+    quality = seen[29.75]
+    assert quality.participants[A] in (Quality.FAIR, Quality.POOR)  # type: ignore[attr-defined]
+    # The other partner and the therapist are never shown as the problem.
+    assert all(quality.participants[x] == Quality.GOOD for x in (T, B))  # type: ignore[attr-defined]
+    assert all(all(a.person in (A, None) for a in q.attributions)  # type: ignore[attr-defined]
+               for q in seen.values())
+
+
+def test_a_step_change_ramps_again_before_bandwidth_is_judged() -> None:
+    """Video back after audio only: the estimate starts low and climbs; not a weak link."""
+    monitor = QualityMonitor()
+
+    def make(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        if t < 10:
+            return sample(t, packets(t), video=False, bitrate=60_000)
+        ramp = min(1.0, (t - 10) / 4)
+        return sample(t, packets(t), bitrate=150_000 + 600_000 * ramp,
+                      limit="bandwidth" if ramp < 1 else "none", cap=250_000 if t < 20 else None)
+
+    seen = feed(monitor, 0.0, 30.0, make)
+    assert {q.links[(T, A)] for q in seen.values()} == {Quality.GOOD}  # type: ignore[attr-defined]
+
+
+def test_the_round_trip_is_the_lower_of_both_ends() -> None:
+    """One end's late timers read 600 ms; the other end measures the same path at 30 ms."""
+    monitor = QualityMonitor()
+    seen = feed(monitor, 0.0, 10.0, lambda t, r, p: sample(t, packets(t), rtt=600 if r == A else 30))
+    assert seen[9.75].pairs == {frozenset((T, A)): Quality.GOOD}  # type: ignore[attr-defined]
+
+
+def test_a_page_silent_with_its_socket_up_is_asleep_and_media_still_judges_its_links() -> None:
+    monitor = QualityMonitor()
+    # Alex's page stops at 10 s (a locked phone, a frozen tab); its media still arrives.
+    links = ((T, A), (A, T))
+    for t in ticks(0.0, 20.0, 0.25):
+        for reporter, peer in links:
+            if reporter == A and t >= 10:
+                continue
+            monitor.ingest(reporter, peer, sample(t, packets(t)))
+        quality = monitor.evaluate(t)
+        if t < 9.75 + LIMITS.stale_after_s:
+            assert quality.devices == {}, t
+    assert quality.devices == {A: Device.ASLEEP}
+    assert quality.pairs == {frozenset((T, A)): Quality.GOOD} and quality.attributions == ()
+    # Its socket drops: now it is reconnecting, not asleep.
+    monitor.socket(A, up=False)
+    assert monitor.evaluate(20.0).devices == {}
+    monitor.socket(A, up=True)
+    assert monitor.evaluate(20.0).devices == {A: Device.ASLEEP}
+    # It reports again: awake.
+    monitor.ingest(A, T, sample(20.25, packets(20.25)))
+    assert monitor.evaluate(20.25).devices == {}
+
+
+def test_a_background_tab_reporting_once_a_second_is_judged_as_before() -> None:
+    """Timers throttled to once a second: fewer reports, the same media, the same verdict. A
+    hidden page sends no timer lag (its timers are late by design, not by a busy device)."""
+    monitor = QualityMonitor()
+    for t in ticks(0.0, 30.0, 0.25):
+        monitor.ingest(T, A, sample(t, packets(t)))
+        if t < 10 or t == int(t):
+            monitor.ingest(A, T, sample(t, packets(t), lag=5.0 if t < 10 else None))
+        quality = monitor.evaluate(t)
+        assert quality.pairs == {frozenset((T, A)): Quality.GOOD}, t
+        assert quality.devices == {} and quality.attributions == (), t
