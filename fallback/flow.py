@@ -8,7 +8,10 @@ the contract for every step and timing.
 One participant's states (``PersonState``)::
 
     connected --level fair/poor--> degraded --good for the restore wait--> connected
-      degraded: lower video after lower_video_after_s, audio only after audio_only_after_s poor
+      degraded: lower video after lower_video_after_s, audio only after audio_only_after_s poor;
+      back up a step at a time: audio only --good for the probe wait--> lowered
+      --good for the restore wait--> full; a probe poor for lower_video_after_s: audio only
+      again, and the next probe waits twice as long
     connected|degraded --level lost--> reconnecting
       reconnecting: ICE restart at once, fresh connection, then page rejoins with backoff
     reconnecting --media back--> connected|degraded
@@ -53,7 +56,7 @@ from fallback.events import (
 )
 from fallback.ledger import DisruptionLedger, Outcome, Step
 from fallback.notices import Audience, Notice, NoticeKind
-from fallback.scoring import Cause, Quality, RoomQuality
+from fallback.scoring import Cause, Device, Quality, RoomQuality
 from telehealth.errors import ErrorCode, StateError
 from telehealth.tokens import PersonId, Role
 
@@ -71,6 +74,10 @@ class FallbackTimings:
     # Good for this long: video back. Doubles for each flap, up to restore_wait_max_s.
     restore_video_after_s: float = 10.0
     restore_wait_max_s: float = 120.0
+    # Audio only and good for this long: probe with lowered video. Doubles after each probe
+    # that fails, up to probe_wait_max_s (a flapping person waits the restore wait instead).
+    probe_video_after_s: float = 4.0
+    probe_wait_max_s: float = 6.0
     # A new disruption this soon after the last one ended is a flap.
     flap_window_s: float = 60.0
     # Rejoin ladder, from the moment the loss is seen: ICE restart at once, then these.
@@ -127,6 +134,12 @@ class _Person:
     disruption: int | None = None
     last_ended_at: float | None = None
     flaps: int = 0
+    # Lowered video as a probe out of audio only, and how many probes failed so far.
+    probing: bool = False
+    probes: int = 0
+    # What the monitor says of this person's device, and its open ledger entry.
+    device: str | None = None
+    device_entry: int | None = None
 
 
 _NEXT_STEP = {Step.ICE_RESTART: Step.FRESH_CONNECTION, Step.FRESH_CONNECTION: Step.PAGE_REJOIN,
@@ -219,6 +232,7 @@ class FallbackFlow:
                     outcome = Outcome.ENDED_ON_PHONE if on_phone else Outcome.SESSION_ENDED
                     self._end_disruption(p, now, outcome, out)
                     self._restart_over(p, now, Outcome.SESSION_ENDED, out)
+                    self._device_over(p, now, Outcome.SESSION_ENDED, out)
         self._timers(now, out)
         self._settle()
         return out.actions
@@ -227,6 +241,9 @@ class FallbackFlow:
 
     def _observe(self, quality: RoomQuality, now: float, out: _Out) -> None:
         for p in self._people.values():
+            device = quality.devices.get(p.id) if p.state != PersonState.LEFT else None
+            if (device.value if device else None) != p.device:
+                self._device(p, device, now, out)
             level = quality.participants.get(p.id)
             if level is None:
                 continue  # nothing known yet (a connection still being made)
@@ -239,6 +256,21 @@ class FallbackFlow:
                 self._back(p, level, now, out)
             elif p.state == PersonState.PHONE and level != Quality.LOST:
                 self._online_again(p, out)
+
+    def _device(self, p: _Person, device: Device | None, now: float, out: _Out) -> None:
+        """A busy or sleeping device is its own ledger entry, apart from the person's network
+        disruptions: it never starts the rejoin ladder, lowers video or counts as a flap."""
+        self._device_over(p, now, Outcome.RECOVERED, out)
+        p.device = device.value if device else None
+        if device is not None:
+            cause = Cause.DEVICE_BUSY if device == Device.BUSY else Cause.DEVICE_ASLEEP
+            p.device_entry = self.ledger.open(p.id, cause, now)
+            self.ledger.step(p.device_entry, now, Step.DEVICE, device.value)
+
+    def _device_over(self, p: _Person, now: float, outcome: Outcome, out: _Out) -> None:
+        if p.device_entry is not None:
+            out.add(LedgerEntry(self.ledger.close(p.device_entry, now, outcome)))
+        p.device_entry = p.device = None
 
     def _grade(self, p: _Person, level: Quality, cause: Cause, now: float, out: _Out) -> None:
         if level == Quality.GOOD:
@@ -266,10 +298,19 @@ class FallbackFlow:
                     p.video = VideoMode.LOWERED
                     self._step(p, now, Step.LOWER_VIDEO)
                     out.add(LowerVideo(p.id))
+                # A probe that does not hold goes back at once; otherwise poor waits longer.
+                poor_for = t.lower_video_after_s if p.probing else t.audio_only_after_s
                 if (p.poor_since is not None and p.video != VideoMode.AUDIO_ONLY
-                        and now - p.poor_since >= t.audio_only_after_s):
+                        and now - p.poor_since >= poor_for):
+                    if p.probing:
+                        p.probes += 1
                     self._audio_only(p, now, out)
-                if p.good_since is not None and now - p.good_since >= self._restore_wait(p):
+                if p.good_since is None:
+                    continue
+                if p.video == VideoMode.AUDIO_ONLY:
+                    if now - p.good_since >= self._probe_wait(p):
+                        self._probe(p, now, out)
+                elif now - p.good_since >= self._restore_wait(p):
                     self._restore(p, now, out)
             elif p.state == PersonState.RECONNECTING:
                 if now - p.lost_since >= t.rejoin_window_s:
@@ -281,16 +322,29 @@ class FallbackFlow:
         wait = self.timings.restore_video_after_s * 2 ** p.flaps
         return min(wait, self.timings.restore_wait_max_s)
 
+    def _probe_wait(self, p: _Person) -> float:
+        if p.flaps:
+            return self._restore_wait(p) * 2 ** p.probes
+        wait = self.timings.probe_video_after_s * 2 ** p.probes
+        return min(wait, self.timings.probe_wait_max_s)
+
+    def _probe(self, p: _Person, now: float, out: _Out) -> None:
+        """Out of audio only, one step up: lowered video, judged against what it carries."""
+        p.video, p.probing, p.good_since = VideoMode.LOWERED, True, now
+        self._step(p, now, Step.LOWER_VIDEO)
+        out.add(LowerVideo(p.id))
+        self._tell(NoticeKind.VIDEO_BACK, p, out, named=p.cause == Cause.OWN_NETWORK)
+
     def _audio_only(self, p: _Person, now: float, out: _Out) -> None:
         self._begin(p, now)
-        p.video = VideoMode.AUDIO_ONLY
+        p.video, p.probing = VideoMode.AUDIO_ONLY, False
         self._step(p, now, Step.AUDIO_ONLY)
         out.add(AudioOnly(p.id))
         self._tell(NoticeKind.VIDEO_PAUSED, p, out, named=p.cause == Cause.OWN_NETWORK)
 
     def _restore(self, p: _Person, now: float, out: _Out) -> None:
         was_paused = p.video == VideoMode.AUDIO_ONLY
-        p.video = VideoMode.FULL
+        p.video, p.probing, p.probes = VideoMode.FULL, False, 0
         self._step(p, now, Step.RESTORE_VIDEO)
         out.add(RestoreVideo(p.id))
         if was_paused:
@@ -305,6 +359,8 @@ class FallbackFlow:
     # -- loss and the rejoin ladder -------------------------------------------------------
 
     def _drop(self, p: _Person, cause: Cause, now: float, out: _Out) -> None:
+        if p.probing:
+            p.probes, p.probing = p.probes + 1, False
         p.state, p.cause, p.lost_since = PersonState.RECONNECTING, cause, now
         p.degraded_since = p.poor_since = p.good_since = None
         p.attempt = 0
@@ -431,6 +487,7 @@ class FallbackFlow:
         if p.state == PersonState.LEFT:
             return
         self._end_disruption(p, now, Outcome.LEFT, out)
+        self._device_over(p, now, Outcome.LEFT, out)
         self._restart_over(p, now, Outcome.LEFT, out)
         p.state, p.step = PersonState.LEFT, None
         self._held.pop(p.id, None)
@@ -474,6 +531,7 @@ class FallbackFlow:
             person.state, person.video = PersonState(person.state), VideoMode(person.video)
             person.cause = Cause(person.cause)
             person.step = Step(person.step) if person.step is not None else None
+            person.device = Device(person.device).value if person.device is not None else None
             flow._people[person.id] = person
         flow._held = {PersonId(k): PersonId(v) for k, v in data["held"].items()}
         flow._restart = {PersonId(k): int(v) for k, v in data["restart"].items()}

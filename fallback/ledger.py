@@ -31,6 +31,7 @@ class Step(str, enum.Enum):
     RETURN_TO_VIDEO = "return_to_video"
     HOLD = "hold"
     RESUME = "resume"
+    DEVICE = "device"  # a busy or sleeping device was seen; outcome "busy" / "asleep"
 
 
 class Outcome(str, enum.Enum):

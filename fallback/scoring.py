@@ -460,6 +460,8 @@ class Cause(str, enum.Enum):
     EVERYONE = "everyone"  # every link: cannot tell whose (or the service's)
     UNKNOWN = "unknown"
     SERVER_RESTART = "server_restart"  # our own server went away and came back: nobody's network
+    DEVICE_BUSY = "device_busy"  # their computer is busy: not a network disruption
+    DEVICE_ASLEEP = "device_asleep"  # their page stopped (a locked phone): not a network one
 
 
 class Device(str, enum.Enum):

@@ -126,22 +126,28 @@ def a_is(level: Quality, since: float, until: float = float("inf")) -> Levels:
 # -- degraded -----------------------------------------------------------------------------
 
 
-def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_restores() -> None:
+def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_steps_back_up() -> None:
     flow = room()
     seen = run(flow, a_is(P, 10, 30), 0, 60)
-    assert when(seen, LowerVideo(A)) == [10 + TIMINGS.lower_video_after_s]
+    # Down: lowered, then audio only. Up, a step at a time: lowered video once the link has
+    # been good for the probe wait (video is back within 10 s), full after the restore wait.
+    probe = 30 + TIMINGS.probe_video_after_s
+    assert when(seen, LowerVideo(A)) == [10 + TIMINGS.lower_video_after_s, probe]
     assert when(seen, AudioOnly(A)) == [10 + TIMINGS.audio_only_after_s]
     assert notices(seen, NoticeKind.VIDEO_PAUSED) == {
         A: (18, Audience.YOU, A), T: (18, Audience.THERAPIST, A), B: (18, Audience.PARTNER, A),
     }
-    assert when(seen, RestoreVideo(A)) == [30 + TIMINGS.restore_video_after_s]
-    assert set(notices(seen, NoticeKind.VIDEO_BACK)) == {A, T, B}
+    assert probe - 30 <= 10
+    assert when(seen, RestoreVideo(A)) == [probe + TIMINGS.restore_video_after_s]
+    assert notices(seen, NoticeKind.VIDEO_BACK) == {
+        A: (probe, Audience.YOU, A), T: (probe, Audience.THERAPIST, A), B: (probe, Audience.PARTNER, A),
+    }
     [entry] = ledger(seen)
     record = entry.record
     assert (record.person, record.cause, record.started_at) == (A, Cause.OWN_NETWORK, 10)
-    assert (entry.record.ended_at, entry.record.outcome) == (40, Outcome.RECOVERED)
+    assert (entry.record.ended_at, entry.record.outcome) == (44, Outcome.RECOVERED)
     assert steps(entry) == [(14, Step.LOWER_VIDEO, None), (18, Step.AUDIO_ONLY, None),
-                            (40, Step.RESTORE_VIDEO, None)]
+                            (34, Step.LOWER_VIDEO, None), (44, Step.RESTORE_VIDEO, None)]
     assert flow.status(A).state == PersonState.CONNECTED and flow.status(A).video == VideoMode.FULL
 
 
@@ -501,3 +507,117 @@ def test_a_settled_flow_runs_no_timer_and_the_same_report_again_changes_nothing(
     seen = run(flow, lambda t: {A: F} if t < 610 else {}, 601.5, 640.0)
     assert when(seen, LowerVideo(A)) and when(seen, RestoreVideo(A))
     assert flow.settled()
+
+
+# -- monitor and flow together, with the pages carrying out each step ------------------------
+
+
+class LinkModel:
+    """A's two links as the pages would report them, each step of the flow carried out: audio
+    only sends no video, lowered video is capped at 250 kbit/s, and the sender's bandwidth
+    estimate ramps up again after each change. ``narrow`` squeezes A's path to 250 kbit/s."""
+
+    def __init__(self, flow: FallbackFlow) -> None:
+        self.flow = flow
+        self.basis: dict[tuple[PersonId, PersonId], tuple[VideoMode, float]] = {}
+
+    def sample(self, t: float, reporter: PersonId, peer: PersonId, *, narrow: bool,
+               cpu: bool = False) -> LinkSample:
+        modes = {self.flow.status(x).video for x in (reporter, peer)}
+        mode = (VideoMode.AUDIO_ONLY if VideoMode.AUDIO_ONLY in modes
+                else VideoMode.LOWERED if VideoMode.LOWERED in modes else VideoMode.FULL)
+        on_a = A in (reporter, peer)
+        basis = self.basis.get((reporter, peer))
+        if basis is None or basis[0] != mode:
+            basis = self.basis[(reporter, peer)] = (mode, t)
+        video = mode != VideoMode.AUDIO_ONLY
+        cap = 250_000.0 if mode == VideoMode.LOWERED else None
+        wants = cap or 1_200_000.0
+        estimate = min(300_000 + 300_000 * (t - basis[1]), 2_500_000)
+        if narrow and on_a:
+            estimate = min(estimate, 200_000)
+        limit = "cpu" if cpu and reporter == A else "bandwidth" if estimate < wants else "none"
+        loss = 0.08 if narrow and on_a and video else 0.0
+        return LinkSample(t=t, rtt_ms=150 if narrow and on_a else 30, jitter_ms=4, loss=loss,
+                          packets_in=int(50 * t) + 1, fps=20.0, out_bitrate=estimate,
+                          send_limit=limit, send_fps=20.0, send_cap=cap, video=video, pc="1")
+
+
+MESH = ((T, A), (A, T), (T, B), (B, T), (A, B), (B, A))
+
+
+def simulate(flow: FallbackFlow, end: float, *, narrow=lambda t: False, cpu=lambda t: False,
+             every: float = 0.25) -> tuple[list[tuple[float, Action]], list[RoomQuality]]:
+    monitor, model = QualityMonitor(), LinkModel(flow)
+    seen: list[tuple[float, Action]] = []
+    judged: list[RoomQuality] = []
+    for i in range(round(end / every)):
+        t = round(i * every, 6)
+        for reporter, peer in MESH:
+            monitor.ingest(reporter, peer, model.sample(t, reporter, peer, narrow=narrow(t), cpu=cpu(t)))
+        quality = monitor.evaluate(t)
+        judged.append(quality)
+        seen.extend((t, a) for a in flow.handle(QualityReport(quality), t))
+    return seen, judged
+
+
+def test_a_narrow_spell_pauses_video_and_a_clean_link_brings_it_back_within_10s_to_stay() -> None:
+    flow = room()
+    seen, judged = simulate(flow, 150.0, narrow=lambda t: 20 <= t < 70)
+    # Named within 5 s, the right person only.
+    named = next(q.at for q in judged if q.at >= 20 and q.participants.get(A) in (F, P))
+    assert named - 20 <= 5.0
+    assert all(q.participants.get(x, G) == G for q in judged for x in (T, B))
+    assert all(a.person in (A, None) for q in judged for a in q.attributions)
+    # Audio only under the sustained narrow link; clean again, video back (lowered, then
+    # full) within 10 s, and no pause after that.
+    paused = when(seen, AudioOnly(A))
+    assert paused and paused[0] < 70
+    back = [t for t in when(seen, LowerVideo(A)) if t >= 70]
+    assert back and back[0] - 70 <= 10.0, back
+    assert [t for t in paused if t >= back[0]] == []
+    full = when(seen, RestoreVideo(A))
+    assert full and full[-1] > back[0]
+    assert flow.status(A).video == VideoMode.FULL and flow.status(A).state == PersonState.CONNECTED
+    # Meanwhile, the narrow link kept video paused but for short probes.
+    probes = [t for t in when(seen, LowerVideo(A)) if 20 < t < 70]
+    assert len(probes) <= 6, probes
+
+
+def test_a_clean_call_start_and_a_capped_step_never_lower_or_pause_video() -> None:
+    flow = room()
+    seen, judged = simulate(flow, 60.0)
+    assert [a for _, a in seen] == []
+    assert {q.participants.get(A) for q in judged} <= {None, G}
+
+
+def test_a_cpu_limited_sender_is_a_busy_device_never_an_escalation() -> None:
+    flow = room()
+    seen, judged = simulate(flow, 90.0, cpu=lambda t: 10 <= t < 70)
+    assert any(q.devices == {A: scoring.Device.BUSY} for q in judged)
+    assert all(q.participants.get(A, G) == G for q in judged)
+    actions = [a for _, a in seen if not isinstance(a, LedgerEntry)]
+    assert actions == []  # no lowering, no pause, no rejoin, no notice
+    [entry] = ledger(seen)
+    assert entry.record.cause == Cause.DEVICE_BUSY and entry.record.outcome == Outcome.RECOVERED
+    assert steps(entry) == [(entry.record.started_at, Step.DEVICE, "busy")]
+    assert 10 < entry.record.started_at < 12 and 70 < (entry.record.ended_at or 0) < 73
+    assert flow.status(A).state == PersonState.CONNECTED
+
+
+def test_a_probe_that_fails_goes_back_to_audio_only_and_the_next_waits_longer() -> None:
+    flow = room()
+    seen = run(flow, lambda t: {A: P} if 10 <= t < 19 or 24 <= t < 40 or t >= 46 else {}, 0, 80)
+    assert when(seen, AudioOnly(A)) == [18, 28]  # paused; the probe at 23 was poor from 24
+    assert when(seen, LowerVideo(A)) == [14, 23]
+    # The second probe waits 6 s of good (40 -> 46): the link is poor again at 46, no probe.
+    assert flow.status(A).video == VideoMode.AUDIO_ONLY
+
+
+def test_device_verdicts_are_kept_across_a_restart_of_the_flow() -> None:
+    flow = room()
+    flow.handle(QualityReport(RoomQuality(1.0, {}, {}, {A: G}, (), {A: scoring.Device.ASLEEP})), 1.0)
+    again = FallbackFlow.restore(json.loads(json.dumps(flow.snapshot())))
+    seen = again.handle(QualityReport(RoomQuality(5.0, {}, {}, {A: G}, ())), 5.0)
+    [entry] = ledger([(5.0, a) for a in seen])
+    assert entry.record.cause == Cause.DEVICE_ASLEEP and entry.record.ended_at == 5.0
