@@ -213,3 +213,75 @@ async def test_the_quality_indicator_smooths_local_estimates_and_defers_to_the_s
     # Loss in the first seconds (few packets) is buffers settling, not a bad link.
     assert result["levels"] == ["good", "fair", "poor", "good", None]
     assert result["pairs"] == [["x", "poor"], ["y", "good"]]
+
+
+async def test_link_stats_carry_what_limits_our_sending_the_steps_cap_and_the_pages_lag(page: Page) -> None:
+    stats = await page.evaluate(
+        """async () => {
+            const { linkStatsFromReport } = await import('/static/stats.js');
+            const report = (reason) => new Map([
+                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: 100, packetsLost: 0, bytesReceived: 1000 }],
+                ['O', { id: 'O', type: 'outbound-rtp', kind: 'video', bytesSent: 5000, framesPerSecond: 11,
+                        qualityLimitationReason: reason }],
+                ['OA', { id: 'OA', type: 'outbound-rtp', kind: 'audio', bytesSent: 900 }],
+            ]);
+            const about = { peer: 'p_2', pcId: 'abc', video: true, sendCap: 250000, lagMs: 212.4 };
+            return [
+                linkStatsFromReport(report('cpu'), null, 1000, about).stats,
+                linkStatsFromReport(report('bandwidth'), null, 1000, { ...about, sendCap: null, lagMs: null }).stats,
+                linkStatsFromReport(report('nonsense'), null, 1000, { ...about, video: false }).stats,
+            ];
+        }"""
+    )
+    busy, narrow, paused = stats
+    assert (busy["send_limit"], busy["send_fps"], busy["send_cap"], busy["lag_ms"]) == ("cpu", 11, 250000, 212)
+    assert narrow["send_limit"] == "bandwidth" and "send_cap" not in narrow and "lag_ms" not in narrow
+    # Not a reason the protocol knows: left out. No video expected: no cap to judge against.
+    assert "send_limit" not in paused and "send_cap" not in paused
+
+
+async def test_local_estimates_use_the_networks_signals_only(page: Page) -> None:
+    levels = await page.evaluate(
+        """async () => {
+            const { levelFromStats } = await import('/static/quality.js');
+            const clean = { peer: 'b', rtt_ms: 30, loss: 0, packets_in: 1000, concealed: 0, fps: 24, frames_decoded: 500,
+                            in_bitrate: 600000 };
+            return [
+                { ...clean, packets_in: 40, concealed: 0.2, in_bitrate: 0, fps: 0, frames_decoded: 0 },  // a call's first second
+                { ...clean, concealed: 0.18 },   // a busy receiver conceals with nothing lost
+                { ...clean, fps: 3 },            // a busy computer shows few frames
+                { ...clean, in_bitrate: 0 },     // video paused: nothing arrives but sound
+                { ...clean, loss: 0.04 },
+                { ...clean, loss: 0.12 },
+                { ...clean, rtt_ms: 700 },
+            ].map(levelFromStats);
+        }"""
+    )
+    assert levels == ["good", "good", "good", "good", "fair", "poor", "poor"]
+
+
+async def test_page_lag_is_the_mean_lateness_of_its_timer_and_nothing_while_hidden(page: Page) -> None:
+    result = await page.evaluate(
+        """async () => {
+            const { PageLag } = await import('/static/stats.js');
+            let now = 0;
+            let hidden = false;
+            const lag = new PageLag({ everyMs: 100, now: () => now, hidden: () => hidden });
+            lag._last = 0;
+            const run = (...gaps) => { for (const gap of gaps) { now += gap; lag.tick(); } };
+            run(100, 101, 99, 100);
+            const idle = lag.take();
+            run(300, 100, 500, 100);        // a busy page: its timer runs late
+            const busy = lag.take();
+            now += 900;                     // a page whose timer did not run at all since
+            const stuck = lag.take();
+            hidden = true;
+            run(1000, 1000);                // a background tab: slowed on purpose
+            const background = lag.take();
+            return { idle, busy, stuck, background };
+        }"""
+    )
+    assert result["idle"] < 1
+    assert result["busy"] == (200 + 0 + 400 + 0) / 4
+    assert result["stuck"] == 800
+    assert result["background"] is None

@@ -23,7 +23,9 @@ class Tile {
     this.quality = el('span', { className: 'quality', 'data-level': 'unknown' },
       el('span', { className: 'bars', 'aria-hidden': 'true' }, el('span'), el('span'), el('span')),
       this.qualityText);
-    this.caption = el('figcaption', {}, this.nameNode, this.mutedBadge, this.quality);
+    /** What this person's own device is doing (busy, asleep), apart from the connection. */
+    this.deviceText = el('span', { className: 'device-text', hidden: true });
+    this.caption = el('figcaption', {}, this.nameNode, this.mutedBadge, this.quality, this.deviceText);
     this.root = el('figure', { className: 'tile', 'data-peer': peerId }, this.video, this.placeholder, this.caption);
     if (adminActions) this.root.append(adminActions(this, this.statusActions));
     this.hasVideo = false;
@@ -63,6 +65,12 @@ const STATUS_WORDS = Object.freeze({
   audio_only: (name) => `${name}: audio only. Video is paused to keep the sound clear.`,
   phone: (name) => `${name} is on the phone`,
   hold: (name) => `Session paused: ${name} is waiting`,
+});
+
+/** A person's device on their tile, next to the connection's words. */
+const DEVICE_WORDS = Object.freeze({
+  busy: 'Computer busy',
+  asleep: 'Screen may be locked',
 });
 
 export class CallView {
@@ -183,6 +191,20 @@ export class CallView {
     if (!tile) return;
     tile.quality.dataset.level = level ?? 'unknown';
     tile.qualityText.textContent = LEVEL_WORDS[level ?? 'unknown'];
+  }
+
+  /**
+   * The person's own device, as the server's monitor sees it (docs/fallback.md, devices):
+   * 'busy', 'asleep' or null. Never drawn as the connection: the bars stay the network's.
+   * @param {'busy'|'asleep'|null} device
+   */
+  setDevice(peerId, device) {
+    const tile = this.tiles.get(peerId);
+    if (!tile) return;
+    if (device) tile.root.dataset.device = device;
+    else delete tile.root.dataset.device;
+    tile.deviceText.textContent = device ? DEVICE_WORDS[device] : '';
+    tile.deviceText.hidden = !device;
   }
 
   setSelf(track) {

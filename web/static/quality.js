@@ -51,20 +51,15 @@ export function peerLevels(message, me) {
 export function levelFromStats(s) {
   const rawLoss = s.loss ?? null;
   const rtt = s.rtt_ms ?? null;
-  const rawConcealed = s.concealed ?? null;
   if (rawLoss === null && rtt === null) return null;
-  // The first seconds of a call conceal and lose a little while buffers settle: judge loss
-  // and concealment only once a few seconds of packets have arrived.
-  const settled = (s.packets_in ?? 0) >= 250;
-  const loss = settled ? rawLoss : null;
-  const concealed = settled ? rawConcealed : null;
-  // Inbound packets stopped while the connection claims to be up: nothing is arriving.
-  if (s.in_bitrate === 0 && (s.packets_in ?? 0) > 0) return 'poor';
-  if ((loss ?? 0) > 0.08 || (rtt ?? 0) > 600 || (concealed ?? 0) > 0.15) return 'poor';
-  if (s.video !== false && s.fps !== undefined && s.fps !== null && s.fps < 5 && (s.frames_decoded ?? 0) > 30) {
-    return 'poor';
-  }
-  if ((loss ?? 0) > 0.02 || (rtt ?? 0) > 300 || (concealed ?? 0) > 0.05) return 'fair';
+  // The network's own signals only: packets lost and the round trip. Concealed audio, frame
+  // rate and an incoming bitrate of 0 are not (a call's first seconds, a paused video, a busy
+  // computer all show them on a clean link); media that stopped is LinkHealth's verdict.
+  // The first seconds lose a little while buffers settle: judge loss once a few seconds of
+  // packets have arrived.
+  const loss = (s.packets_in ?? 0) >= 250 ? rawLoss : null;
+  if ((loss ?? 0) > 0.08 || (rtt ?? 0) > 600) return 'poor';
+  if ((loss ?? 0) > 0.02 || (rtt ?? 0) > 300) return 'fair';
   return 'good';
 }
 

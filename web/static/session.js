@@ -7,8 +7,8 @@
 // the same seat, so an admitted partner does not wait again.
 
 import { SignalingClient, socketUrl, tokenFromPath } from './signaling.js';
-import { Mesh } from './peers.js';
-import { StatsSampler } from './stats.js';
+import { Mesh, LOWERED_VIDEO } from './peers.js';
+import { PageLag, StatsSampler } from './stats.js';
 import { QualityBoard, peerLevels } from './quality.js';
 import { LocalMedia, explainMediaError } from './devices.js';
 import { CheckView } from './check.js';
@@ -61,6 +61,7 @@ export class RoomPage {
     this.signaling = new SignalingClient({ url: socketUrl(location), token: this.token, probeUrl: '/healthz' });
     this.mesh = new Mesh({ signaling: this.signaling, localTracks: () => this.media.tracks() });
     this.sampler = new StatsSampler();
+    this.lag = new PageLag();
     this.board = new QualityBoard();
     this.fallback = new FallbackController({
       signaling: this.signaling, mesh: this.mesh, call: this.call, name: (id) => this._name(id),
@@ -79,6 +80,9 @@ export class RoomPage {
     this.joining = false;
     /** Whose own network the server's monitor blames for weak links, if it can tell. */
     this.serverWeak = null;
+    /** Whose device the banners speak of now, and as what. */
+    this._devicesShown = new Set();
+    this._devicesShownAs = new Map();
     this._wire();
   }
 
@@ -235,6 +239,9 @@ export class RoomPage {
       this.call.removePeer(peerId);
       this.board.forget(peerId);
       this.call.clearBanner(`link-${peerId}`);
+      this.call.clearBanner(`device-${peerId}`);
+      this._devicesShown.delete(peerId);
+      this._devicesShownAs.delete(peerId);
       this._qualityBanner();
     });
     // The indicator follows the board, whatever feeds it: this page's stats (in _sendStats)
@@ -243,6 +250,8 @@ export class RoomPage {
       if (!sig.me) return;
       this.serverWeak = m.weak ?? null;
       for (const [peerId, level] of peerLevels(m, sig.me.id)) this.board.fromServer(peerId, level);
+      this._devices(m.devices ?? {});
+      this._othersLink(m);
       this._qualityBanner();
     });
     this.board.on('change', ({ peerId, level }) => {
@@ -309,7 +318,10 @@ export class RoomPage {
     }
     this.signaling.media(!this.media.micMuted, this._videoOn());
     this.onWelcome?.(welcome);
-    if (this.statsTimer === null) this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
+    if (this.statsTimer === null) {
+      this.lag.start();
+      this.statsTimer = setInterval(() => this._sendStats(), STATS_EVERY_MS);
+    }
   }
 
   /**
@@ -333,6 +345,56 @@ export class RoomPage {
       const names = weak.map((id) => this._name(id)).join(' and ');
       this.call.banner('quality', `The connection to ${names} is weak. Their video may freeze.`);
     }
+  }
+
+  /**
+   * Whose own device slows the call (docs/fallback.md, devices): on their tile and in a
+   * banner, in words that never call it a weak connection.
+   * @param {Record<string, 'busy'|'asleep'>} devices
+   */
+  _devices(devices) {
+    const me = this.signaling.me?.id;
+    const people = new Set([...this.mesh.links.keys(), ...Object.keys(devices), ...this._devicesShown]);
+    for (const id of people) {
+      const device = devices[id] ?? null;
+      if (id !== me) this.call.setDevice(id, device);
+      const key = `device-${id}`;
+      if (device === (this._devicesShownAs.get(id) ?? null)) continue;
+      this._devicesShownAs.set(id, device);
+      if (!device) {
+        this.call.clearBanner(key);
+        this._devicesShown.delete(id);
+        continue;
+      }
+      this._devicesShown.add(id);
+      if (id === me) {
+        // A page that is asleep cannot read this; a busy one can.
+        if (device === 'busy') {
+          this.call.banner(key, 'Your computer is busy, so video may be slow. Closing other programs or tabs can help.', 'info');
+        }
+      } else if (device === 'busy') {
+        this.call.banner(key, `${this._name(id)}'s computer is busy, so their video may be slow.`, 'info');
+      } else {
+        this.call.banner(key, `${this._name(id)}'s phone or computer may have locked its screen or paused this page.`, 'info');
+      }
+    }
+  }
+
+  /**
+   * The link between two others (the partners, seen by the therapist): when only it is bad,
+   * nobody's own network is, and they may not notice. docs/fallback.md, the partners' own link.
+   * @param {{links?: Array<{a: string, b: string, level: string}>, people?: Record<string, string>}} m
+   */
+  _othersLink(m) {
+    const me = this.signaling.me?.id;
+    if (this.role !== 'therapist' || !me) return;
+    const bad = (m.links ?? []).find((l) => l.a !== me && l.b !== me && ['fair', 'poor', 'lost'].includes(l.level)
+      && m.people?.[l.a] === 'good' && m.people?.[l.b] === 'good');
+    if (!bad) {
+      this.call.clearBanner('others-link');
+      return;
+    }
+    this.call.banner('others-link', `${this._name(bad.a)} and ${this._name(bad.b)} cannot see each other well. Their connection to each other is weak.`);
   }
 
   _presence(peerId, state) {
@@ -459,10 +521,13 @@ export class RoomPage {
 
   async _sampleLinks() {
     const connections = this.mesh.connections().filter((c) => c.pc.connectionState !== 'closed');
+    const lagMs = this.lag.take();
     const samples = await Promise.all(connections.map(async (c) => {
       const video = (this.peerMedia.get(c.peerId)?.video ?? true) && this.fallback.videoExpected(c.peerId);
+      // The cap our flow step put on our video to them: a lowered link is judged against it.
+      const sendCap = this.mesh.links.get(c.peerId)?.sendPolicy?.video === 'lowered' ? LOWERED_VIDEO.maxBitrate : null;
       try {
-        return await this.sampler.sample(c.pc, { peer: c.peerId, pcId: c.pcId, video });
+        return await this.sampler.sample(c.pc, { peer: c.peerId, pcId: c.pcId, video, sendCap, lagMs });
       } catch (error) {
         return null; // a connection closed while sampling: the next round will not include it
       }
@@ -488,6 +553,7 @@ export class RoomPage {
     if (this.step === 'ended') return;
     if (this.statsTimer !== null) clearInterval(this.statsTimer);
     this.statsTimer = null;
+    this.lag.stop();
     this._forgetSeat();
     this.mesh.close();
     this.check.stop();

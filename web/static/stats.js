@@ -11,6 +11,8 @@
  *            framesDecoded: number, concealed: number, samples: number}} Snapshot
  */
 
+const SEND_LIMITS = new Set(['none', 'cpu', 'bandwidth', 'other']);
+
 function round(value, digits) {
   if (value === null || value === undefined || !Number.isFinite(value)) return null;
   const scale = 10 ** digits;
@@ -38,10 +40,14 @@ function selectedPair(byId, all) {
  * @param {RTCStatsReport|Map<string, any>} report
  * @param {Snapshot|null} previous the snapshot returned with the last sample of this connection
  * @param {number} nowMs a monotonic clock in milliseconds
- * @param {{peer: string, pcId?: string|null, video?: boolean}} about
+ * @param {{peer: string, pcId?: string|null, video?: boolean, sendCap?: number|null, lagMs?: number|null}} about
+ *   sendCap: the bitrate cap this page's flow step put on its video to the peer;
+ *   lagMs: how late this page's own timers run (PageLag)
  * @returns {{stats: import('./signaling.js').LinkStats, snapshot: Snapshot}}
  */
-export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null, video = true }) {
+export function linkStatsFromReport(report, previous, nowMs, {
+  peer, pcId = null, video = true, sendCap = null, lagMs = null,
+}) {
   const all = [...report.values()];
   const byId = new Map(all.map((s) => [s.id, s]));
   let packetsIn = 0;
@@ -57,6 +63,8 @@ export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null
   let samples = 0;
   let remoteRtt = null;
   let sawInbound = false;
+  let sendLimit = null;
+  let sendFps = null;
 
   for (const s of all) {
     if (s.type === 'inbound-rtp') {
@@ -76,6 +84,12 @@ export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null
       }
     } else if (s.type === 'outbound-rtp') {
       bytesOut += s.bytesSent ?? 0;
+      if (s.kind === 'video') {
+        // What holds our encoder back: the monitor tells a busy computer ("cpu") from a
+        // narrow link ("bandwidth") by it.
+        if (SEND_LIMITS.has(s.qualityLimitationReason)) sendLimit = s.qualityLimitationReason;
+        if (typeof s.framesPerSecond === 'number') sendFps = (sendFps ?? 0) + s.framesPerSecond;
+      }
     } else if (s.type === 'remote-inbound-rtp' && typeof s.roundTripTime === 'number') {
       remoteRtt = Math.max(remoteRtt ?? 0, s.roundTripTime);
     }
@@ -141,7 +155,65 @@ export function linkStatsFromReport(report, previous, nowMs, { peer, pcId = null
   put('out_bitrate', round(outBitrate, 0));
   put('in_bitrate', round(inBitrate, 0));
   put('candidate', candidate);
+  put('send_limit', sendLimit);
+  put('send_fps', round(sendFps, 1));
+  if (video) put('send_cap', sendCap);
+  put('lag_ms', round(lagMs, 0));
   return { stats, snapshot };
+}
+
+/**
+ * How late this page runs its own timers: a busy computer (or a throttled page) runs them
+ * late, a clean network does not care. A timer every `everyMs`; `take()` gives the mean
+ * lateness since the last call, in milliseconds, or null while the page is hidden (a
+ * background tab's timers are slowed on purpose: that is not a busy device) or nothing ran.
+ */
+export class PageLag {
+  constructor({ everyMs = 100, now = () => globalThis.performance.now(), hidden = () => globalThis.document?.hidden ?? false } = {}) {
+    this.everyMs = everyMs;
+    this.now = now;
+    this.hidden = hidden;
+    this._sum = 0;
+    this._n = 0;
+    this._last = null;
+    this._timer = null;
+  }
+
+  start() {
+    if (this._timer !== null) return;
+    this._last = this.now();
+    this._timer = setInterval(() => this.tick(), this.everyMs);
+  }
+
+  stop() {
+    if (this._timer !== null) clearInterval(this._timer);
+    this._timer = null;
+  }
+
+  /** One timer run (exposed for tests). */
+  tick() {
+    const now = this.now();
+    if (this.hidden()) {
+      this._sum = this._n = 0;
+    } else if (this._last !== null) {
+      this._sum += Math.max(0, now - this._last - this.everyMs);
+      this._n += 1;
+    }
+    this._last = now;
+  }
+
+  /** @returns {number|null} */
+  take() {
+    if (this.hidden()) {
+      this._sum = this._n = 0;
+      return null;
+    }
+    // A page whose timer did not run at all since the last report is as late as that.
+    const sinceLast = this._last === null ? 0 : Math.max(0, this.now() - this._last - this.everyMs);
+    const mean = this._n ? Math.max(this._sum / this._n, sinceLast) : (this._last === null ? null : sinceLast);
+    this._sum = this._n = 0;
+    return mean;
+  }
 }
 
 /** Samples connections, remembering each one's last snapshot. */
@@ -154,7 +226,7 @@ export class StatsSampler {
 
   /**
    * @param {RTCPeerConnection} pc
-   * @param {{peer: string, pcId: string, video?: boolean}} about
+   * @param {{peer: string, pcId: string, video?: boolean, sendCap?: number|null, lagMs?: number|null}} about
    * @returns {Promise<import('./signaling.js').LinkStats>}
    */
   async sample(pc, about) {
