@@ -308,6 +308,8 @@ class _LinkTrack:
     basis_since: float = -math.inf
     # The window's median round trip as this end measures it.
     rtt: float | None = None
+    # The reverse link (the peer's reports of the same pair), once it exists.
+    reverse: _LinkTrack | None = None
     # The reporter's device, as this link's reports show it: busy (its encoder held back by
     # CPU, its timers late, or decoding far fewer frames than its peer sends).
     busy: bool = False
@@ -398,32 +400,28 @@ class _LinkTrack:
         """Whether the reporter's device is busy. Each sign switches on over the window and
         off only once the window is clear of it, so it does not flicker."""
         sums = self.sums
-        if sums.n_cpu * 2 > sums.n:
+        n_cpu = sums.n_cpu
+        if n_cpu * 2 > sums.n:
             self.cpu = True
-        elif not sums.n_cpu:
+        elif not n_cpu:
             self.cpu = False
-        if sums.n_lag:
-            lag = sums.lag / sums.n_lag
-            if lag >= limits.busy_lag_ms:
-                self.late = True
-            elif lag < limits.busy_lag_ms / 2:
-                self.late = False
+        n_lag = sums.n_lag
+        if n_lag:
+            lag = sums.lag / n_lag
+            self.late = lag >= limits.busy_lag_ms or (self.late and lag >= limits.busy_lag_ms / 2)
         else:
             self.late = False
-        sent = (other.samples[-1].send_fps if other is not None and other.samples
-                and sample.t - other.samples[-1].t < limits.stale_after_s else None)
-        if sent is None or sent < 5 or not sample.video or not sums.n_fps:
-            self.slow_decode = False
-        else:
-            fps = sums.fps / sums.n_fps
-            loss = sums.loss / sums.n_loss if sums.n_loss else 0.0
-            if loss >= limits.busy_loss_max:
-                self.slow_decode = False
-            elif fps < limits.busy_decode_share * sent:
-                self.slow_decode = True
-            elif fps >= (limits.busy_decode_share + 0.25) * sent:
-                self.slow_decode = False
-        self.busy = self.cpu or self.late or self.slow_decode
+        slow = False
+        if other is not None and sums.n_fps and sample.video and other.samples:
+            theirs = other.samples[-1]
+            sent = theirs.send_fps
+            if sent is not None and sent >= 5 and sample.t - theirs.t < limits.stale_after_s:
+                fps = sums.fps / sums.n_fps
+                share = limits.busy_decode_share
+                slow = ((fps < share * sent or (self.slow_decode and fps < (share + 0.25) * sent))
+                        and (sums.loss < limits.busy_loss_max * sums.n_loss or not sums.n_loss))
+        self.slow_decode = slow
+        self.busy = self.cpu or self.late or slow
 
     def _move(self, raw: Quality, t: float, limits: ScoringThresholds) -> None:
         if self.level is None or raw.rank < self.level.rank:
@@ -535,13 +533,16 @@ class QualityMonitor:
         track = self._tracks.get(key)
         if track is None:
             track = self._tracks[key] = _LinkTrack()
+            track.reverse = self._tracks.get((peer, reporter))
+            if track.reverse is not None:
+                track.reverse.reverse = track
         samples = track.samples
         if samples and sample.t < samples[-1].t:
             return  # out of order: the newer sample already spoke
         level, candidate, flowed, busy = track.level, track.candidate, track.flowed, track.busy
         if not samples or sample.t - samples[-1].t >= self.limits.stale_after_s:
             self._changed = True  # a new or a stale link is heard from
-        track.add(sample, self.limits, self._tracks.get((peer, reporter)))
+        track.add(sample, self.limits, track.reverse)
         if track.candidate != candidate:
             self._changed, self._relayed = True, None
         elif track.level is not level or track.flowed != flowed or track.busy != busy:

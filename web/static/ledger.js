@@ -14,6 +14,8 @@ export const CAUSE_WORDS = Object.freeze({
   everyone: "everyone's connection (or the service)",
   unknown: 'not known',
   server_restart: 'server restart (the service, not anyone\'s connection)',
+  device_busy: 'their computer was busy (not their connection)',
+  device_asleep: 'their page was paused or their screen locked (not their connection)',
 });
 
 /** Steps in words (fallback.ledger.Step). */
@@ -30,6 +32,7 @@ export const STEP_WORDS = Object.freeze({
   return_to_video: 'Back on video from the phone',
   hold: 'Session put on hold',
   resume: 'Session resumed',
+  device: 'Their device slowed the call',
 });
 
 const STEP_OUTCOME_WORDS = Object.freeze({
