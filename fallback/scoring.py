@@ -109,6 +109,10 @@ class ScoringThresholds:
     # with network loss under busy_loss_max, is busy (decoding late), not badly connected.
     busy_decode_share: float = 0.5
     busy_loss_max: float = 0.01
+    # Device: a page heard from before and silent this long, its socket up and its media
+    # still arriving, has stopped (a locked phone, a frozen tab). Longer than stale_after_s:
+    # a page on a starved machine reports late, not never.
+    asleep_after_s: float = 5.0
 
 
 class LinkSample(msgspec.Struct, frozen=True, gc=False):
@@ -587,11 +591,13 @@ class QualityMonitor:
 
     def _fresh_until(self, since: float) -> float:
         """When the first of the people and judged links fresh at ``since`` goes stale."""
-        stale_after = self.limits.stale_after_s
+        stale_after, asleep_after = self.limits.stale_after_s, self.limits.asleep_after_s
         until = math.inf
         for t in self._heard.values():
             if since < t + stale_after < until:
                 until = t + stale_after
+            if since < t + asleep_after < until:
+                until = t + asleep_after
         for track in self._tracks.values():
             if track.level is not None:
                 t = track.samples[-1].t
@@ -633,18 +639,18 @@ class QualityMonitor:
         return self._last
 
     def _devices(self, now: float, fresh: set[PersonId]) -> dict[PersonId, Device]:
-        """Busy: a fresh report of theirs says so. Asleep: heard from before, silent now with
-        the socket up, while their media still reaches a peer (their page stopped, their
-        network did not)."""
-        stale_after = self.limits.stale_after_s
+        """Busy: a fresh report of theirs says so. Asleep: heard from before, silent for
+        asleep_after_s with the socket up, while their media still reaches a peer (their page
+        stopped, their network did not)."""
+        stale_after, asleep_after = self.limits.stale_after_s, self.limits.asleep_after_s
         devices: dict[PersonId, Device] = {}
         for (reporter, peer), track in self._tracks.items():
             if not track.samples or now - track.samples[-1].t >= stale_after:
                 continue
             if track.busy and reporter in fresh:
                 devices.setdefault(reporter, Device.BUSY)
-            if (peer not in fresh and peer not in self._socket_down
-                    and self._heard.get(peer, -math.inf) > -math.inf
+            heard = self._heard.get(peer, -math.inf)
+            if (-math.inf < heard <= now - asleep_after and peer not in self._socket_down
                     and track.level is not None and track.level != Quality.LOST):
                 devices[peer] = Device.ASLEEP
         return devices

@@ -82,7 +82,7 @@ class Call:
     therapist: Person
     a: Person  # Partner 1, on the host
     b: Person  # Partner 2, in the namespace
-    ids: dict[str, str]  # name -> person id
+    ids: dict[str, str]  # partner's name -> person id
 
     @property
     def people(self) -> tuple[Person, Person, Person]:
@@ -111,17 +111,25 @@ async def call(browser: Browser, make_config: Any, ns: Namespace) -> AsyncIterat
             b = await open_person(in_ns, "Partner 2", ns.host_url(room.partner_links[1]), init_script=MONITOR)
             opened.append(b)
             for partner in (a, b):
-                await partner.page.get_by_role("button", name="Join session").click()
-                await expect(partner.page.get_by_role("heading", name="Your therapist will let you in")).to_be_visible()
+                await partner.page.get_by_role("button", name="Join session").click(timeout=60_000)
+                await expect(partner.page.get_by_role("heading", name="Your therapist will let you in")).to_be_visible(
+                    timeout=60_000)
             for partner in (a, b):
-                await therapist.page.get_by_role("button", name=f"Admit {partner.name}").click()
-            ids = {}
+                await therapist.page.get_by_role("button", name=f"Admit {partner.name}").click(timeout=60_000)
+            ids: dict[str, str] = {}
             for name in ("Partner 1", "Partner 2"):
                 tile = therapist.page.locator(".tile", has_text=name)
                 await expect(tile).to_have_count(1, timeout=30_000)
-                ids[name] = await tile.get_attribute("data-peer")
-            ids["Therapist"] = await a.page.locator(".tile", has_text="Therapist").get_attribute("data-peer")
-            yield Call(server, ns, therapist, a, b, ids)
+                ids[name] = await tile.get_attribute("data-peer") or ""
+            try:
+                yield Call(server, ns, therapist, a, b, ids)
+            finally:
+                # What each page said, in order, for the record of a failing run.
+                for person in opened:
+                    with contextlib.suppress(Exception):
+                        rec = await record(person)
+                        said = [text for _, text in rec["banners"]]
+                        print(person.name, "said:", [x for i, x in enumerate(said) if x and (i == 0 or said[i - 1] != x)])
             for person in opened:
                 assert person.console.csp_violations == [], (person.name, person.console.csp_violations)
     finally:
@@ -166,8 +174,8 @@ def share_lost(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 async def test_a_clean_call_shows_no_alarm_from_the_first_remote_frame(call: Call) -> None:
     c = call
-    start = [await truth_loss(p) for p in c.people]
     await first_frames(c)
+    start = [await truth_loss(p) for p in c.people]
     # Twenty seconds of call on a clean link, from the first frame on.
     await asyncio.sleep(20.0)
     for person, before in zip(c.people, start, strict=True):

@@ -573,7 +573,7 @@ def test_a_page_silent_with_its_socket_up_is_asleep_and_media_still_judges_its_l
                 continue
             monitor.ingest(reporter, peer, sample(t, packets(t)))
         quality = monitor.evaluate(t)
-        if t < 9.75 + LIMITS.stale_after_s:
+        if t < 9.75 + LIMITS.asleep_after_s:
             assert quality.devices == {}, t
     assert quality.devices == {A: Device.ASLEEP}
     assert quality.pairs == {frozenset((T, A)): Quality.GOOD} and quality.attributions == ()
