@@ -104,7 +104,10 @@ class ScoringThresholds:
     # estimate ramps up over the first seconds, and that is not a weak network.
     video_warmup_s: float = 6.0
     # Device: a page whose own timers run this late (ms, mean over the window) is busy.
-    busy_lag_ms: float = 150.0
+    busy_lag_ms: float = 300.0
+    # Device: a busy sign must hold this long before it shows, and be gone this long before
+    # it clears: a loaded machine comes and goes by the second, and words must not flicker.
+    device_hold_s: float = 3.0
     # Device: a receiver that decodes less than this share of the frames its sender sends,
     # with network loss under busy_loss_max, is busy (decoding late), not badly connected.
     busy_decode_share: float = 0.5
@@ -320,6 +323,8 @@ class _LinkTrack:
     cpu: bool = False
     late: bool = False
     slow_decode: bool = False
+    # Since when the signs have said otherwise than ``busy`` (None: they agree).
+    busy_flip_since: float | None = None
 
     def reset(self) -> None:
         self.samples.clear()
@@ -329,6 +334,7 @@ class _LinkTrack:
         self.growth_run_since = self.media_since = self.rtt = None
         self.basis_since = -math.inf
         self.busy = self.cpu = self.late = self.slow_decode = False
+        self.busy_flip_since = None
 
     def add(self, sample: LinkSample, limits: ScoringThresholds,
             other: _LinkTrack | None = None) -> None:
@@ -425,7 +431,12 @@ class _LinkTrack:
                 slow = ((fps < share * sent or (self.slow_decode and fps < (share + 0.25) * sent))
                         and (sums.loss < limits.busy_loss_max * sums.n_loss or not sums.n_loss))
         self.slow_decode = slow
-        self.busy = self.cpu or self.late or slow
+        if (self.cpu or self.late or slow) == self.busy:
+            self.busy_flip_since = None
+        elif self.busy_flip_since is None:
+            self.busy_flip_since = sample.t
+        elif sample.t - self.busy_flip_since >= limits.device_hold_s:
+            self.busy, self.busy_flip_since = not self.busy, None
 
     def _move(self, raw: Quality, t: float, limits: ScoringThresholds) -> None:
         if self.level is None or raw.rank < self.level.rank:

@@ -601,7 +601,8 @@ def test_a_cpu_limited_sender_is_a_busy_device_never_an_escalation() -> None:
     [entry] = ledger(seen)
     assert entry.record.cause == Cause.DEVICE_BUSY and entry.record.outcome == Outcome.RECOVERED
     assert steps(entry) == [(entry.record.started_at, Step.DEVICE, "busy")]
-    assert 10 < entry.record.started_at < 12 and 70 < (entry.record.ended_at or 0) < 73
+    # Shown once the signs have held device_hold_s, cleared once gone as long.
+    assert 13 <= entry.record.started_at < 15 and 73 <= (entry.record.ended_at or 0) < 76
     assert flow.status(A).state == PersonState.CONNECTED
 
 
