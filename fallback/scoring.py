@@ -254,14 +254,17 @@ class WindowSums:
                 self.n_cpu += sign
 
     def level(self, newest: LinkSample, rtt: float | None, limits: ScoringThresholds, *,
-              video: bool = True) -> Quality | None:
+              video: bool = True, delays: bool = True) -> Quality | None:
         """The worse of audio and video over the window ending at ``newest``; ``rtt`` is the
         window's robust round trip. Video is judged on bandwidth alone, and only while the
-        sender says bandwidth holds its video back, against what the step needs."""
+        sender says bandwidth holds its video back, against what the step needs.
+        ``delays=False`` leaves round trip and jitter out (a straining device reads them)."""
         level: Quality | None = None
         if rtt is not None or self.n_jitter or self.n_loss:
+            if not delays:
+                rtt = None
             mos = audio_mos(rtt if rtt is not None else 0.0,
-                            self.jitter / self.n_jitter if self.n_jitter else 0.0,
+                            self.jitter / self.n_jitter if self.n_jitter and delays else 0.0,
                             self.loss / self.n_loss if self.n_loss else 0.0)
             level = (Quality.GOOD if mos >= limits.mos_good
                      else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
@@ -382,8 +385,20 @@ class _LinkTrack:
             else:
                 self.growth_run_since = None
 
+        # An end whose device strains (CPU-limited encoder, late timers, late decoding), with
+        # the network losing next to nothing: its delays and pauses are the device's. Its
+        # round trip and jitter read late processing, and its media may pause while it
+        # still hears the other end; the link is then judged on loss (and bandwidth) alone.
+        other_fresh = (other is not None and bool(other.samples)
+                       and t - other.samples[-1].t < limits.stale_after_s)
+        strained = ((self.cpu or self.late or self.slow_decode or (other_fresh and other is not None
+                     and (other.cpu or other.late or other.slow_decode)))
+                    and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
         raw: Quality | None
         if self.flowed and t - self.last_growth >= limits.lost_after_s:
+            if (strained and other is not None and other_fresh
+                    and t - other.last_growth < limits.lost_after_s):
+                return  # the other way still flows and both ends speak: a device pause
             raw = Quality.LOST
         elif not self.flowed and count is not None:
             return  # still connecting: no judgement before the first media
@@ -394,11 +409,10 @@ class _LinkTrack:
             # The round trip is the path's: the lower of what both ends measure, so one
             # end's late timers do not judge it.
             rtt = self.rtt
-            if (other is not None and other.rtt is not None and other.samples
-                    and t - other.samples[-1].t < limits.stale_after_s
+            if (other is not None and other.rtt is not None and other_fresh
                     and (rtt is None or other.rtt < rtt)):
                 rtt = other.rtt
-            raw = sums.level(sample, rtt, limits, video=warm)
+            raw = sums.level(sample, rtt, limits, video=warm, delays=not strained)
             if raw is None:
                 if not self.flowed:
                     return

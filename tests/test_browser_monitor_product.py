@@ -42,7 +42,14 @@ MONITOR = """(() => {
   window.RTCPeerConnection = class extends Native {
     constructor(...args) { super(...args); pcs.push(this); }
   };
-  const rec = window.__mon = { firstFrame: null, tiles: [], banners: [] };
+  const rec = window.__mon = { firstFrame: null, tiles: [], banners: [], lag: [] };
+  // This page's own timer lateness, as a second opinion on how busy it is.
+  let last = performance.now(), late = 0, runs = 0;
+  setInterval(() => {
+    const now = performance.now();
+    late += Math.max(0, now - last - 100); runs += 1; last = now;
+    if (runs === 10) { rec.lag.push([Date.now(), Math.round(late / runs)]); late = 0; runs = 0; }
+  }, 100);
   setInterval(() => {
     const now = Date.now();
     for (const tile of document.querySelectorAll('.tile')) {
@@ -200,6 +207,7 @@ async def test_a_cpu_throttled_partner_on_a_clean_link_is_a_busy_computer_never_
     before = [await truth_loss(p) for p in (c.therapist, c.b)]
     began = time.time() * 1000
     await cdp.send("Emulation.setCPUThrottlingRate", {"rate": 8})
+    seen_at = began
     try:
         busy_tile = c.therapist.page.locator(f'.tile[data-peer="{a_id}"]')
         await expect(busy_tile).to_have_attribute("data-device", "busy", timeout=20_000)
@@ -211,7 +219,8 @@ async def test_a_cpu_throttled_partner_on_a_clean_link_is_a_busy_computer_never_
     finally:
         await cdp.send("Emulation.setCPUThrottlingRate", {"rate": 1})
     ended = time.time() * 1000
-    print(f"busy shown {(seen_at - began) / 1000:.1f} s after the throttle")
+    print(f"busy shown {(seen_at - began) / 1000:.1f} s after the throttle; Partner 1's timer lag (ms/s):",
+          [x for t, x in (await record(c.a))["lag"] if t >= began - 5000])
     for person, was in zip((c.therapist, c.b), before, strict=True):
         assert share_lost(was, await truth_loss(person)) < 0.01, person.name  # the link was clean
         rec = await record(person)
@@ -243,6 +252,11 @@ async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanl
         print("therapist's connections while Partner 1 is frozen:", truth)
     finally:
         await cdp.send("Page.setWebLifecycleState", {"state": "active"})
+        rec = await record(c.therapist)
+        rows = tiles_of(rec, a_id, began - 2000)
+        print("Partner 1's tile on the therapist's page:",
+              [(round((r[0] - began) / 1000, 1), *r[2:5]) for i, r in enumerate(rows)
+               if i == 0 or rows[i - 1][2:5] != r[2:5]])
     back = time.time() * 1000
     await expect(c.therapist.page.locator(f'.tile[data-peer="{a_id}"]')).not_to_have_attribute(
         "data-device", "asleep", timeout=10_000)

@@ -600,3 +600,30 @@ def test_a_background_tab_reporting_once_a_second_is_judged_as_before() -> None:
         quality = monitor.evaluate(t)
         assert quality.pairs == {frozenset((T, A)): Quality.GOOD}, t
         assert quality.devices == {} and quality.attributions == (), t
+
+
+def test_a_throttled_page_stalls_its_media_and_delays_but_the_network_is_not_blamed() -> None:
+    """CDP CPU throttling (rate 8) on a clean link: the page's timers run a second late, its
+    media pauses for over a second at a time, its round trip and jitter read 600 and 80 ms,
+    with nothing lost. Its device, not its network. A real cut of that page is still lost
+    within 2 s: its reports stop with its media."""
+    monitor = QualityMonitor()
+    got = 0
+    for t in ticks(0.0, 40.0, 0.25):
+        throttled = 10 <= t < 30
+        cut = t >= 35
+        stalled = throttled and int(t * 4) % 12 >= 6  # 1.5 s of every 3 s, nothing from Alex
+        if not stalled and not cut:
+            got += 12
+        monitor.ingest(T, A, LinkSample(t=t, rtt_ms=600 if throttled else 30, jitter_ms=80 if throttled else 4,
+                                        loss=0.0, packets_in=got, fps=20, send_fps=24, pc="1"))
+        if not cut:
+            monitor.ingest(A, T, LinkSample(t=t, rtt_ms=650 if throttled else 30, jitter_ms=4, loss=0.0,
+                                            packets_in=packets(t), fps=20, send_fps=20,
+                                            lag_ms=1400 if throttled else 5, pc="1"))
+        quality = monitor.evaluate(t)
+        if 12 <= t < 30:
+            assert quality.pairs[frozenset((T, A))] == Quality.GOOD, t
+        if t >= 14 and t < 30:
+            assert quality.devices == {A: Device.BUSY}, t
+    assert quality.pairs[frozenset((T, A))] == Quality.LOST
