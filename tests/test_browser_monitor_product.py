@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, CDPSession, expect
 
 from tests.browser import Person, browser, open_person  # noqa: F401  (browser is a fixture)
 from tests.browser_call import chromium_in
@@ -198,12 +199,16 @@ async def test_a_clean_call_shows_no_alarm_from_the_first_remote_frame(call: Cal
         assert not weak, (person.name, weak[:3])
 
 
-async def test_a_cpu_throttled_partner_on_a_clean_link_is_a_busy_computer_never_weak(call: Call) -> None:
-    c = call
-    a_id = c.ids["Partner 1"]
+async def devtools_on_partner_1(c: Call) -> tuple[str, CDPSession]:
+    """Once the call has settled: Partner 1's id and a DevTools session on its page."""
     await first_frames(c)
     await settled(c)
-    cdp = await c.a.page.context.new_cdp_session(c.a.page)
+    return c.ids["Partner 1"], await c.a.page.context.new_cdp_session(c.a.page)
+
+
+async def test_a_cpu_throttled_partner_on_a_clean_link_is_a_busy_computer_never_weak(call: Call) -> None:
+    c = call
+    a_id, cdp = await devtools_on_partner_1(c)
     before = [await truth_loss(p) for p in (c.therapist, c.b)]
     began = time.time() * 1000
     await cdp.send("Emulation.setCPUThrottlingRate", {"rate": 8})
@@ -236,10 +241,7 @@ async def test_a_cpu_throttled_partner_on_a_clean_link_is_a_busy_computer_never_
 
 async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanly(call: Call) -> None:
     c = call
-    a_id = c.ids["Partner 1"]
-    await first_frames(c)
-    await settled(c)
-    cdp = await c.a.page.context.new_cdp_session(c.a.page)
+    a_id, cdp = await devtools_on_partner_1(c)
     began = time.time() * 1000
     await cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
     try:
@@ -275,7 +277,7 @@ async def test_after_a_narrow_spell_video_is_back_within_10s_and_stays(call: Cal
     narrow = await c.ns.rate(250)
     began = time.time() * 1000
     tile = c.therapist.page.locator(f'.tile[data-peer="{b_id}"]')
-    await expect(tile.locator(".quality")).to_have_attribute("data-level", __import__("re").compile("fair|poor"), timeout=5_000)
+    await expect(tile.locator(".quality")).to_have_attribute("data-level", re.compile("fair|poor"), timeout=5_000)
     named = time.time() * 1000
     # Sustained: the flow pauses Partner 2's video to keep the sound.
     await expect(tile).to_have_attribute("data-status", "audio_only", timeout=30_000)

@@ -7,8 +7,8 @@ import pytest
 from fallback.scoring import (
     Attribution,
     Cause,
-    LinkSample,
     Device,
+    LinkSample,
     Quality,
     QualityMonitor,
     ScoringThresholds,
