@@ -254,6 +254,10 @@ async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanl
         print("therapist's connections while Partner 1 is frozen:", truth)
     finally:
         await cdp.send("Page.setWebLifecycleState", {"state": "active"})
+        # The truth of the freeze: did Partner 1's own page run its timers meanwhile?
+        own = [row[0] for row in (await record(c.a))["tiles"] if row[0] >= began]
+        gaps = [b - a for a, b in zip(own, own[1:], strict=False)]
+        print(f"Partner 1's page while frozen: {len(own)} recorder runs, longest gap {max(gaps, default=0)} ms")
         rec = await record(c.therapist)
         rows = tiles_of(rec, a_id, began - 2000)
         print("Partner 1's tile on the therapist's page:",
