@@ -275,13 +275,16 @@ async def test_page_lag_is_the_mean_lateness_of_its_timer_and_nothing_while_hidd
             const busy = lag.take();
             now += 900;                     // a page whose timer did not run at all since
             const stuck = lag.take();
+            run(100, 15000, 100);           // back from a frozen page: a stop, not a busy device
+            const thawed = lag.take();
             hidden = true;
             run(1000, 1000);                // a background tab: slowed on purpose
             const background = lag.take();
-            return { idle, busy, stuck, background };
+            return { idle, busy, stuck, thawed, background };
         }"""
     )
     assert result["idle"] < 1
     assert result["busy"] == (200 + 0 + 400 + 0) / 4
     assert result["stuck"] == 800
+    assert result["thawed"] == 0
     assert result["background"] is None

@@ -168,6 +168,9 @@ export function linkStatsFromReport(report, previous, nowMs, {
  * lateness since the last call, in milliseconds, or null while the page is hidden (a
  * background tab's timers are slowed on purpose: that is not a busy device) or nothing ran.
  */
+/** A timer this late did not run late: the page was stopped (frozen, asleep) and is back. */
+const STOPPED_MS = 5000;
+
 export class PageLag {
   constructor({ everyMs = 100, now = () => globalThis.performance.now(), hidden = () => globalThis.document?.hidden ?? false } = {}) {
     this.everyMs = everyMs;
@@ -193,10 +196,12 @@ export class PageLag {
   /** One timer run (exposed for tests). */
   tick() {
     const now = this.now();
-    if (this.hidden()) {
+    const late = this._last === null ? 0 : Math.max(0, now - this._last - this.everyMs);
+    if (this.hidden() || late > STOPPED_MS) {
+      // Hidden, or back from a stop (a frozen page, a locked phone): not a busy device.
       this._sum = this._n = 0;
     } else if (this._last !== null) {
-      this._sum += Math.max(0, now - this._last - this.everyMs);
+      this._sum += late;
       this._n += 1;
     }
     this._last = now;
@@ -209,7 +214,8 @@ export class PageLag {
       return null;
     }
     // A page whose timer did not run at all since the last report is as late as that.
-    const sinceLast = this._last === null ? 0 : Math.max(0, this.now() - this._last - this.everyMs);
+    let sinceLast = this._last === null ? 0 : Math.max(0, this.now() - this._last - this.everyMs);
+    if (sinceLast > STOPPED_MS) sinceLast = 0;
     const mean = this._n ? Math.max(this._sum / this._n, sinceLast) : (this._last === null ? null : sinceLast);
     this._sum = this._n = 0;
     return mean;
