@@ -538,7 +538,10 @@ export class RoomPage {
       if (!stats) return;
       links.push(stats);
       this.fallback.observe(c.peerId, c.pcId, stats.packets_in);
-      this.board.fromStats(c.peerId, stats, { lost: this.fallback.health.lost(c.peerId, Date.now()) });
+      // Media that stopped is plain to see at once, except from someone the server knows is on
+      // a busy or stopped device (their page pauses its media; their network is fine).
+      const lost = this.fallback.health.lost(c.peerId, Date.now()) && !this._devicesShownAs.get(c.peerId);
+      this.board.fromStats(c.peerId, stats, { lost });
     });
     this.sampler.keepOnly(connections.map((c) => c.pcId));
     this.fallback.health.keepOnly(connections.map((c) => c.peerId));
