@@ -175,7 +175,7 @@ def mos_from_r(r: float) -> float:
         return 4.5
     # The polynomial dips just under 1 for small R; the scale has no such score.
     mos = 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
-    return mos if mos > 1.0 else 1.0
+    return max(1.0, mos)
 
 
 def audio_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
@@ -187,7 +187,7 @@ def video_score(bandwidth: float | None, need: float) -> float | None:
     if bandwidth is None or need <= 0:
         return None
     score = bandwidth / need
-    return 1.0 if score > 1.0 else score if score > 0.0 else 0.0
+    return 1.0 if score > 1.0 else max(0.0, score)
 
 
 def median(values: list[float]) -> float:

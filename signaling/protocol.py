@@ -9,7 +9,7 @@ it raises ProtocolError with a stable code. docs/protocol.md documents each mess
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -299,11 +299,11 @@ class ConfirmPhone(_Msg, tag="confirm_phone"):
     phone: PhoneText | None = None
 
 
-ClientMessage = Union[
-    Join, ClientSdp, ClientCandidate, ClientRestart, Ping, Leave, MediaState, Stats,
-    Admit, Remove, Mute, Lock, End, SwitchToPhone, ReturnToVideo, Hold, Resume, RejoinResult,
-    GetLedger, CheckIn, ConfirmPhone,
-]
+ClientMessage = (
+    Join | ClientSdp | ClientCandidate | ClientRestart | Ping | Leave | MediaState | Stats |
+    Admit | Remove | Mute | Lock | End | SwitchToPhone | ReturnToVideo | Hold | Resume |
+    RejoinResult | GetLedger | CheckIn | ConfirmPhone
+)
 CLIENT_TYPES = frozenset(
     t.__struct_config__.tag for t in ClientMessage.__args__  # type: ignore[attr-defined]
 )
@@ -479,11 +479,11 @@ class PlanChanged(_Msg, tag="plan"):
     fallback: FallbackPlan
 
 
-ServerMessage = Union[
-    Welcome, Waiting, Lobby, PeerJoined, PresenceChanged, ServerSdp, ServerCandidate,
-    ServerRestart, Pong, PeerMedia, MuteRequest, RoomChanged, Error, Bye, Quality,
-    FallbackAction, Notice, CallPrompt, Ledger, PlanChanged,
-]
+ServerMessage = (
+    Welcome | Waiting | Lobby | PeerJoined | PresenceChanged | ServerSdp | ServerCandidate |
+    ServerRestart | Pong | PeerMedia | MuteRequest | RoomChanged | Error | Bye | Quality |
+    FallbackAction | Notice | CallPrompt | Ledger | PlanChanged
+)
 
 
 # -- codec --------------------------------------------------------------------------------

@@ -107,9 +107,9 @@ class RoomWatch:
         out = Outbox()
         if isinstance(event, RoomEvent):
             if event.kind in ("ended", "closed") and event.room_id in self.rooms:
-                watched = self.rooms.pop(event.room_id)
-                self._apply(event.room_id, watched, watched.flow.handle(fe.SessionEnded(), now), out)
-                self._publish_ledger(event.room_id, watched)
+                ended = self.rooms.pop(event.room_id)
+                self._apply(event.room_id, ended, ended.flow.handle(fe.SessionEnded(), now), out)
+                self._publish_ledger(event.room_id, ended)
             return out
         room = self.hub.rooms.get(event.room_id)
         watched = self.rooms.get(event.room_id)
@@ -339,11 +339,11 @@ class RoomWatch:
                 ))
                 for everyone in self._everyone(room_id):
                     out.send(everyone, p.FallbackAction(action="phone", person=callee.id))
-                for listener in self.phone_listeners:
-                    listener(room_id, therapist, callee)
+                for on_phone in self.phone_listeners:
+                    on_phone(room_id, therapist, callee)
             elif isinstance(action, fe.LedgerEntry):
-                for listener in self.disruption_listeners:
-                    listener(action.record)
+                for on_disruption in self.disruption_listeners:
+                    on_disruption(action.record)
                 self._publish_ledger(room_id, watched)
             elif isinstance(action, (fe.Hold, fe.Unhold)):
                 msg = p.FallbackAction(action="hold" if isinstance(action, fe.Hold) else "unhold",

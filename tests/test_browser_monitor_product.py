@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -266,7 +267,7 @@ async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanl
         await cdp.send("Page.setWebLifecycleState", {"state": "active"})
         # The truth of the freeze: did Partner 1's own page run its timers meanwhile?
         own = [row[0] for row in (await record(c.a))["tiles"] if row[0] >= began]
-        gaps = [b - a for a, b in zip(own, own[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(own)]
         print(f"Partner 1's page while frozen: {len(own)} recorder runs, longest gap {max(gaps, default=0)} ms")
         rec = await record(c.therapist)
         rows = tiles_of(rec, a_id, began - 2000)

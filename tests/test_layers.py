@@ -27,15 +27,6 @@ WIRING = {"telehealth.app", "telehealth.server", "telehealth.cli"}
 FALLBACK_CORE = {"telehealth.tokens", "telehealth.errors", "telehealth.model", "telehealth.phones"}
 FALLBACK_THIRD_PARTY = {"msgspec"}
 
-# -- temporary exceptions (issue 15): edges in files other engineers are editing now. ---------
-# Each goes when its file is mended; the test fails on any edge not listed here.
-TEMPORARY = {
-    # LinkSample.from_stats reads the wire's LinkStats; the monitor-scoring change removes it.
-    ("fallback.scoring", "signaling.protocol"),
-    # web/netcheck.py still takes CONFIG from the wiring; telehealth.appkeys has it now.
-    ("web.netcheck", "telehealth.app"),
-}
-# -- end of the temporary exceptions ------------------------------------------------------------
 
 
 def package_of(module: str) -> str:
@@ -85,8 +76,6 @@ def graph() -> dict[str, set[str]]:
 
 def refused(source: str, target: str) -> str | None:
     """Why the arrow ``source -> target`` breaks the layers, or None when it is allowed."""
-    if (source, target) in TEMPORARY:
-        return None
     src, dst = package_of(source), package_of(target)
     if dst not in PACKAGES:
         if src == "fallback" and dst not in sys.stdlib_module_names and dst not in FALLBACK_THIRD_PARTY:
@@ -160,13 +149,7 @@ def test_no_arrow_points_the_wrong_way() -> None:
 
 
 def test_no_circles() -> None:
-    edges = {source: {t for t in targets if (source, t) not in TEMPORARY} for source, targets in graph().items()}
-    assert cycles(edges) == []
-
-
-def test_the_temporary_exceptions_are_still_needed() -> None:
-    edges = graph()
-    assert sorted(pair for pair in TEMPORARY if pair[1] not in edges[pair[0]]) == []
+    assert cycles(graph()) == []
 
 
 def test_the_rules_refuse_what_they_should() -> None:

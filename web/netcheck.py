@@ -28,7 +28,7 @@ from aiohttp import web
 
 from media.probe import NetworkProbe
 from signaling.endpoint import SIGNALING
-from telehealth.app import CONFIG
+from telehealth.appkeys import CONFIG
 from telehealth.errors import ErrorCode, LinkError, UserError
 from web.pages import LINK_STATUS, checked_link, json_error, same_origin
 
