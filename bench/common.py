@@ -98,12 +98,11 @@ def results_dir() -> Path:
     return Path(os.environ.get(RESULTS_DIR_VAR) or RESULTS)
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
+def write_result(name: str, result: dict[str, Any], out: Path | None = None) -> Path:
     """Write <name>.json and, with matplotlib installed, <name>.png (bench/plot.py) to
-    results_dir(); print the JSON."""
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    results_dir(), or to the JSON file ``out`` and the PNG beside it; print the JSON."""
+    path = out if out is not None else results_dir() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     if importlib.util.find_spec("matplotlib") is None:

@@ -235,6 +235,79 @@ def plot_restart(result: dict[str, Any], out: Path) -> Path:
     return _save(fig, out)
 
 
+# Truth strips (bench.truth): what getStats and the applied faults say a link is, and what its
+# tile showed. Shown levels reuse the tiles' own colours (web/static/app.css).
+TRUTH_LEVEL_COLOURS = {"clean": "#4ade80", "faulty": "#b91c1c", "impaired": "#f97316", "unknown": "#e5e7eb",
+                       "good": "#4ade80", "fair": "#fbbf24", "poor": "#f87171", "lost": "#4b5563",
+                       "device": "tab:purple", "unsampled": "white"}
+TRUTH_ROWS = (("therapist", "b"), ("a", "b"), ("therapist", "a"), ("b", "a"), ("a", "therapist"), ("b", "therapist"))
+
+
+def _strip(ax: Any, y: float, spans: list[tuple[float, str]], height: float) -> None:
+    """One row of one-second cells coloured by state."""
+    for colour in {c for _, c in spans}:
+        ax.broken_barh([(t - 0.5, 1.0) for t, c in spans if c == colour], (y, height),
+                       facecolors=TRUTH_LEVEL_COLOURS.get(colour, colour), edgecolor="none")
+
+
+def plot_truth(result: dict[str, Any], out: Path) -> Path:
+    """One run's timeline: per viewer and peer, the truth strip over the shown strip, phases
+    marked; below, the measured loss and frame rate of Partner B's video at the therapist."""
+    names, seconds = result["names"], result["timeline"]
+    fig, (ax, stats_ax) = plt.subplots(2, 1, figsize=(16, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
+    labels = []
+    for row, (viewer, peer) in enumerate(TRUTH_ROWS):
+        truth: list[tuple[float, str]] = []
+        shown: list[tuple[float, str]] = []
+        for s in seconds:
+            link = next((x for x in s["links"] if x["viewer"] == viewer and x["peer"] == peer), None)
+            if link is None:
+                truth.append((s["t"], "unsampled"))
+                shown.append((s["t"], "unsampled"))
+                continue
+            truth.append((s["t"], link["truth"]))
+            shown.append((s["t"], "device" if link.get("device") else link.get("level") or "unknown"))
+        y = len(TRUTH_ROWS) - 1 - row
+        _strip(ax, y + 0.45, truth, 0.35)
+        _strip(ax, y + 0.05, shown, 0.35)
+        labels.append((y + 0.4, f"{names[viewer]} sees {names[peer]}\n(truth above, shown below)"))
+    ax.set_yticks([y for y, _ in labels], [label for _, label in labels], fontsize=7)
+    ax.set_ylim(0, len(TRUTH_ROWS))
+    starts: dict[str, float] = {}
+    for s in seconds:
+        starts.setdefault(s["phase"], s["t"])
+    for axis in (ax, stats_ax):
+        for t in starts.values():
+            axis.axvline(t - 0.5, color="black", linewidth=0.6, alpha=0.6)
+    for name, t in starts.items():
+        ax.text(t - 0.3, len(TRUTH_ROWS) + 0.05, name, fontsize=7, rotation=35, ha="left", va="bottom")
+    for colour_name in ("clean", "faulty", "impaired", "fair", "poor", "lost", "device"):
+        ax.plot([], [], "s", color=TRUTH_LEVEL_COLOURS[colour_name], label=colour_name)
+    ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.02))
+    for viewer, peer, colour in (("therapist", "b", "tab:red"), ("therapist", "a", "tab:blue")):
+        ts, loss, fps = [], [], []
+        for s in seconds:
+            link = next((x for x in s["links"] if x["viewer"] == viewer and x["peer"] == peer), None)
+            if link is not None and "loss" in link:
+                ts.append(s["t"])
+                loss.append(100 * link["loss"])
+                fps.append(link.get("fps_in", 0))
+        stats_ax.plot(ts, loss, "-", color=colour, linewidth=0.9, label=f"loss % ({names[peer]} at {names[viewer]})")
+        stats_ax.plot(ts, fps, ":", color=colour, linewidth=0.9, label=f"fps in ({names[peer]} at {names[viewer]})")
+    stats_ax.set(xlabel="seconds since the therapist admitted both partners", ylabel="getStats")
+    stats_ax.set_ylim(bottom=0)
+    stats_ax.grid(True, alpha=0.3)
+    stats_ax.legend(fontsize=7, ncol=4)
+    v = result["verdicts"]
+    share = v["false_alarms"]["share"]
+    load = result["machine"]["before"]["loadavg_1m"], result["machine"]["after"]["loadavg_1m"]
+    fig.suptitle(f"Truth vs shown, partner B in {result['partner_browser']}: false alarms "
+                 f"{'n/a' if share is None else f'{100 * share:.1f} %'} of clean seconds, wrong person "
+                 f"{v['wrong_person']['seconds']} s (load {load[0]:.1f} before, {load[1]:.1f} after, "
+                 f"{result['machine']['before']['cpus']} CPUs)", fontsize=10)
+    return _save(fig, out)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "signaling": plot_signaling,
     "join": plot_join,
@@ -244,11 +317,14 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "turn_overhead": plot_turn_overhead,
     "precheck_burst": plot_precheck_burst,
     "restart": plot_restart,
+    "truth": plot_truth,
 }
 
 
 def plot(name: str, result: dict[str, Any], out: Path) -> Path:
     """Draw the plot for result ``name`` (a benchmark's result name) into ``out``."""
+    # A result saved under another name says which benchmark wrote it.
+    name = name if name in PLOTS else str(result.get("bench", name))
     if name not in PLOTS:
         raise ValueError(f"no plot for {name!r}; known: {', '.join(PLOTS)}")
     return PLOTS[name](result, out)

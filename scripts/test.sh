@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh Debian machine, then runs them.
-# System packages: Chromium (browser tests), coturn (TURN relay), Caddy and nginx (the two
-# documented reverse proxies),
+# System packages: Chromium (browser tests), firefox-esr (a Firefox partner, driven by npm's
+# puppeteer-core), coturn (TURN relay), Caddy and nginx (the two documented reverse proxies),
 # iproute2/nftables/iptables (network namespaces and faults), systemd (systemd-analyze checks
 # deploy/telehealth.service), prometheus (its promtool checks the alert rules, and one test
 # scrapes the server with it). Python packages go into .venv. Extra pytest arguments pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium coturn caddy nginx iproute2 nftables iptables procps systemd prometheus)
+APT_PACKAGES=(chromium firefox-esr coturn caddy nginx iproute2 nftables iptables procps systemd prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -3,7 +3,7 @@
 Each runs as its own process, as `python -m bench.X` does, with one run and short waits
 (signaling: `--smoke`; join and browser_join: `--runs 1`; faults and browser_faults: one cut of
 a second; turn_overhead: five pings and one second of call; precheck_burst: `--smoke`, three
-checks beside five live sessions), its results sent to a tmp dir
+checks beside five live sessions; truth: every phase three seconds long), its results sent to a tmp dir
 (BENCH_RESULTS_DIR) so that a test never overwrites a real run's figures. Each must write its
 JSON with every figure present and sane, and a PNG plot beside it.
 """
@@ -156,3 +156,29 @@ def test_the_browser_fault_benchmark_runs_one_cut(tmp_path: Path) -> None:
     # None when the flow kept video paused after the drop (docs/fallback.md, flapping).
     if cut["video_back"] is not None:
         assert_one_run(result["video_back_s"], [cut["video_back"]], below=15)
+
+
+# A call of three browsers and a namespace: with the network-fault suite, alone.
+@pytest.mark.netns
+@pytest.mark.browser
+def test_the_truth_benchmark_runs_every_phase(tmp_path: Path) -> None:
+    result = run_benchmark("truth", "--phase-seconds", "3", out=tmp_path, timeout=420)
+    names = [phase["name"] for phase in result["phases"]]
+    assert names[0] == "clean" and names[-1] == "clean-again" and {"loss5", "rate250", "cut3", "cpu", "frozen"} <= set(names)
+    rows = {row["phase"]: row for row in result["table"]}
+    assert list(rows) == names
+    # Every phase was read, and every page was read in some second of it (a frozen page is
+    # not read while frozen).
+    assert all(row["seconds"] > 0 for row in rows.values()), result["table_text"]
+    for phase in names:
+        seconds = [s for s in result["timeline"] if s["phase"] == phase]
+        viewers = {link["viewer"] for s in seconds for link in s["links"]}
+        assert viewers >= ({"therapist", "b"} if phase == "frozen" else {"therapist", "a", "b"}), (phase, viewers)
+    # The truth comes from getStats: rates were measured, and the fault phases' links are faulty.
+    links = [link for s in result["timeline"] for link in s["links"]]
+    assert any("loss" in link and "fps_in" in link for link in links)
+    assert any(link["truth"] == "faulty" for s in result["timeline"] if s["phase"] == "loss5" for link in s["links"])
+    assert rows["loss5"]["warn_s"] is not None and rows["after-loss5"]["video_back_s"] is not None
+    assert rows["cpu"]["device_worded_seconds"] is not None
+    assert set(result["verdicts"]) >= {"false_alarms", "wrong_person", "warned_s", "video_back_s", "cpu_worded_as_device"}
+    assert result["machine"]["before"]["cpus"] and result["partner_browser"].startswith("chromium/")

@@ -1,0 +1,418 @@
+"""Scoring what a call's pages showed against what was true, second by second (pure, no I/O).
+
+Input: the seconds tests/call_probe.py records, each with the phase it belongs to, what was
+applied (the namespace's network fault, a device state) and every page's reading of itself
+(tests/probe.js: per remote tile, the quality level, ``data-device``, ``data-status`` and
+decoded frames shown, and the truth from getStats of the connection feeding it; every banner).
+
+``timeline`` turns cumulative counters into one ``Link`` per viewer, peer and second, with the
+truth of that link: **faulty** while a network fault is applied to it (only the namespace
+partner's links can be), **impaired** when getStats shows trouble nobody applied (loss above
+``LOSS_CLEAN``, round trip above ``RTT_CLEAN_MS``, or no packets arriving), else **clean**.
+The monitor's own verdicts never enter the truth.
+
+``score`` gives one row per phase (the confusion table):
+
+- false-alarm seconds: seconds in which every link was clean, each page counted from its first
+  remote frame on, and some page showed a tile Unsteady/Weak/Lost or a network banner (weak,
+  dropped, reconnecting ...). Device words (busy, locked) are not a false alarm. The first
+  ``RECOVERY_GRACE_S`` of a recovery phase are left out: the target there is video back
+  within that time, and a verdict may take that long to lift.
+- wrong-person seconds: seconds with a network fault applied in which some page showed a
+  clean link, or a person whose own network was clean, as the problem.
+- seconds to warn (fault phases): from the fault to the fault's person (their tile or a banner
+  naming them) shown at the phase's level, on each other page.
+- seconds to video back (recovery phases): from the network's return to the subject's picture
+  advancing again on each other page, and the seconds it stopped again afterwards.
+- device phases: seconds the device person's state was worded as their device (a tile's
+  ``data-device``, or words such as "busy"/"locked") and seconds it was blamed on a network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ROLES = ("therapist", "a", "b")
+# Truth thresholds: a link is clean while getStats shows no more than this loss and round trip.
+LOSS_CLEAN = 0.02
+RTT_CLEAN_MS = 300.0
+RECOVERY_GRACE_S = 10.0
+ALARM_LEVELS = frozenset({"fair", "poor", "lost"})
+# What a phase's fault must be shown as, at least, to count as warned.
+WARN_LEVELS = {"loss": frozenset({"fair", "poor", "lost"}), "rate": frozenset({"fair", "poor", "lost"}),
+               "cut": frozenset({"lost"})}
+NETWORK_WORDS = re.compile(r"weak|dropped|reconnect|interrupted|each other|unsteady|lost", re.I)
+DEVICE_WORDS = re.compile(r"busy|locked|asleep|slow", re.I)
+# Targets from issue 11.
+TARGETS = {"false_alarm_share_max": 0.01, "wrong_person_seconds_max": 0, "warn_s_max": 5.0,
+           "cut_warn_s_max": 2.0, "video_back_s_max": 10.0}
+# Phases whose warning has a target (the issue names 4-5 % loss, 250 kbit/s and a cut).
+WARN_TARGET_PHASES = {("loss", 5), ("rate", 250), ("cut", None)}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One scripted stretch of the call. kind: clean | fault | recover | device. ``subject``:
+    the role it is about (the faulty link's partner, the device's owner, the one recovering)."""
+
+    name: str
+    kind: str
+    seconds: float
+    subject: str | None = None
+    network: tuple[str, int | None] | None = None  # ("loss", 5), ("rate", 250), ("cut", None)
+    device: str | None = None  # "cpu" | "background" | "frozen"
+
+
+@dataclass
+class Link:
+    """One viewer's tile of one peer for one second: the truth and what the tile showed."""
+
+    viewer: str
+    peer: str
+    truth: str  # clean | faulty | impaired | unknown
+    loss: float | None = None
+    rtt_ms: float | None = None
+    fps_in: float | None = None
+    fps_out: float | None = None
+    kbps_in: float | None = None
+    kbps_out: float | None = None
+    limitation: str | None = None
+    level: str | None = None
+    device: str | None = None
+    status: str | None = None
+    advancing: bool = False
+
+
+@dataclass
+class Second:
+    t: float
+    phase: str
+    network: tuple[str, int | None] | None
+    device: tuple[str, str] | None  # (role, state)
+    sampled: dict[str, bool]
+    seen_video: dict[str, bool]  # the page had shown a remote frame by now
+    links: list[Link] = field(default_factory=list)
+    banners: dict[str, list[str]] = field(default_factory=dict)
+
+    def link(self, viewer: str, peer: str) -> Link | None:
+        return next((x for x in self.links if x.viewer == viewer and x.peer == peer), None)
+
+
+def _rate(now: float, before: float, seconds: float) -> float:
+    return max(0.0, now - before) / seconds
+
+
+def _peer_roles(names: Mapping[str, str]) -> dict[str, str]:
+    return {name: role for role, name in names.items()}
+
+
+def _faulty_people(network: Sequence[Any] | None) -> set[str]:
+    return {"b"} if network else set()
+
+
+def timeline(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> list[Second]:
+    """The recorded seconds as ``Second``s, counters turned into rates, truth decided.
+    ``names``: role -> the person's name as tiles show it."""
+    roles = _peer_roles(names)
+    previous: dict[tuple[str, str], tuple[float, Mapping[str, Any], int]] = {}
+    seen: dict[str, bool] = dict.fromkeys(ROLES, False)
+    out: list[Second] = []
+    for record in records:
+        network = tuple(record["network"]) if record.get("network") else None
+        device = tuple(record["device"]) if record.get("device") else None
+        pages = record["pages"]
+        second = Second(record["t"], record["phase"], network, device,  # type: ignore[arg-type]
+                        {r: pages.get(r) is not None for r in ROLES}, {})
+        measured: dict[tuple[str, str], Link] = {}
+        for viewer in ROLES:
+            sample = pages.get(viewer)
+            if sample is None:
+                continue
+            second.banners[viewer] = [b["text"] for b in sample["banners"]]
+            for tile in sample["tiles"]:
+                peer = roles.get(tile["name"])
+                if peer is None:
+                    continue
+                link = Link(viewer, peer, "unknown", level=tile.get("level"), device=tile.get("device"),
+                            status=tile.get("status"))
+                key = (viewer, peer)
+                frames = int(tile.get("frames") or 0)
+                truth = tile.get("truth")
+                before = previous.get(key)
+                if before is not None:
+                    link.advancing = frames > before[2]
+                if frames > 0:
+                    seen[viewer] = True
+                if truth is not None:
+                    link.limitation = truth.get("limitation")
+                    link.rtt_ms = truth.get("rttMs")
+                    if before is not None and before[1].get("pc") == truth.get("pc"):
+                        dt = (sample["t"] - before[0]) / 1000
+                        old = before[1]
+                        if dt > 0 and truth["packetsIn"] >= old["packetsIn"]:
+                            got = truth["packetsIn"] - old["packetsIn"]
+                            lost = max(0, truth["packetsLost"] - old["packetsLost"])
+                            link.loss = lost / (lost + got) if lost + got > 0 else 0.0
+                            link.kbps_in = round(_rate(truth["bytesIn"], old["bytesIn"], dt) * 8 / 1000, 1)
+                            link.kbps_out = round(_rate(truth["bytesOut"], old["bytesOut"], dt) * 8 / 1000, 1)
+                            link.fps_in = round(_rate(truth["framesDecoded"], old["framesDecoded"], dt), 1)
+                            link.fps_out = round(_rate(truth["framesEncoded"], old["framesEncoded"], dt), 1)
+                    previous[key] = (sample["t"], truth, frames)
+                else:
+                    previous[key] = (sample["t"], {}, frames)
+                measured[key] = link
+        second.seen_video = dict(seen)
+        faulty = _faulty_people(network)
+        for (viewer, peer), link in measured.items():
+            back = measured.get((peer, viewer))
+            if viewer in faulty or peer in faulty:
+                link.truth = "faulty"
+                continue
+            readings = [x for x in (link, back) if x is not None and x.loss is not None]
+            if not readings:
+                link.truth = "unknown"
+            elif any((x.loss or 0) > LOSS_CLEAN or (x.rtt_ms or 0) > RTT_CLEAN_MS
+                     or (x.kbps_in == 0 and x.peer != (device[0] if device and device[1] == "frozen" else None))
+                     for x in readings):
+                link.truth = "impaired"
+            else:
+                link.truth = "clean"
+        second.links = list(measured.values())
+        out.append(second)
+    return out
+
+
+# -- what a page claims ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    """Something a page shows as a network problem: a link (two roles) or a person's own
+    network (one role)."""
+
+    viewer: str
+    target: frozenset[str]
+    words: str
+
+
+def _named(text: str, names: Mapping[str, str]) -> list[str]:
+    found = [role for role, name in names.items() if name and name in text]
+    if re.search(r"\byour therapist\b", text, re.I) and "therapist" not in found:
+        found.append("therapist")
+    return found
+
+
+def banner_claims(viewer: str, text: str, names: Mapping[str, str]) -> list[Claim]:
+    """The network problems a banner's words name, for the page of ``viewer``."""
+    if not NETWORK_WORDS.search(text) or DEVICE_WORDS.search(text):
+        return []
+    named = [r for r in _named(text, names) if r != viewer]
+    if re.search(r"each other", text, re.I) and len(named) >= 2:
+        return [Claim(viewer, frozenset(named[:2]), text)]
+    if re.search(r"connection to", text, re.I) and named:
+        return [Claim(viewer, frozenset({viewer, r}), text) for r in named]
+    if named:
+        return [Claim(viewer, frozenset({r}), text) for r in named]
+    if re.match(r"\s*your\b", text, re.I) or "connection" in text.lower():
+        return [Claim(viewer, frozenset({viewer}), text)]
+    return []
+
+
+def claims(second: Second, names: Mapping[str, str]) -> list[Claim]:
+    """Every network problem shown on a page that had shown a remote frame by then."""
+    out: list[Claim] = []
+    for link in second.links:
+        if second.seen_video.get(link.viewer) and link.level in ALARM_LEVELS and not link.device:
+            out.append(Claim(link.viewer, frozenset({link.viewer, link.peer}), f"tile {link.level}"))
+    for viewer, texts in second.banners.items():
+        if second.seen_video.get(viewer):
+            for text in texts:
+                out.extend(banner_claims(viewer, text, names))
+    return out
+
+
+def device_worded(second: Second, who: str, names: Mapping[str, str]) -> bool:
+    """Some other page words ``who``'s state as their device (a tile's data-device, or a
+    banner naming them in device words)."""
+    if any(x.peer == who and x.device for x in second.links):
+        return True
+    return any(viewer != who and DEVICE_WORDS.search(text) and names[who] in text
+               for viewer, texts in second.banners.items() for text in texts)
+
+
+def _clean_target(second: Second, target: frozenset[str]) -> bool:
+    faulty = _faulty_people(second.network)
+    if len(target) == 1:
+        return not target & faulty
+    a, b = sorted(target)
+    links = [x for x in (second.link(a, b), second.link(b, a)) if x is not None]
+    return bool(links) and all(x.truth == "clean" for x in links)
+
+
+def all_clean(second: Second) -> bool:
+    return second.network is None and bool(second.links) and all(x.truth == "clean" for x in second.links)
+
+
+# -- the table ------------------------------------------------------------------------------
+
+@dataclass
+class PhaseScore:
+    phase: str
+    kind: str
+    seconds: int
+    clean_seconds: int = 0
+    false_alarm_seconds: int = 0
+    wrong_person_seconds: int = 0
+    impaired_seconds: int = 0  # trouble in getStats that nobody applied
+    # Seconds with no fault applied at all (network or device), whatever getStats says, and
+    # those with an alarm: what a loaded machine costs, where truth-clean seconds get few.
+    fault_free_seconds: int = 0
+    fault_free_alarm_seconds: int = 0
+    warn_s: dict[str, float | None] | None = None
+    video_back_s: dict[str, float | None] | None = None
+    video_stopped_again_s: dict[str, int] | None = None
+    device_worded_seconds: int | None = None
+    network_blamed_seconds: int | None = None
+    cpu_limited_seconds: int | None = None
+    examples: list[str] = field(default_factory=list)
+
+
+def _first(seconds: Iterable[Second], start: float, test: Any) -> float | None:
+    for s in seconds:
+        if test(s):
+            return round(s.t - start, 1)
+    return None
+
+
+def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str, str]) -> list[PhaseScore]:
+    rows: list[PhaseScore] = []
+    for phase in phases:
+        mine = [s for s in seconds if s.phase == phase.name]
+        row = PhaseScore(phase.name, phase.kind, len(mine))
+        rows.append(row)
+        if not mine:
+            continue
+        start = mine[0].t
+        for s in mine:
+            shown = claims(s, names)
+            if any(x.truth == "impaired" for x in s.links):
+                row.impaired_seconds += 1
+            graced = phase.kind == "recover" and s.t - start < RECOVERY_GRACE_S
+            if s.network is None and s.device is None and not graced and any(s.seen_video.values()):
+                row.fault_free_seconds += 1
+                row.fault_free_alarm_seconds += bool(shown)
+            if all_clean(s) and not graced and any(s.seen_video.values()):
+                row.clean_seconds += 1
+                if shown:
+                    row.false_alarm_seconds += 1
+                    if len(row.examples) < 3:
+                        row.examples.append(f"{s.t - start:.0f}s {shown[0].viewer}: {shown[0].words}")
+            if s.network is not None:
+                wrong = [c for c in shown if _clean_target(s, c.target)]
+                if wrong:
+                    row.wrong_person_seconds += 1
+                    if len(row.examples) < 3:
+                        row.examples.append(f"{s.t - start:.0f}s {wrong[0].viewer}: {wrong[0].words} "
+                                            f"(about {'+'.join(sorted(wrong[0].target))})")
+        subject = phase.subject
+        others = [r for r in ROLES if r != subject]
+        if phase.kind == "fault" and subject and phase.network:
+            levels = WARN_LEVELS[phase.network[0]]
+
+            def warned(s: Second, viewer: str) -> bool:
+                link = s.link(viewer, subject)
+                if link is not None and link.level in levels:
+                    return True
+                return phase.network is not None and phase.network[0] != "cut" and any(
+                    c.viewer == viewer and subject in c.target for c in claims(s, names))
+
+            row.warn_s = {v: _first(mine, start, lambda s, v=v: warned(s, v)) for v in others}
+        if phase.kind == "recover" and subject:
+            row.video_back_s, row.video_stopped_again_s = {}, {}
+            for v in others:
+                back = _first(mine, start, lambda s, v=v: bool((x := s.link(v, subject)) and x.advancing))
+                row.video_back_s[v] = back
+                row.video_stopped_again_s[v] = 0 if back is None else sum(
+                    1 for s in mine if s.t - start > back and not ((x := s.link(v, subject)) and x.advancing))
+        if phase.kind == "device" and subject:
+            row.device_worded_seconds = sum(1 for s in mine if device_worded(s, subject, names))
+            row.network_blamed_seconds = sum(
+                1 for s in mine if any(subject in c.target and c.viewer != subject for c in claims(s, names)))
+            row.cpu_limited_seconds = sum(
+                1 for s in mine if any(x.viewer == subject and x.limitation == "cpu" for x in s.links))
+    return rows
+
+
+def verdicts(rows: Sequence[PhaseScore], phases: Sequence[Phase]) -> dict[str, Any]:
+    """The issue's targets, each with the figure it was judged on and whether it was met."""
+    by_name = {p.name: p for p in phases}
+    clean = sum(r.clean_seconds for r in rows)
+    alarms = sum(r.false_alarm_seconds for r in rows)
+    share = alarms / clean if clean else None
+    wrong = sum(r.wrong_person_seconds for r in rows)
+    warns: dict[str, float | None] = {}
+    for r in rows:
+        phase = by_name[r.phase]
+        if r.warn_s is not None and phase.network is not None and (
+                (phase.network[0], phase.network[1] if phase.network[0] != "cut" else None) in WARN_TARGET_PHASES):
+            values = list(r.warn_s.values())
+            warns[r.phase] = None if any(v is None for v in values) else max(v for v in values if v is not None)
+    warn_ok = all(v is not None and v <= (TARGETS["cut_warn_s_max"] if by_name[p].network[0] == "cut"  # type: ignore[index]
+                                          else TARGETS["warn_s_max"]) for p, v in warns.items())
+    backs: dict[str, float | None] = {}
+    stopped: dict[str, int] = {}
+    for r in rows:
+        if r.video_back_s is not None:
+            values = list(r.video_back_s.values())
+            backs[r.phase] = None if any(v is None for v in values) else max(v for v in values if v is not None)
+            stopped[r.phase] = sum((r.video_stopped_again_s or {}).values())
+    back_ok = all(v is not None and v <= TARGETS["video_back_s_max"] for v in backs.values()) and not any(stopped.values())
+    cpu = [r for r in rows if by_name[r.phase].device == "cpu"]
+    cpu_worded = bool(cpu) and all((r.device_worded_seconds or 0) > 0 and not r.network_blamed_seconds for r in cpu)
+    free = sum(r.fault_free_seconds for r in rows)
+    free_alarms = sum(r.fault_free_alarm_seconds for r in rows)
+    return {
+        "false_alarms": {"seconds": alarms, "of_clean_seconds": clean,
+                         "share": None if share is None else round(share, 4),
+                         "met": share is not None and share <= TARGETS["false_alarm_share_max"]},
+        "alarms_without_any_fault": {"seconds": free_alarms, "of_seconds": free,
+                                     "share": round(free_alarms / free, 4) if free else None},
+        "wrong_person": {"seconds": wrong, "met": wrong <= TARGETS["wrong_person_seconds_max"]},
+        "warned_s": {"worst_per_phase": warns, "met": warn_ok},
+        "video_back_s": {"worst_per_phase": backs, "stopped_again_seconds": stopped, "met": back_ok},
+        "cpu_worded_as_device": {"met": cpu_worded},
+    }
+
+
+def table(rows: Sequence[PhaseScore]) -> str:
+    """The confusion table as text, one line per phase."""
+    def fmt(values: Mapping[str, Any] | None) -> str:
+        if values is None:
+            return "-"
+        return " ".join(f"{k[0]}:{'never' if v is None else v}" for k, v in values.items())
+
+    head = f"{'phase':<14}{'kind':<8}{'secs':>5}{'clean':>6}{'false':>6}{'wrong':>6}{'impr':>5}  " \
+           f"{'nofault':>8}  {'warn s':<16}{'video back s':<16}{'stop':<9}{'device/net/cpu'}"
+    lines = [head]
+    for r in rows:
+        device = "-" if r.device_worded_seconds is None else \
+            f"{r.device_worded_seconds}/{r.network_blamed_seconds}/{r.cpu_limited_seconds}"
+        lines.append(f"{r.phase:<14}{r.kind:<8}{r.seconds:>5}{r.clean_seconds:>6}{r.false_alarm_seconds:>6}"
+                     f"{r.wrong_person_seconds:>6}{r.impaired_seconds:>5}"
+                     f"{f'{r.fault_free_alarm_seconds}/{r.fault_free_seconds}':>8}  {fmt(r.warn_s):<16}"
+                     f"{fmt(r.video_back_s):<16}{fmt(r.video_stopped_again_s):<9}{device}")
+    return "\n".join(lines)
+
+
+def as_json(rows: Sequence[PhaseScore]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def compact(seconds: Sequence[Second]) -> list[dict[str, Any]]:
+    """The timeline as JSON (for the result file and the plot)."""
+    return [{"t": s.t, "phase": s.phase, "network": list(s.network) if s.network else None,
+             "device": list(s.device) if s.device else None, "banners": s.banners,
+             "links": [{k: v for k, v in asdict(x).items() if v is not None} for x in s.links]}
+            for s in seconds]

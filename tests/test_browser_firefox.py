@@ -1,0 +1,69 @@
+"""A partner in Firefox: a three-party call with two Chromium pages, read by tests/probe.js.
+
+Debian's firefox-esr, headless with its fake camera and microphone, driven by puppeteer-core
+over WebDriver BiDi (tests/firefox.py). Everyone is on the host, on loopback: every link is
+clean, so from each page's first remote frame on, no tile may read Unsteady, Weak or Lost and
+no banner may call a connection weak (issue 11: the same false alarms showed with a Firefox
+partner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser
+
+from bench.truth_score import claims, timeline
+from tests.browser import browser  # noqa: F401  (browser is a fixture)
+from tests.call_probe import ProbeCall, Recorder, probe_call
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.browser
+
+NAMES = ("Dr Test", "Partner 1", "Partner 2")
+# How many readings (one a second) of a clean call are watched once every page shows both
+# others' video.
+WATCH_READINGS = 15
+
+
+@pytest.fixture
+async def firefox_call(browser: Browser, server: RunningServer) -> AsyncIterator[tuple[ProbeCall, Recorder]]:  # noqa: F811
+    room = server.create_room()
+    async with probe_call(browser, browser.browser_type, None, room.therapist_link, room.partner_links,
+                          NAMES, partner="firefox") as call:
+        recorder = Recorder(call)
+        recorder.start()
+        try:
+            assert await recorder.wait(recorder.seen_video, 60), recorder.records[-1:]
+            yield call, recorder
+        finally:
+            await recorder.stop()
+
+
+def advancing(recorder: Recorder, viewer: str) -> dict[str, bool]:
+    """Per tile on ``viewer``'s page: whether its decoded frames grew over the recording."""
+    readings = [r["pages"][viewer] for r in recorder.records if r["pages"][viewer] is not None]
+    first = {t["name"]: t["frames"] for t in readings[0]["tiles"]}
+    last = {t["name"]: t["frames"] for t in readings[-1]["tiles"]}
+    return {name: last.get(name, 0) > frames + 10 for name, frames in first.items()}
+
+
+async def test_a_firefox_partner_sees_and_is_seen_and_nobody_is_shown_weak(
+        firefox_call: tuple[ProbeCall, Recorder]) -> None:
+    call, recorder = firefox_call
+    assert call.browser_version.startswith("firefox/"), call.browser_version
+    started = len(recorder.records)
+    assert await recorder.wait(lambda: len(recorder.records) >= started + WATCH_READINGS, 4 * WATCH_READINGS)
+    # Media both ways: every page, Firefox's included, decodes both others' video.
+    for viewer, others in (("therapist", {"Partner 1", "Partner 2"}), ("a", {"Dr Test", "Partner 2"}),
+                           ("b", {"Dr Test", "Partner 1"})):
+        assert advancing(recorder, viewer) == dict.fromkeys(others, True), (viewer, advancing(recorder, viewer))
+    # The truth: nothing is applied to loopback, and getStats shows no loss on any page.
+    names = call.names
+    seconds = timeline(recorder.records, names)
+    measured = [link.loss for s in seconds for link in s.links if link.loss is not None]
+    assert measured and max(measured) <= 0.02, max(measured, default=None)
+    # Nothing shown as weak, from each page's first remote frame on (call start included).
+    alarms = [(s.t, c.viewer, c.words) for s in seconds for c in claims(s, names)]
+    assert alarms == [], f"{len(alarms)} alarms on a clean call: {alarms[:8]}"
