@@ -215,16 +215,18 @@ def banner_claims(viewer: str, text: str, names: Mapping[str, str]) -> list[Clai
         return [Claim(viewer, frozenset({viewer, r}), text) for r in named]
     if named:
         return [Claim(viewer, frozenset({r}), text) for r in named]
-    if re.match(r"\s*your\b", text, re.I) or "connection" in text.lower():
+    if re.match(r"\s*your\b", text, re.I):
         return [Claim(viewer, frozenset({viewer}), text)]
-    return []
+    # "The connection is weak right now": an alarm about nobody in particular.
+    return [Claim(viewer, frozenset(), text)] if "connection" in text.lower() else []
 
 
 def claims(second: Second, names: Mapping[str, str]) -> list[Claim]:
-    """Every network problem shown on a page that had shown a remote frame by then."""
+    """Every network problem shown on a page that had shown a remote frame by then. A tile's
+    bars are the network's, whatever its device words say beside them."""
     out: list[Claim] = []
     for link in second.links:
-        if second.seen_video.get(link.viewer) and link.level in ALARM_LEVELS and not link.device:
+        if second.seen_video.get(link.viewer) and link.level in ALARM_LEVELS:
             out.append(Claim(link.viewer, frozenset({link.viewer, link.peer}), f"tile {link.level}"))
     for viewer, texts in second.banners.items():
         if second.seen_video.get(viewer):
@@ -244,6 +246,8 @@ def device_worded(second: Second, who: str, names: Mapping[str, str]) -> bool:
 
 def _clean_target(second: Second, target: frozenset[str]) -> bool:
     faulty = _faulty_people(second.network)
+    if not target:
+        return False
     if len(target) == 1:
         return not target & faulty
     a, b = sorted(target)

@@ -221,6 +221,26 @@ class Recorder:
         return all(p is not None and len(p["tiles"]) == 2 and all(t["frames"] > 0 for t in p["tiles"])
                    for p in latest)
 
+    def connected(self) -> bool:
+        """Whether the last reading of every page had both others' tiles fed by a connection
+        that has received packets (media arriving, whether or not video shows)."""
+        latest = [self._latest.get(role, (0, None))[1] for role in ROLES]
+        return all(p is not None and len(p["tiles"]) == 2
+                   and all(t["truth"] and t["truth"]["packetsIn"] > 0 for t in p["tiles"]) for p in latest)
+
+    def describe(self) -> str:
+        """The newest reading of each page, briefly: for a failing test's message."""
+        lines = []
+        for role in ROLES:
+            reading = self._latest.get(role, (0, None))[1]
+            if reading is None:
+                lines.append(f"{role}: never read")
+                continue
+            tiles = ", ".join(f"{t['name']} frames={t['frames']} width={t['width']} level={t['level']} "
+                              f"pc={'yes' if t['truth'] else 'no'}" for t in reading["tiles"])
+            lines.append(f"{role}: [{tiles}] banners={[b['text'] for b in reading['banners']]}")
+        return "\n".join(lines)
+
     async def wait(self, condition: Any, timeout: float) -> bool:
         """Until ``condition()`` holds after a new reading, or ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

@@ -35,7 +35,7 @@ async def firefox_call(browser: Browser, server: RunningServer) -> AsyncIterator
         recorder = Recorder(call)
         recorder.start()
         try:
-            assert await recorder.wait(recorder.seen_video, 60), recorder.records[-1:]
+            assert await recorder.wait(recorder.connected, 60), recorder.describe()
             yield call, recorder
         finally:
             await recorder.stop()
@@ -53,6 +53,8 @@ async def test_a_firefox_partner_sees_and_is_seen_and_nobody_is_shown_weak(
         firefox_call: tuple[ProbeCall, Recorder]) -> None:
     call, recorder = firefox_call
     assert call.browser_version.startswith("firefox/"), call.browser_version
+    # Video from everyone, on every page (on a clean link the flow has no reason to pause any).
+    assert await recorder.wait(recorder.seen_video, 60), recorder.describe()
     started = len(recorder.records)
     assert await recorder.wait(lambda: len(recorder.records) >= started + WATCH_READINGS, 4 * WATCH_READINGS)
     # Media both ways: every page, Firefox's included, decodes both others' video.

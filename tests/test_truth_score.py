@@ -97,7 +97,9 @@ def test_a_weak_tile_on_a_clean_call_is_a_false_alarm_and_a_good_one_is_not() ->
 def test_a_weak_banner_is_a_false_alarm_but_device_words_are_not() -> None:
     rows = scored(record(1, "clean", clean_pages(1)),
                   record(2, "clean", clean_pages(2, a_banners=("Your connection is weak, so video may freeze.",))),
-                  record(3, "clean", clean_pages(3, a_banners=("Alex's computer is busy, so video may be slow.",))))
+                  record(3, "clean", clean_pages(3, a_banners=("Alex's computer is busy, so their video may be slow.",))),
+                  record(4, "clean", clean_pages(4, a_banners=(
+                      "Alex's phone or computer may have locked its screen or paused this page.",))))
     assert rows["clean"].false_alarm_seconds == 1
 
 
@@ -114,6 +116,7 @@ def test_alarms_before_the_first_remote_frame_are_not_counted() -> None:
     ("The connection to Alex is weak. Their video may freeze.", {"a", "b"}),
     ("Dr T: Sam and Alex cannot see each other well.", {"a", "b"}),
     ("Your therapist's connection is weak, so their video is paused.", {"therapist"}),
+    ("The connection is weak right now, so video is paused to keep the sound clear.", set()),
 ])
 def test_banner_words_name_a_person_or_a_link(text: str, target: set[str]) -> None:
     viewer = "therapist" if "each other" in text else "a"
@@ -160,23 +163,25 @@ def test_video_back_and_stopping_again_after_a_restore() -> None:
 
 def test_a_cpu_bound_partner_worded_as_their_device_meets_the_target() -> None:
     cpu = Phase("cpu", "device", 2, subject="a", device="cpu")
-    busy = {"device": "busy", "level": "fair"}
+    busy = {"device": "busy", "level": "good"}
     records = [record(1, "cpu", clean_pages(1, therapist_a=busy, b_a=busy), device=["a", "cpu"]),
                record(2, "cpu", clean_pages(2, therapist_a=busy, b_a=busy, a_therapist={"limitation": "cpu"},
                                             a_b={"limitation": "cpu"}), device=["a", "cpu"])]
     rows = scored(*records, phases=(cpu,))
     row = rows["cpu"]
     assert (row.device_worded_seconds, row.network_blamed_seconds, row.cpu_limited_seconds) == (2, 0, 1)
-    # A tile that names the device is not a network alarm, even at a lowered level.
     assert row.false_alarm_seconds == 0
     assert verdicts(list(rows.values()), [cpu])["cpu_worded_as_device"]["met"]
 
 
 def test_the_cpu_bound_partner_shown_weak_is_blamed_on_the_network() -> None:
     cpu = Phase("cpu", "device", 2, subject="a", device="cpu")
-    records = [record(t, "cpu", clean_pages(t, therapist_a={"level": "poor"}), device=["a", "cpu"]) for t in (1, 2)]
+    # The bars are the network's: weak bars beside "Computer busy" still blame the network.
+    shown = {"level": "poor", "device": "busy"}
+    records = [record(t, "cpu", clean_pages(t, therapist_a=shown), device=["a", "cpu"]) for t in (1, 2)]
     rows = scored(*records, phases=(cpu,))
     assert rows["cpu"].network_blamed_seconds == 2 and rows["cpu"].false_alarm_seconds == 1
+    assert rows["cpu"].device_worded_seconds == 2
     assert not verdicts(list(rows.values()), [cpu])["cpu_worded_as_device"]["met"]
 
 
