@@ -35,8 +35,9 @@ from tests.netfault import Namespace
 PROBE = (Path(__file__).with_name("probe.js")).read_text()
 SAMPLE = "() => window.__probeSample()"
 ROLES = ("therapist", "a", "b")
-# A reading slower than this (a loaded machine, a throttled page) is recorded as missing.
-SAMPLE_TIMEOUT_S = 3.0
+# A reading slower than this (a loaded machine, a throttled page) is given up; each page is
+# read by its own loop, so a slow one never delays the others.
+SAMPLE_TIMEOUT_S = 10.0
 
 
 class Party(Protocol):
