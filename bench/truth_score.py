@@ -398,15 +398,15 @@ def table(rows: Sequence[PhaseScore]) -> str:
         return " ".join(f"{k[0]}:{'never' if v is None else v}" for k, v in values.items())
 
     head = f"{'phase':<14}{'kind':<8}{'secs':>5}{'clean':>6}{'false':>6}{'wrong':>6}{'impr':>5}  " \
-           f"{'nofault':>8}  {'warn s':<16}{'video back s':<16}{'stop':<9}{'device/net/cpu'}"
+           f"{'nofault':>8}  {'warn s':<18}{'video back s':<18}{'stop':<12}{'device/net/cpu'}"
     lines = [head]
     for r in rows:
         device = "-" if r.device_worded_seconds is None else \
             f"{r.device_worded_seconds}/{r.network_blamed_seconds}/{r.cpu_limited_seconds}"
         lines.append(f"{r.phase:<14}{r.kind:<8}{r.seconds:>5}{r.clean_seconds:>6}{r.false_alarm_seconds:>6}"
                      f"{r.wrong_person_seconds:>6}{r.impaired_seconds:>5}"
-                     f"{f'{r.fault_free_alarm_seconds}/{r.fault_free_seconds}':>8}  {fmt(r.warn_s):<16}"
-                     f"{fmt(r.video_back_s):<16}{fmt(r.video_stopped_again_s):<9}{device}")
+                     f"{f'{r.fault_free_alarm_seconds}/{r.fault_free_seconds}':>8}  {fmt(r.warn_s):<18}"
+                     f"{fmt(r.video_back_s):<18}{fmt(r.video_stopped_again_s):<12}{device}")
     return "\n".join(lines)
 
 
@@ -420,3 +420,4 @@ def compact(seconds: Sequence[Second]) -> list[dict[str, Any]]:
              "device": list(s.device) if s.device else None, "banners": s.banners,
              "links": [{k: v for k, v in asdict(x).items() if v is not None} for x in s.links]}
             for s in seconds]
+
