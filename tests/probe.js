@@ -70,6 +70,21 @@
     }
   };
 
+  // Frames painted per <video>: getVideoPlaybackQuality() where it counts a MediaStream's
+  // frames (Chromium), else requestVideoFrameCallback (Firefox leaves totalVideoFrames at 0).
+  const painted = new WeakMap();
+  const framesOf = (video) => {
+    if (!video) return 0;
+    const total = video.getVideoPlaybackQuality?.().totalVideoFrames ?? 0;
+    if (total > 0 || typeof video.requestVideoFrameCallback !== 'function') return total;
+    if (!painted.has(video)) {
+      painted.set(video, 0);
+      const count = () => { painted.set(video, painted.get(video) + 1); video.requestVideoFrameCallback(count); };
+      video.requestVideoFrameCallback(count);
+    }
+    return painted.get(video);
+  };
+
   const feeding = (tile) => {
     const tracks = tile.querySelector('video')?.srcObject?.getTracks() ?? [];
     return pcs.find((c) => c.connectionState !== 'closed'
@@ -130,7 +145,7 @@
         level: tile.querySelector('.quality')?.dataset.level ?? null,
         device: tile.dataset.device ?? null,
         status: tile.dataset.status ?? null,
-        frames: video?.getVideoPlaybackQuality?.().totalVideoFrames ?? 0,
+        frames: framesOf(video),
         width: video?.videoWidth ?? 0,
         pc: feeding(tile),
       };
