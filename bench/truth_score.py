@@ -44,8 +44,8 @@ ALARM_LEVELS = frozenset({"fair", "poor", "lost"})
 # What a phase's fault must be shown as, at least, to count as warned.
 WARN_LEVELS = {"loss": frozenset({"fair", "poor", "lost"}), "rate": frozenset({"fair", "poor", "lost"}),
                "cut": frozenset({"lost"})}
-NETWORK_WORDS = re.compile(r"weak|dropped|reconnect|interrupted|each other|unsteady|lost", re.I)
-DEVICE_WORDS = re.compile(r"busy|locked|asleep|slow", re.I)
+NETWORK_WORDS = re.compile(r"weak|dropped|reconnect|interrupted|each other|unsteady|lost", re.IGNORECASE)
+DEVICE_WORDS = re.compile(r"busy|locked|asleep|slow", re.IGNORECASE)
 # Targets from issue 11.
 TARGETS = {"false_alarm_share_max": 0.01, "wrong_person_seconds_max": 0, "warn_s_max": 5.0,
            "cut_warn_s_max": 2.0, "video_back_s_max": 10.0}
@@ -199,7 +199,7 @@ class Claim:
 
 def _named(text: str, names: Mapping[str, str]) -> list[str]:
     found = [role for role, name in names.items() if name and name in text]
-    if re.search(r"\byour therapist\b", text, re.I) and "therapist" not in found:
+    if re.search(r"\byour therapist\b", text, re.IGNORECASE) and "therapist" not in found:
         found.append("therapist")
     return found
 
@@ -209,13 +209,13 @@ def banner_claims(viewer: str, text: str, names: Mapping[str, str]) -> list[Clai
     if not NETWORK_WORDS.search(text) or DEVICE_WORDS.search(text):
         return []
     named = [r for r in _named(text, names) if r != viewer]
-    if re.search(r"each other", text, re.I) and len(named) >= 2:
+    if re.search(r"each other", text, re.IGNORECASE) and len(named) >= 2:
         return [Claim(viewer, frozenset(named[:2]), text)]
-    if re.search(r"connection to", text, re.I) and named:
+    if re.search(r"connection to", text, re.IGNORECASE) and named:
         return [Claim(viewer, frozenset({viewer, r}), text) for r in named]
     if named:
         return [Claim(viewer, frozenset({r}), text) for r in named]
-    if re.match(r"\s*your\b", text, re.I):
+    if re.match(r"\s*your\b", text, re.IGNORECASE):
         return [Claim(viewer, frozenset({viewer}), text)]
     # "The connection is weak right now": an alarm about nobody in particular.
     return [Claim(viewer, frozenset(), text)] if "connection" in text.lower() else []
@@ -325,7 +325,9 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
         if phase.kind == "fault" and subject and phase.network:
             levels = WARN_LEVELS[phase.network[0]]
 
-            def warned(s: Second, viewer: str) -> bool:
+            # Loop values bound as defaults: each closure is used within its own iteration.
+            def warned(s: Second, viewer: str, subject: str = subject, levels: frozenset[str] = levels,
+                       phase: Phase = phase) -> bool:
                 link = s.link(viewer, subject)
                 if link is not None and link.level in levels:
                     return True
@@ -336,7 +338,7 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
         if phase.kind == "recover" and subject:
             row.video_back_s, row.video_stopped_again_s = {}, {}
             for v in others:
-                back = _first(mine, start, lambda s, v=v: bool((x := s.link(v, subject)) and x.advancing))
+                back = _first(mine, start, lambda s, v=v, subject=subject: bool((x := s.link(v, subject)) and x.advancing))
                 row.video_back_s[v] = back
                 row.video_stopped_again_s[v] = 0 if back is None else sum(
                     1 for s in mine if s.t - start > back and not ((x := s.link(v, subject)) and x.advancing))

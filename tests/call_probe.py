@@ -182,7 +182,7 @@ class Recorder:
                 continue  # its script cannot run: a reading would wait for the thaw
             try:
                 reading = await asyncio.wait_for(self.call.party(role).sample(), SAMPLE_TIMEOUT_S)
-            except (asyncio.TimeoutError, PlaywrightError, FirefoxError):
+            except (TimeoutError, PlaywrightError, FirefoxError):
                 continue  # too slow, or the page was mid-navigation: no reading this time
             count += 1
             self._latest[role] = (count, reading)

@@ -107,7 +107,7 @@ class FirefoxPartner:
                 await self.command("quit", timeout=15)
             try:
                 await asyncio.wait_for(self.proc.wait(), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await _kill(self.proc)
 
 
