@@ -58,6 +58,7 @@ class Tile {
 }
 
 /** @typedef {'reconnecting'|'audio_only'|'phone'|'hold'} TileStatus */
+/** The therapist's controls on a partner's tile. @typedef {(tile: Tile, statusActions: HTMLElement) => HTMLElement} AdminActions */
 
 /** What a tile says over the picture while the fallback flow has taken a step for its person. */
 const STATUS_WORDS = Object.freeze({
@@ -75,7 +76,7 @@ const DEVICE_WORDS = Object.freeze({
 
 export class CallView {
   /**
-   * @param {{adminActions?: (tile: Tile, statusActions: HTMLElement) => HTMLElement}} options
+   * @param {{adminActions?: AdminActions}} options
    */
   constructor({ adminActions = null } = {}) {
     this.tilesNode = $('tiles');

@@ -119,7 +119,7 @@ export class CheckView {
     this.speakerSelect.addEventListener('change', () => media.setSpeaker(this.speakerSelect.value));
     if (!speakerChoiceSupported()) {
       this.speakerSelect.hidden = true;
-      document.querySelector('label[for="speaker-select"]').hidden = true;
+      /** @type {HTMLLabelElement} */ (document.querySelector('label[for="speaker-select"]')).hidden = true;
       $('speaker-status').textContent = 'Sound plays through your device\'s current speaker or headphones.';
     }
     navigator.mediaDevices?.addEventListener?.('devicechange', () => this.fillPickers());
@@ -149,9 +149,10 @@ export class CheckView {
   async _openDevices() {
     this.placeholder.textContent = 'Starting your camera… If your browser asks, choose Allow.';
     this.placeholder.hidden = false;
-    $('retry-media').disabled = true;
+    const retry = /** @type {HTMLButtonElement} */ ($('retry-media'));
+    retry.disabled = true;
     const problems = await this.media.open();
-    $('retry-media').disabled = false;
+    retry.disabled = false;
     this.showProblems(problems);
     await this.fillPickers();
     return problems;
@@ -276,7 +277,8 @@ export class CheckView {
         numbers.textContent = '';
         return null;
       }
-      const words = verdict(result, { audience: document.querySelector('main')?.dataset.role ?? 'partner' });
+      const role = /** @type {'partner'|'therapist'} */ (document.querySelector('main')?.dataset.role ?? 'partner');
+      const words = verdict(result, { audience: role });
       this.netResult = { result, words };
       verdictNode.dataset.level = words.level;
       verdictNode.textContent = `Connection: ${words.label}`;

@@ -390,6 +390,9 @@ export class FallbackController {
   _card(mine) {
     const plan = this.offline;
     const partner = this.signaling.me?.role !== 'therapist';
+    // `calls` says whether the card lists the calls until the list itself replaces it below.
+    /** @type {{title: string, text: string, detail: string, returnButton?: boolean,
+     *          calls?: boolean|Array<{name: string, phone: string}>, onReturn?: () => void}|null} */
     let view = null;
     if (plan?.state === 'reconnecting') {
       view = {
@@ -429,7 +432,7 @@ export class FallbackController {
     }
     if (view) view.calls = view.calls ? this.plan?.call_list ?? [] : undefined;
     if (view?.returnButton) view.onReturn = () => this.returnToVideo();
-    this.call.showCard(view);
+    this.call.showCard(/** @type {Parameters<import('./call.js').CallView['showCard']>[0]} */ (view));
   }
 
   /**

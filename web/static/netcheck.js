@@ -64,6 +64,14 @@ const SERVER_BUFFERS_BYTES = 200 * 1024;
  * error 'rate_limited': the server was too busy to take the check.
  */
 
+/**
+ * @typedef {{level: 'good'|'relayed'|'choppy'|'weak'|'failed'|'busy'|'unmeasured', label: string,
+ *            advice: string, numbers: string, relay: string}} Verdict
+ * The words for a check result (`verdict`); `relay` is empty when no relay is set up.
+ */
+
+/** @typedef {Pick<Verdict, 'level'|'label'|'advice'>} Words */
+
 function sleep(ms, timers) {
   return new Promise((resolve) => timers.setTimeout(resolve, ms));
 }
@@ -214,7 +222,7 @@ function median(values) {
  *   url: string, fetchImpl?: typeof fetch, RTCPeerConnectionImpl?: typeof RTCPeerConnection,
  *   now?: () => number, timers?: any, onStage?: (stage: string) => void,
  *   pings?: number, pingEveryMs?: number, downMs?: number, upMs?: number, connectTimeoutMs?: number,
- *   relayTimeoutMs?: number, signal?: AbortSignal, isHidden?: () => boolean,
+ *   relayTimeoutMs?: number, signal?: AbortSignal, isHidden?: () => boolean, perf?: Performance,
  * }} options
  * Aborting (the person joined the call meanwhile) closes every connection at once, so the
  * check never competes with the call for bandwidth; the result then has error 'aborted'.
@@ -312,8 +320,19 @@ async function offerToProbe(pc, { url, fetchImpl, timers }) {
 }
 
 /**
+ * What runNetworkCheck hands each of its steps.
+ * @typedef {{url: string, fetchImpl: typeof fetch, RTCPeerConnectionImpl: typeof RTCPeerConnection,
+ *            now: () => number, timers: any, connectTimeoutMs: number, signal: AbortSignal|null,
+ *            perf: Performance}} Io
+ */
+
+/**
  * Over the path a call would take: connect, then round trip and loss; the speed over HTTP
  * while the connection stays open, so that echoes a busy machine delayed still come back.
+ * @param {CheckResult} result
+ * @param {RTCIceServer[]} iceServers
+ * @param {Io & {onStage: (stage: string) => void, pings: number, pingEveryMs: number,
+ *               downMs: number, upMs: number}} options
  */
 async function checkConnection(result, iceServers, {
   RTCPeerConnectionImpl, now, timers, onStage, pings, pingEveryMs, downMs, upMs, connectTimeoutMs, signal, ...io
@@ -365,7 +384,11 @@ async function checkSpeed(result, { url, fetchImpl, now, timers, onStage, downMs
   }
 }
 
-/** A relay-only connection to the probe (which answers through the relay too), and its delay. */
+/**
+ * A relay-only connection to the probe (which answers through the relay too), and its delay.
+ * @param {RTCIceServer[]} iceServers
+ * @param {Io} options
+ */
 async function checkRelayed(iceServers, { RTCPeerConnectionImpl, now, timers, connectTimeoutMs, signal, ...io }) {
   const pc = new RTCPeerConnectionImpl({ iceServers, iceTransportPolicy: 'relay' });
   const abort = () => pc.close();
@@ -639,8 +662,7 @@ const UNREACHABLE = {
  * agent's round trip, transfers timed by the network stack. Short of good on those, that is
  * the network's doing and the verdict says so; good on those but not on the rest, the words
  * say the measurement was starved instead of guessing.
- * @returns {{level: 'good'|'relayed'|'choppy'|'weak'|'failed'|'busy'|'unmeasured', label: string,
- *            advice: string, numbers: string, relay: string}}
+ * @returns {Verdict}
  */
 export function verdict(r, { audience = 'partner' } = {}) {
   const words = pathVerdict(r, audience);
@@ -711,6 +733,7 @@ function trusted(r, { pageStarved, serverStarved }) {
   return { figures, complete, rttByIce };
 }
 
+/** @type {Words} */
 const INCOMPLETE = {
   level: 'unmeasured',
   label: 'Could not measure the speed',
@@ -725,24 +748,28 @@ function starved(lag) {
   return Boolean(lag) && (lag.p90_ms > STARVED.p90_ms || lag.max_ms > STARVED.max_ms);
 }
 
+/** @type {Words} */
 const COMPUTER_BUSY = {
   level: 'busy',
   label: 'Could not measure (your computer is busy)',
   advice: 'Your computer was too busy to measure the connection properly. Close other apps and browser '
     + 'tabs you do not need, then check again.',
 };
+/** @type {Words} */
 const IN_BACKGROUND = {
   level: 'unmeasured',
   label: 'Could not measure the speed',
   advice: 'This page was in the background, so the browser slowed the check down. Keep this page open '
     + 'while it checks, then check again.',
 };
+/** @type {Words} */
 const SERVER_BUSY = {
   level: 'unmeasured',
   label: 'Could not measure the speed',
   advice: 'The video service was busy and could not finish the check. Please check again in a minute.',
 };
 
+/** @returns {Verdict} */
 function pathVerdict(r, audience) {
   const relayLine = describeRelay(r.relay ?? null);
   // Relayed because this network allows nothing else (on a relay-only server, every call is).
@@ -771,6 +798,7 @@ function pathVerdict(r, audience) {
 const GOOD = { rtt_ms: 250, loss: 0.03, down_kbps: 1500, up_kbps: 1200 };
 const CHOPPY = { rtt_ms: 500, loss: 0.15, down_kbps: 350, up_kbps: 300 };
 
+/** @returns {Words} */
 function qualityWords(r) {
   const rtt = r.rtt_ms ?? Infinity;
   const loss = r.loss ?? 1;

@@ -24,6 +24,11 @@ const KINDS = ['audio', 'video'];
 export const LOWERED_VIDEO = Object.freeze({ scale: 2, maxBitrate: 250000 });
 
 /** @typedef {{video: 'full'|'lowered'|'off'}} SendPolicy */
+// The wire's types are narrower than the DOM's: a local description set without arguments is
+// an offer or an answer (never a pranswer or a rollback), and a candidate is sent only once its
+// text is known.
+/** @typedef {import('./signaling.js').Description} Description */
+/** @typedef {import('./signaling.js').IceCandidate} IceCandidate */
 /** @type {SendPolicy} */
 export const FULL_SEND = Object.freeze({ video: 'full' });
 
@@ -257,7 +262,7 @@ export class Mesh {
       }
       await pc.setLocalDescription();
       if (link.pc !== pc) return;
-      this.signaling.sdp(from, pcId, pc.localDescription);
+      this.signaling.sdp(from, pcId, /** @type {Description} */ (pc.localDescription));
     }
   }
 
@@ -295,14 +300,14 @@ export class Mesh {
     };
     pc.onicecandidate = ({ candidate }) => {
       if (link.pc !== pc || !candidate || !candidate.candidate) return;
-      this.signaling.candidate(peerId, pcId, candidate.toJSON());
+      this.signaling.candidate(peerId, pcId, /** @type {IceCandidate} */ (candidate.toJSON()));
     };
     pc.onnegotiationneeded = async () => {
       if (link.pc !== pc) return;
       try {
         link.makingOffer = true;
         await pc.setLocalDescription();
-        if (link.pc === pc) this.signaling.sdp(peerId, pcId, pc.localDescription);
+        if (link.pc === pc) this.signaling.sdp(peerId, pcId, /** @type {Description} */ (pc.localDescription));
       } catch (error) {
         console.warn('could not make an offer', error);
       } finally {

@@ -96,6 +96,7 @@ export class OfflinePlan {
    * @returns {PlanStep[]}
    */
   update({ linksLost, serverLost }, now) {
+    /** @type {PlanStep[]} */
     const steps = [];
     if (!linksLost) this.lostSince = null;
     else if (this.lostSince === null) this.lostSince = now;

@@ -46,7 +46,8 @@ const ENDINGS = {
 
 export class RoomPage {
   /**
-   * @param {{adminActions?: Function, onWelcome?: Function, onEnded?: Function}} hooks role-specific additions
+   * @param {{adminActions?: import('./call.js').AdminActions, onWelcome?: Function, onEnded?: Function}} hooks
+   *   role-specific additions
    */
   constructor({ adminActions = null, onWelcome = null, onEnded = null } = {}) {
     const main = $('main');
@@ -135,14 +136,16 @@ export class RoomPage {
   _showSelfIn(step) {
     const track = step === 'ended' ? null : this.media.video;
     this.check.setShown(step === 'check');
-    const waiting = maybe('waiting-preview');
+    const waiting = /** @type {HTMLVideoElement|null} */ (maybe('waiting-preview'));
+    // These videos only ever show a MediaStream (this page sets nothing else).
+    const shown = (video) => /** @type {MediaStream|null} */ (video.srcObject)?.getVideoTracks()[0];
     if (waiting && step !== 'waiting') waiting.srcObject = null;
-    else if (waiting && waiting.srcObject?.getVideoTracks()[0] !== track) {
+    else if (waiting && shown(waiting) !== track) {
       waiting.srcObject = track ? new MediaStream([track]) : null;
       waiting.play().catch(() => {});
     }
     if (step !== 'call') this.call.setSelf(null);
-    else if (this.call.selfVideo.srcObject?.getVideoTracks()[0] !== track) this.call.setSelf(track);
+    else if (shown(this.call.selfVideo) !== track) this.call.setSelf(track);
   }
 
   join() {
@@ -163,7 +166,7 @@ export class RoomPage {
     this.joining = true;
     /** @type {HTMLButtonElement} */ ($('join')).disabled = true;
     // Coming back into a running session: no network check, straight in, devices alongside.
-    document.querySelector('#check-step .network').hidden = true;
+    /** @type {HTMLElement} */ (document.querySelector('#check-step .network')).hidden = true;
     this._devicesReady(this.check.openDevices());
     this.signaling.connect();
   }
@@ -271,7 +274,7 @@ export class RoomPage {
     $('leave').addEventListener('click', () => this.leave());
     maybe('waiting-leave')?.addEventListener('click', () => this.leave(false));
     $('rejoin').addEventListener('click', () => location.reload());
-    $('speaker-select').addEventListener('change', (e) => this.call.setSpeaker(e.target.value));
+    $('speaker-select').addEventListener('change', (e) => this.call.setSpeaker(/** @type {HTMLSelectElement} */ (e.target).value));
 
     window.addEventListener('online', () => sig.reconnectNow());
     window.addEventListener('pagehide', () => {

@@ -18,15 +18,21 @@ export const VERSION = 1;
 /** @typedef {{type: 'offer'|'answer', sdp: string}} Description */
 /** @typedef {{candidate: string, sdpMid?: string|null, sdpMLineIndex?: number|null, usernameFragment?: string|null}} IceCandidate */
 /**
- * One participant's view of its link to one peer, sampled about once a second.
+ * One participant's view of its link to one peer, sampled every 250-500 ms.
  * Counters are cumulative since the peer connection started; rates are over the last
  * interval. Units: milliseconds, fractions 0..1, bits per second.
+ * The send_* fields are the reporter's own video to this peer: what holds its encoder back
+ * (outbound qualityLimitationReason), the frame rate it sends, the bitrate cap its flow step
+ * set (absent when uncapped). lag_ms: how late the reporter's page runs its timers (absent
+ * while the page is hidden).
  * @typedef {{
  *   peer: string, pc?: string|null, rtt_ms?: number|null, jitter_ms?: number|null,
  *   loss?: number|null, packets_in?: number|null, bytes_in?: number|null,
  *   frames_decoded?: number|null, frames_dropped?: number|null, fps?: number|null,
  *   concealed?: number|null, out_bitrate?: number|null, in_bitrate?: number|null,
- *   candidate?: 'host'|'srflx'|'prflx'|'relay'|null, video?: boolean
+ *   candidate?: 'host'|'srflx'|'prflx'|'relay'|null, video?: boolean,
+ *   send_limit?: 'none'|'cpu'|'bandwidth'|'other'|null, send_fps?: number|null,
+ *   send_cap?: number|null, lag_ms?: number|null
  * }} LinkStats
  */
 /** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */
@@ -36,7 +42,7 @@ export const VERSION = 1;
 /** A partner's checklist (unticked: false). @typedef {{private_space?: boolean, headphones?: boolean, charged?: boolean, not_driving?: boolean, moving_car?: boolean}} CheckInAnswers */
 /** `phone`: whether they confirmed their number or gave another. @typedef {{id: string, name: string, checkin?: CheckInAnswers, phone?: 'confirmed'|'corrected'}} WaitingPerson */
 /** @typedef {{id: string, locked: boolean}} RoomInfo */
-/** @typedef {{rejoin_window_s: number, phone_hint?: string, call_list?: Array<Object<string, string>>}} FallbackPlan */
+/** @typedef {{rejoin_window_s: number, phone_hint?: string, call_list?: Array<{id: string, name: string, phone: string}>}} FallbackPlan */
 
 // ---- server to client ------------------------------------------------------------------
 
@@ -56,8 +62,11 @@ export const VERSION = 1;
 /** @typedef {{type: 'bye', reason: string, action: string, message?: string}} Bye */
 /** @typedef {'good'|'fair'|'poor'|'lost'} QualityLevel */
 /** The monitor's verdict on one pair. @typedef {{a: string, b: string, level: QualityLevel, mos?: number, relay?: boolean}} LinkQuality */
-/** Everyone's connection quality, sent when a level changes; `weak` names the person whose own network is the cause.
- * @typedef {{type: 'quality', links: LinkQuality[], people: Object<string, QualityLevel>, weak?: string}} Quality */
+/** Whose own device, not their network, slows the call. @typedef {'busy'|'asleep'} DeviceState */
+/** Everyone's connection quality, sent when a level changes; `weak` names the person whose own network is the cause;
+ * `devices` the people whose own device slows the call (absent when nobody's).
+ * @typedef {{type: 'quality', links: LinkQuality[], people: Object<string, QualityLevel>, weak?: string,
+ *            devices?: Object<string, DeviceState>}} Quality */
 /** @typedef {'lower_video'|'audio_only'|'restore_video'|'ice_restart'|'fresh_connection'|'page_rejoin'|'hold'|'unhold'|'phone'} FallbackStep */
 /** A step of the fallback flow for `person`. @typedef {{type: 'fallback', action: FallbackStep, person: string, attempt?: number, waiting_for?: string}} FallbackAction */
 /** Plain words for this reader. @typedef {{type: 'notice', kind: string, text: string, about?: string}} Notice */

@@ -88,13 +88,13 @@ function syncFallback() {
     button.hidden = !(s.reconnecting && !s.phone);
   }
   const list = $('calls-list');
-  for (const item of [...list.children]) {
+  for (const item of /** @type {HTMLElement[]} */ ([...list.children])) {
     const s = fallback.status(item.dataset.person);
     if (!s.phone) {
       item.remove();
       continue;
     }
-    item.querySelector('.return-to-video').hidden = !s.backOnline;
+    /** @type {HTMLElement} */ (item.querySelector('.return-to-video')).hidden = !s.backOnline;
   }
   $('calls').hidden = list.children.length === 0;
 
@@ -198,7 +198,7 @@ function checkInLine(person) {
  */
 function showLobby(waiting) {
   const list = $('lobby-list');
-  const rows = new Map([...list.children].map((li) => [li.dataset.person, li]));
+  const rows = new Map(/** @type {HTMLElement[]} */ ([...list.children]).map((li) => [li.dataset.person, li]));
   const ids = new Set(waiting.map((p) => p.id));
   let focusLost = false;
   let arrived = false;
