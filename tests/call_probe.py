@@ -76,7 +76,13 @@ class ChromiumParty:
             await cdp.send("Emulation.setIdleOverride", {"isUserActive": False, "isScreenUnlocked": True})
         else:
             await cdp.send("Emulation.clearIdleOverride")
-        await self.person.page.evaluate("(on) => window.__probeBackground(on)", on)
+        try:
+            await self.person.page.evaluate("(on) => window.__probeBackground(on)", on)
+        except PlaywrightError:
+            # The page navigated meanwhile (its own rejoin reloads it): a fresh page starts in
+            # the foreground, so only a failure to go into the background is an error.
+            if on:
+                raise
 
     async def freeze(self, on: bool) -> None:
         """Frozen, as a phone's page when its screen locks (CDP Page.setWebLifecycleState)."""
