@@ -44,7 +44,7 @@ echo "==> installing telehealth and test dependencies into .venv"
 .venv/bin/pip install -q --no-deps .
 
 if [ -f package-lock.json ]; then
-  echo "==> installing the npm packages (axe-core, TypeScript)"
+  echo "==> installing the npm packages (axe-core, puppeteer-core, TypeScript)"
   npm ci --no-audit --no-fund --silent
 fi
 
