@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser
 
-from bench.truth_score import claims, timeline
+from bench.truth_score import all_clean, claims, timeline
 from tests.browser import browser  # noqa: F401  (browser is a fixture)
 from tests.call_probe import ProbeCall, Recorder, probe_call
 from tests.conftest import RunningServer
@@ -25,6 +25,8 @@ NAMES = ("Dr Test", "Partner 1", "Partner 2")
 # How many readings (one a second) of a clean call are judged once every page is connected
 # (the readings from admission on count too).
 WATCH_READINGS = 15
+# A link that lost packets may rightly read unsteady for the scorer's upgrade hold and a report.
+AFTER_UNCLEAN_S = 5.0
 
 
 @pytest.fixture
@@ -67,11 +69,14 @@ async def test_on_a_clean_call_with_a_firefox_partner_nobody_is_shown_weak(
     call, recorder = firefox_call
     started = len(recorder.records)
     assert await recorder.wait(lambda: len(recorder.records) >= started + WATCH_READINGS, 4 * WATCH_READINGS)
-    # The truth: nothing is applied to loopback, and getStats shows no loss on any page.
+    # The truth: nothing is applied to loopback; a busy machine may still lose packets there,
+    # so the seconds judged are those every page's getStats shows clean, and the few after
+    # an unclean one (the monitor may rightly still say unsteady) are left out.
     names = call.names
     seconds = timeline(recorder.records, names)
-    measured = [link.loss for s in seconds for link in s.links if link.loss is not None]
-    assert measured and max(measured) <= 0.02, max(measured, default=None)
+    unclean = [s.t for s in seconds if not all_clean(s)]
+    clean = [s for s in seconds if all_clean(s) and not any(0 <= s.t - t < AFTER_UNCLEAN_S for t in unclean)]
+    assert len(clean) >= WATCH_READINGS // 2, f"{len(unclean)} of {len(seconds)} seconds were not clean"
     # Nothing shown as weak, from each page's first remote frame on (call start included).
-    alarms = [(s.t, c.viewer, c.words) for s in seconds for c in claims(s, names)]
+    alarms = [(s.t, c.viewer, c.words) for s in clean for c in claims(s, names)]
     assert alarms == [], f"{len(alarms)} alarms on a clean call: {alarms[:8]}"
