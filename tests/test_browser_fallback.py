@@ -139,6 +139,10 @@ async def test_past_the_window_the_therapist_calls_and_the_partner_comes_back_to
         "8 seconds you will be asked to call them.", timeout=5_000)
     await expect(tile.locator(".quality")).to_have_attribute("data-level", "lost")
     await screenshot(t, "fallback-2-dropped")
+    # The cut-off partner's own page knows without being told (checked now: past the window
+    # it moves on to the phone step).
+    await expect(b.locator("#fallback-card")).to_contain_text(
+        "Reconnecting… this usually takes a few seconds", timeout=6_000)
     # While the partner is reconnecting the therapist may go to the phone at once.
     await expect(tile.locator(".tile-placeholder-text")).to_have_text("Reconnecting to Partner 2…")
     await expect(tile.get_by_role("button", name="Switch Partner 2 to phone")).to_be_visible()
@@ -157,9 +161,6 @@ async def test_past_the_window_the_therapist_calls_and_the_partner_comes_back_to
     await t.get_by_role("button", name="Resume session").click()
     await expect(a.locator("#fallback-card")).to_be_hidden()
     await expect(a.locator("#banners")).to_contain_text("Your therapist has resumed the session.")
-    # The cut-off partner's own page knows without being told.
-    await expect(b.locator("#fallback-card")).to_contain_text(
-        "Reconnecting… this usually takes a few seconds", timeout=6_000)
 
     # The window ends: the therapist gets a one-click call; the partner, still cut off, shows
     # the phone step from its own plan; the other partner is told.
