@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.processes import stop_process
 
 CADDY = Path("/usr/bin/caddy")
 CADDYFILE = Path(__file__).resolve().parent.parent / "deploy" / "Caddyfile"
@@ -41,13 +42,7 @@ class Caddy:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])

@@ -27,6 +27,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from media import tracks
 from signaling.protocol import IceServer
 from tests.ports import free_port
+from tests.processes import stop_process
 
 TURNSERVER = Path("/usr/bin/turnserver")
 REALM = "telehealth.test"
@@ -47,13 +48,7 @@ class CoturnServer:
     log_file: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 5)
 
     def log_tail(self) -> str:
         return _tail(self.log_file)

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import METRICS_TOKEN, RunningServer, free_port
+from tests.processes import stop_subprocess
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 
@@ -131,10 +132,4 @@ async def test_a_real_prometheus_scrapes_the_server_with_its_token_and_evaluates
             assert {r["name"] for g in groups for r in g["rules"]} == ALERTS
             assert all(r["health"] in ("ok", "unknown") for g in groups for r in g["rules"])
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_subprocess(proc, 15)

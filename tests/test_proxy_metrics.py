@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import METRICS_TOKEN, RunningServer, free_port
+from tests.processes import stop_subprocess
 
 DEPLOYMENT = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
 
@@ -61,13 +62,7 @@ async def proxy(argv: list[str], env: dict[str, str], url: str) -> AsyncIterator
             await asyncio.sleep(0.1)
         yield
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_subprocess(proc, 10)
 
 
 async def assert_metrics_stay_internal(server: RunningServer, proxied: str) -> None:
