@@ -75,7 +75,7 @@ class FallbackTimings:
     restore_video_after_s: float = 10.0
     restore_wait_max_s: float = 120.0
     # Audio only and good for this long: probe with lowered video. Doubles after each probe
-    # that fails, up to probe_wait_max_s (a flapping person waits the restore wait instead).
+    # that fails, up to probe_wait_max_s, flapping or not.
     probe_video_after_s: float = 4.0
     probe_wait_max_s: float = 6.0
     # A new disruption this soon after the last one ended is a flap.
@@ -323,8 +323,10 @@ class FallbackFlow:
         return min(wait, self.timings.restore_wait_max_s)
 
     def _probe_wait(self, p: _Person) -> float:
-        if p.flaps:
-            return self._restore_wait(p) * 2 ** p.probes
+        # Not the flap's longer wait: a probe is lowered video that goes back within
+        # lower_video_after_s if the link cannot carry it, so it never blinks full video on
+        # and off, and a clean link shows a picture again within seconds (the flap's wait
+        # holds full video back instead).
         wait = self.timings.probe_video_after_s * 2 ** p.probes
         return min(wait, self.timings.probe_wait_max_s)
 
@@ -401,9 +403,12 @@ class FallbackFlow:
         self._tell(NoticeKind.BACK, p, out)
         self._release_waiting_for(p, now, out)
         p.state = PersonState.DEGRADED
-        # Dropping again soon after the last disruption: keep the sound, pause the video.
-        if p.flaps and p.video != VideoMode.AUDIO_ONLY:
-            self._audio_only(p, now, out)
+        # Dropping again soon after the last disruption: back with lowered video, which the
+        # link is judged against (to audio only if it cannot carry it), not full video.
+        if p.flaps and p.video == VideoMode.FULL:
+            p.video = VideoMode.LOWERED
+            self._step(p, now, Step.LOWER_VIDEO)
+            out.add(LowerVideo(p.id))
         self._grade(p, level, p.cause, now, out)
 
     # -- the phone step -------------------------------------------------------------------
