@@ -103,6 +103,10 @@ class ScoringThresholds:
     # changes what the link sends (video paused, lowered or back): the sender's bandwidth
     # estimate ramps up over the first seconds, and that is not a weak network.
     video_warmup_s: float = 6.0
+    # Video bandwidth counts only while the window also loses at least this share: a sender
+    # held back by its estimate with nothing lost is the browser adapting (ramping up at a
+    # call's start, or after a spell), and its picture is softer, not freezing.
+    bandwidth_loss_min: float = 0.01
     # Device: a page whose own timers run this late (ms, mean over the window) is busy.
     busy_lag_ms: float = 300.0
     # Device: a busy sign must hold this long before it shows, and be gone this long before
@@ -257,7 +261,8 @@ class WindowSums:
               video: bool = True, delays: bool = True) -> Quality | None:
         """The worse of audio and video over the window ending at ``newest``; ``rtt`` is the
         window's robust round trip. Video is judged on bandwidth alone, and only while the
-        sender says bandwidth holds its video back, against what the step needs.
+        sender says bandwidth holds its video back and packets are lost, against what the step
+        needs.
         ``delays=False`` leaves round trip and jitter out (a straining device reads them)."""
         level: Quality | None = None
         if rtt is not None or self.n_jitter or self.n_loss:
@@ -268,7 +273,8 @@ class WindowSums:
                             self.loss / self.n_loss if self.n_loss else 0.0)
             level = (Quality.GOOD if mos >= limits.mos_good
                      else Quality.FAIR if mos >= limits.mos_fair else Quality.POOR)
-        if video and newest.video and self.n_out and self.n_bandwidth * 2 > self.n:
+        if (video and newest.video and self.n_out and self.n_bandwidth * 2 > self.n
+                and self.n_loss and self.loss >= limits.bandwidth_loss_min * self.n_loss):
             cap = newest.send_cap
             score = video_score(self.out_rate / self.n_out, cap if cap else limits.target_bitrate)
             if score is not None:
@@ -358,6 +364,12 @@ class _LinkTrack:
                 self.hold, self.last_rise = 0.0, None
         if sample.candidate is not None:
             self.candidate = sample.candidate
+        count = sample.packets_in
+        if (sample.loss and self.flowed and count is not None and self.packets is not None
+                and count > self.packets and t - self.last_growth >= limits.lost_after_s):
+            # Media back after a stop: the packets counted lost are the stop's, already judged
+            # as lost, and say nothing of the link now.
+            sample = msgspec.structs.replace(sample, loss=None)
         sums = self.sums
         samples.append(sample)
         sums.shift(sample, 1.0)
@@ -369,7 +381,6 @@ class _LinkTrack:
             self.rtt = median(rtts) if rtts else None
         self._device(sample, limits, other)
 
-        count = sample.packets_in
         if count is not None:
             previous = self.packets
             self.packets = count
