@@ -36,7 +36,7 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.call_probe import ProbeCall, Recorder, probe_call
 from tests.netfault import Namespace, namespace
 
-CPU_THROTTLE_RATE = 6
+CPU_THROTTLE_RATE = 8
 CUT_SECONDS = 3.0
 # Call start: how long every page may take to show both others' video before the clean phase
 # counts its seconds anyway.
