@@ -109,6 +109,10 @@ class ScoringThresholds:
     bandwidth_loss_min: float = 0.01
     # Device: a page whose own timers run this late (ms, mean over the window) is busy.
     busy_lag_ms: float = 300.0
+    # Device: an encoder taking this long per frame (ms, window mean) is starved of CPU. Measured
+    # in Chromium: 6 ms per 640x360 frame on a free core, 90 ms on a fifth of one, where its
+    # qualityLimitationReason still said "none" and its video fell from 20 to 2-7 fps.
+    busy_encode_ms: float = 40.0
     # Device: a busy sign must hold this long before it shows, and be gone this long before
     # it clears: a loaded machine comes and goes by the second, and words must not flicker.
     device_hold_s: float = 3.0
@@ -153,6 +157,8 @@ class LinkSample(msgspec.Struct, frozen=True, gc=False):
     send_cap: float | None = None
     # How late the reporter's page runs its timers (ms): a busy or throttled page.
     lag_ms: float | None = None
+    # How long the reporter's encoder took per frame of its video on this link (ms).
+    encode_ms: float | None = None
 
 
 # -- formulas -------------------------------------------------------------------------------
@@ -221,6 +227,8 @@ class WindowSums:
     n_out: float = 0.0
     lag: float = 0.0
     n_lag: float = 0.0
+    encode: float = 0.0
+    n_encode: float = 0.0
     # Samples whose sender says its video is held back by bandwidth / by its CPU.
     n_bandwidth: float = 0.0
     n_cpu: float = 0.0
@@ -250,6 +258,10 @@ class WindowSums:
         if v is not None:
             self.lag += sign * v
             self.n_lag += sign
+        v = s.encode_ms
+        if v is not None:
+            self.encode += sign * v
+            self.n_encode += sign
         limit = s.send_limit
         if limit is not None:
             if limit == "bandwidth":
@@ -436,7 +448,11 @@ class _LinkTrack:
         off only once the window is clear of it, so it does not flicker."""
         sums = self.sums
         n_cpu = sums.n_cpu
-        if n_cpu * 2 > sums.n:
+        # The encoder held back by CPU: as the browser says, or as slow as a starved one (a
+        # browser short of CPU everywhere may never say so).
+        encode = sums.encode / sums.n_encode if sums.n_encode else 0.0
+        slow_encoder = encode >= limits.busy_encode_ms or (self.cpu and encode >= limits.busy_encode_ms / 2)
+        if n_cpu * 2 > sums.n or slow_encoder:
             self.cpu = True
         elif not n_cpu:
             self.cpu = False

@@ -121,6 +121,8 @@ class LinkStats(msgspec.Struct, omit_defaults=True):
     send_cap: Rate | None = None
     # How late the reporter's page runs its timers (a busy or throttled page).
     lag_ms: Millis | None = None
+    # How long the reporter's encoder took per video frame to this peer (a starved computer).
+    encode_ms: Millis | None = None
 
 
 class IceServer(msgspec.Struct, omit_defaults=True):

@@ -38,7 +38,7 @@ def sample_from_stats(stats: p.LinkStats, t: float) -> LinkSample:
         t, stats.rtt_ms, stats.jitter_ms, stats.loss, stats.packets_in, stats.bytes_in,
         stats.frames_decoded, stats.frames_dropped, stats.fps, stats.concealed,
         stats.out_bitrate, stats.in_bitrate, stats.candidate, stats.video, stats.pc,
-        stats.send_limit, stats.send_fps, stats.send_cap, stats.lag_ms,
+        stats.send_limit, stats.send_fps, stats.send_cap, stats.lag_ms, stats.encode_ms,
     )
 
 

@@ -506,6 +506,28 @@ def test_a_cpu_limited_sender_is_a_busy_device_not_a_weak_network() -> None:
     assert seen[25.75].devices == {}  # type: ignore[attr-defined]
 
 
+def test_a_starved_encoder_is_a_busy_device_though_the_browser_never_says_cpu() -> None:
+    """Alex's whole browser on a fifth of a core (tests/slow_cpu.py): its encoder took 90 ms a
+    frame, its video fell to 2-7 fps and qualityLimitationReason stayed "none"."""
+    monitor = QualityMonitor()
+
+    def starved(t: float, reporter: PersonId, peer: PersonId) -> LinkSample:
+        alex = reporter == A and t >= 8
+        return LinkSample(t=t, rtt_ms=25, jitter_ms=4, loss=0.0, packets_in=packets(t), fps=20.0,
+                          out_bitrate=900_000, send_fps=5.0 if alex else 20.0, send_limit="none",
+                          encode_ms=90.0 if alex else 6.0, pc="1")
+
+    seen = feed(monitor, 0.0, 20.0, starved)
+    assert {q.pairs[frozenset((T, A))] for q in seen.values()} == {Quality.GOOD}  # type: ignore[attr-defined]
+    assert seen[8.0].devices == {}  # type: ignore[attr-defined]
+    assert seen[12.5].devices == {A: Device.BUSY}  # type: ignore[attr-defined]
+    # A free core again: the words go once the window is clear and the hold has passed.
+    seen = feed(monitor, 20.0, 27.0, lambda t, r, p: LinkSample(
+        t=t, rtt_ms=25, jitter_ms=4, loss=0.0, packets_in=packets(t), fps=20.0, out_bitrate=900_000,
+        send_fps=20.0, send_limit="none", encode_ms=6.0, pc="1"))
+    assert seen[26.75].devices == {}  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("sign", ["late timers", "late decoding"])
 def test_a_busy_receiver_is_a_busy_device(sign: str) -> None:
     monitor = QualityMonitor()

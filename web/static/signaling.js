@@ -24,7 +24,7 @@ export const VERSION = 1;
  * The send_* fields are the reporter's own video to this peer: what holds its encoder back
  * (outbound qualityLimitationReason), the frame rate it sends, the bitrate cap its flow step
  * set (absent when uncapped). lag_ms: how late the reporter's page runs its timers (absent
- * while the page is hidden).
+ * while the page is hidden). encode_ms: the reporter's encoder time per video frame.
  * @typedef {{
  *   peer: string, pc?: string|null, rtt_ms?: number|null, jitter_ms?: number|null,
  *   loss?: number|null, packets_in?: number|null, bytes_in?: number|null,
@@ -32,7 +32,7 @@ export const VERSION = 1;
  *   concealed?: number|null, out_bitrate?: number|null, in_bitrate?: number|null,
  *   candidate?: 'host'|'srflx'|'prflx'|'relay'|null, video?: boolean,
  *   send_limit?: 'none'|'cpu'|'bandwidth'|'other'|null, send_fps?: number|null,
- *   send_cap?: number|null, lag_ms?: number|null
+ *   send_cap?: number|null, lag_ms?: number|null, encode_ms?: number|null
  * }} LinkStats
  */
 /** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */

@@ -8,7 +8,8 @@
 /**
  * Counters kept between samples to turn cumulative numbers into rates.
  * @typedef {{t: number, packetsIn: number, packetsLost: number, bytesIn: number, bytesOut: number,
- *            framesDecoded: number, concealed: number, samples: number}} Snapshot
+ *            framesDecoded: number, concealed: number, samples: number, encodeS: number,
+ *            framesEncoded: number}} Snapshot
  */
 
 const SEND_LIMITS = new Set(['none', 'cpu', 'bandwidth', 'other']);
@@ -65,6 +66,8 @@ export function linkStatsFromReport(report, previous, nowMs, {
   let sawInbound = false;
   let sendLimit = null;
   let sendFps = null;
+  let encodeS = 0;
+  let framesEncoded = 0;
 
   for (const s of all) {
     if (s.type === 'inbound-rtp') {
@@ -89,6 +92,8 @@ export function linkStatsFromReport(report, previous, nowMs, {
         // narrow link ("bandwidth") by it.
         if (SEND_LIMITS.has(s.qualityLimitationReason)) sendLimit = s.qualityLimitationReason;
         if (typeof s.framesPerSecond === 'number') sendFps = (sendFps ?? 0) + s.framesPerSecond;
+        encodeS += s.totalEncodeTime ?? 0;
+        framesEncoded += s.framesEncoded ?? 0;
       }
     } else if (s.type === 'remote-inbound-rtp' && typeof s.roundTripTime === 'number') {
       remoteRtt = Math.max(remoteRtt ?? 0, s.roundTripTime);
@@ -108,13 +113,14 @@ export function linkStatsFromReport(report, previous, nowMs, {
 
   const snapshot = {
     t: nowMs, packetsIn, packetsLost, bytesIn, bytesOut,
-    framesDecoded: framesDecoded ?? 0, concealed, samples,
+    framesDecoded: framesDecoded ?? 0, concealed, samples, encodeS, framesEncoded,
   };
   const seconds = previous ? (nowMs - previous.t) / 1000 : 0;
   let loss = null;
   let concealedShare = null;
   let inBitrate = null;
   let outBitrate = null;
+  let encodeMs = null;
   if (previous && seconds > 0) {
     const lost = packetsLost - previous.packetsLost;
     const got = packetsIn - previous.packetsIn;
@@ -125,6 +131,10 @@ export function linkStatsFromReport(report, previous, nowMs, {
     // What we actually sent: only when the browser gives no estimate of what the link can carry.
     outBitrate = ((bytesOut - previous.bytesOut) * 8) / seconds;
     if (fps === null && framesDecoded !== null) fps = (framesDecoded - previous.framesDecoded) / seconds;
+    // The encoder's time per frame: a computer short of CPU shows it even when its browser
+    // never says "cpu" (docs/fallback.md, devices).
+    const encoded = framesEncoded - (previous.framesEncoded ?? 0);
+    if (encoded > 0) encodeMs = ((encodeS - (previous.encodeS ?? 0)) * 1000) / encoded;
   } else if (sawInbound && packetsIn + packetsLost > 0) {
     loss = packetsLost / (packetsIn + packetsLost);
     concealedShare = samples > 0 ? concealed / samples : null;
@@ -159,6 +169,7 @@ export function linkStatsFromReport(report, previous, nowMs, {
   put('send_fps', round(sendFps, 1));
   if (video) put('send_cap', sendCap);
   put('lag_ms', round(lagMs, 0));
+  put('encode_ms', round(encodeMs, 1));
   return { stats, snapshot };
 }
 
