@@ -51,8 +51,9 @@ class RunningServer:
         )
 
 
-async def start_server(config: Config) -> RunningServer:
-    app = create_app(config)
+async def start_server(config: Config, **wiring: object) -> RunningServer:
+    """The app ``create_app(config, **wiring)`` builds, serving on loopback."""
+    app = create_app(config, **wiring)  # type: ignore[arg-type]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
