@@ -1,6 +1,8 @@
 // Cameras, microphones and speakers: opening them, listing them, and saying in plain words
 // what went wrong and what to do next. No page elements here; check.js shows the results.
 
+import { Emitter } from './events.js';
+
 /** @typedef {'audio'|'video'} Kind */
 /** @typedef {{title: string, text: string, steps: string[], canJoin: boolean}} Explanation */
 
@@ -259,13 +261,11 @@ export class LocalMedia {
     this.cameraOff = false;
     /** Whether open() is under way (the camera may be about to arrive). */
     this.starting = false;
-    this._handlers = new Set();
+    this._events = new Emitter('LocalMedia', ['change']);
   }
 
   on(type, handler) {
-    if (type !== 'change') throw new Error(`LocalMedia has no '${type}' event`);
-    this._handlers.add(handler);
-    return () => this._handlers.delete(handler);
+    return this._events.on(type, handler);
   }
 
   _set(kind, track) {
@@ -273,7 +273,7 @@ export class LocalMedia {
     if (old && old !== track) old.stop();
     this[kind] = track;
     if (kind === 'audio' && track) track.enabled = !this.micMuted;
-    for (const handler of this._handlers) handler({ kind, track });
+    this._events.emit('change', { kind, track });
   }
 
   /** Live tracks to send. */
