@@ -25,9 +25,6 @@ from signaling.metrics import SessionMetrics, main_port_handler, metrics_listene
 from signaling.watch import RoomWatch
 from signaling.welcome import welcome_extras
 from telehealth import proxies, requestlog, retention
-
-# The keys live in the core (telehealth.appkeys); named here too for web/netcheck.py until it
-# takes them from there (issue 15, a temporary exception in tests/test_layers.py).
 from telehealth.appkeys import AUDIT, CONFIG, LOGIN_LIMITS, MAIL, REFUSALS, STORE
 from telehealth.audit import AuditEvent
 from telehealth.config import Config
