@@ -17,14 +17,7 @@ from telehealth.config import Config
 from telehealth.tls import self_signed
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, Person, browser, open_person, screenshot  # noqa: F401  (browser is a fixture)
 from tests.conftest import TURN_SECRET, RunningServer, start_server
-from tests.coturn import (
-    REALM,
-    CoturnServer,
-    config_text,
-    launch_coturn,
-    relay_port_window,
-    sandbox_lines,
-)
+from tests.coturn import CoturnServer, base_lines, config_text, launch_coturn
 from tests.netfault import Namespace
 from tests.ports import free_port
 
@@ -273,26 +266,13 @@ def start_coturn_for_namespace(tmp_dir: Path, ns: Namespace) -> tuple[CoturnServ
     tmp_dir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed(tmp_dir / "tls", ns.host_ip)
     port, tls_port = free_port(udp=True), free_port(udp=True)
-    min_relay, max_relay = relay_port_window()
-    lines: dict[str, str | None] = {
-        "listening-ip": "127.0.0.1",
-        "listening-port": str(port),
+    lines = {
+        **base_lines(tmp_dir, port, SECRET),
         "tls-listening-port": str(tls_port),
         "cert": str(cert),
         "pkey": str(key),
         # Relay addresses on loopback, where the pages on the host reach them.
         "relay-ip": "127.0.0.1",
-        "realm": REALM,
-        "use-auth-secret": None,
-        "static-auth-secret": SECRET,
-        "allow-loopback-peers": None,
-        "no-dtls": None,
-        "no-cli": None,
-        "no-rfc5780": None,
-        "fingerprint": None,
-        "min-port": str(min_relay),
-        "max-port": str(max_relay),
-        **sandbox_lines(tmp_dir, port),
     }
     text = config_text(lines) + f"listening-ip={ns.host_ip}\n"
     return launch_coturn(tmp_dir, text, port=port, secret=SECRET), tls_port
