@@ -18,6 +18,10 @@ Routes (``setup`` mounts them; call it after ``routes.setup``, which sets up the
   ledger and usable share.
 - ``GET|POST /ops/login``, ``POST /ops/logout``.
 
+What is live comes from ``app[LIVE]`` (``signaling/live.py``), the read model the signaling
+side publishes: frozen snapshots of ids, roles, levels and causes. The quality history it
+reads is recorded by the wiring (``create_app``), whether or not this dashboard is mounted.
+
 Nothing here shows a name or a phone number: people are their role and opaque id.
 """
 
