@@ -1,8 +1,6 @@
 // Cameras, microphones and speakers: opening them, listing them, and saying in plain words
 // what went wrong and what to do next. No page elements here; check.js shows the results.
 
-import { Emitter } from './events.js';
-
 /** @typedef {'audio'|'video'} Kind */
 /** @typedef {{title: string, text: string, steps: string[], canJoin: boolean}} Explanation */
 
@@ -261,11 +259,16 @@ export class LocalMedia {
     this.cameraOff = false;
     /** Whether open() is under way (the camera may be about to arrive). */
     this.starting = false;
-    this._events = new Emitter('LocalMedia', ['change']);
+    // Not events.js's Emitter: this module is early.js's one import, and an import of its
+    // own would hold back the camera that early.js starts while the page loads (the page
+    // then asks for it a second time). One event, three lines.
+    this._handlers = new Set();
   }
 
   on(type, handler) {
-    return this._events.on(type, handler);
+    if (type !== 'change') throw new Error(`LocalMedia has no '${type}' event`);
+    this._handlers.add(handler);
+    return () => this._handlers.delete(handler);
   }
 
   _set(kind, track) {
@@ -273,7 +276,7 @@ export class LocalMedia {
     if (old && old !== track) old.stop();
     this[kind] = track;
     if (kind === 'audio' && track) track.enabled = !this.micMuted;
-    this._events.emit('change', { kind, track });
+    for (const handler of this._handlers) handler({ kind, track });
   }
 
   /** Live tracks to send. */

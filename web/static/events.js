@@ -1,5 +1,6 @@
-// One small event emitter for the page modules (the signaling client, the mesh, local media,
-// the quality board, the fallback view). DOM-free, like signaling.js, which uses it.
+// One small event emitter for the page modules (the signaling client, the mesh, the quality
+// board, the fallback view). DOM-free, like signaling.js, which uses it. devices.js keeps its
+// own three lines: it is early.js's only import and must import nothing itself.
 
 export class Emitter {
   /**
