@@ -23,13 +23,13 @@ from signaling.hub import HubEvent, Outbox, RoomHub
 from signaling.keeper import SessionKeeper
 from signaling.watch import RoomWatch
 from telehealth import phones, rooms
-from telehealth.audit import LINK_REJECT_REASONS, AuditEvent, AuditLog
+from telehealth.audit import AuditEvent, AuditLog
 from telehealth.config import Config
 from telehealth.errors import ErrorCode, LinkError, ProtocolError, TelehealthError
+from telehealth.origins import own_origin
 from telehealth.ratelimit import LinkOpenLimits
 from telehealth.refusals import RefusalTally
 from telehealth.store import Store
-from telehealth.tokens import check_link, hash_token, well_formed
 
 log = logging.getLogger("telehealth.signaling")
 
@@ -246,11 +246,7 @@ SIGNALING = web.AppKey("signaling", Signaling)
 
 def origin_allowed(request: web.Request, config: Config) -> bool:
     """Browsers always send Origin; it must be our own site. Programs may omit it."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    own = {config.public_base_url, f"{request.scheme}://{request.host}"}
-    return origin.rstrip("/") in own
+    return own_origin(request, config.public_base_url, null=False)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -415,32 +411,12 @@ def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:
     if sock in sig.hub.seats:
         raise ProtocolError(ErrorCode.ALREADY_JOINED)
     now = sig.clock()
-    try:
-        token_hash = hash_token(msg.token)
-        address, tick = sock.address, time.monotonic()
-        wait = sig.link_limits.check(address, token_hash, tick)
-        if wait is not None:
-            raise LinkError(ErrorCode.RATE_LIMITED,
-                            f"Too many attempts. Please wait {max(1, round(wait))} seconds and try again.")
-        try:
-            link = check_link(sig.store.find_link(token_hash) if well_formed(msg.token) else None, now,
-                              sig.config.link_lead_seconds)
-        except LinkError as exc:
-            if exc.code not in (ErrorCode.TOO_EARLY, ErrorCode.SESSION_OVER):
-                sig.link_limits.failed(address, tick)
-            raise
+    _, record, person = rooms.open_link(
+        sig.store, msg.token, now=now, lead_s=sig.config.link_lead_seconds, limits=sig.link_limits,
+        address=sock.address, refusals=sig.refusals, actor="signaling",
         # A live room's record is in the hub (its people never change): no database read and
         # no decryption of names on every rejoin.
-        live = sig.hub.rooms.get(link.room_id)
-        record = live.record if live is not None else sig.store.get_room(link.room_id)
-        person = next((x for x in record.people if x.id == link.person_id), None) if record else None
-        if record is None or person is None:
-            raise LinkError(ErrorCode.BAD_LINK)
-    except LinkError as exc:
-        if sig.refusals is not None:
-            sig.refusals.count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, sock.address,
-                               actor="signaling")
-        raise
+        record_of=lambda room_id: live.record if (live := sig.hub.rooms.get(room_id)) else None)
     sock.room_id = record.id
     if sig.audit is not None:
         sig.audit.append(AuditEvent.LINK_OPENED, room_id=record.id, person_id=person.id, actor=person.role)

@@ -309,9 +309,6 @@ ClientMessage = (
 CLIENT_TYPES = frozenset(
     t.__struct_config__.tag for t in ClientMessage.__args__  # type: ignore[attr-defined]
 )
-THERAPIST_ONLY = frozenset(
-    {"admit", "remove", "mute", "lock", "end", "switch_to_phone", "hold", "resume", "get_ledger"}
-)
 
 
 # -- server to client ---------------------------------------------------------------------

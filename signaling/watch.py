@@ -9,7 +9,7 @@ decisions themselves are the pure code in ``fallback/``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from fallback import events as fe
 from fallback.flow import FallbackFlow, FallbackTimings, PersonState, VideoMode
 from fallback.ledger import Disruption, Step
 from fallback.notices import Notice, call_prompt, mask_phone, notice_text
-from fallback.scoring import Cause, LinkSample, QualityMonitor, RoomQuality
+from fallback.scoring import Cause, LinkSample, Pair, QualityMonitor, RoomQuality
 from signaling import protocol as p
 from signaling.hub import HubEvent, LiveRoom, Member, Outbox, RoomEvent, RoomHub
 from telehealth.errors import ErrorCode, UserError
@@ -253,6 +253,11 @@ class RoomWatch:
         self.rooms[room.id] = WatchedRoom(QualityMonitor(), flow, {x.id: x for x in room.record.people},
                                           entered={PersonId(x) for x in saved["entered"]})
         self.changed.add(room.id)
+
+    def relayed(self, room_id: RoomId) -> Collection[Pair]:
+        """The pairs of a room whose media runs through the TURN relay now."""
+        watched = self.rooms.get(room_id)
+        return watched.relayed if watched is not None else ()
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -17,15 +17,14 @@ from aiohttp import web
 
 from signaling import protocol
 from signaling.endpoint import SIGNALING, Signaling, expire_loop, liveness_loop, websocket_handler
+from signaling.history import QualityHistory
 from signaling.hub import HubEvent, MemberEvent, RoomHub
 from signaling.keeper import SessionKeeper
+from signaling.live import LIVE, LiveRooms
 from signaling.metrics import SessionMetrics, main_port_handler, metrics_listener, parse_address, read_token
 from signaling.watch import RoomWatch
 from signaling.welcome import welcome_extras
 from telehealth import proxies, requestlog, retention
-
-# The keys live in the core (telehealth.appkeys); named here too for web/netcheck.py until it
-# takes them from there (issue 15, a temporary exception in tests/test_layers.py).
 from telehealth.appkeys import AUDIT, CONFIG, LOGIN_LIMITS, MAIL, REFUSALS, STORE
 from telehealth.audit import AuditEvent
 from telehealth.config import Config
@@ -49,7 +48,10 @@ READY_STALE_SECONDS = 5.0
 ALIVE_EVERY_SECONDS = 1.0
 
 
-def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(config: Config, *, clock: Callable[[], float] = time.time,
+               ops_dashboard: bool = True) -> web.Application:
+    """The application for ``config``. ``ops_dashboard=False`` leaves the ops pages unmounted
+    (tests do); everything they would show is recorded all the same."""
     # Settings that cannot work stop the start, before anything is opened.
     trusted = proxies.parse_networks(config.trusted_proxies)
     metrics_token = read_token(config.metrics_token_file) if config.metrics_token_file else None
@@ -112,6 +114,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     sig.event_sinks.append(audit_hub_event)
 
+    # Quality history: recorded for every live room, read by the dashboard (through
+    # app[LIVE]), saved for restarts by the keeper. A hub event reaches the watch before
+    # this sink (Signaling delivers to the watch first): the flow settles first.
+    history = QualityHistory(store, watch.relayed)
+    watch.quality_listeners.append(history.on_quality)
+    sig.event_sinks.append(history.on_hub_event)
+    app[LIVE] = LiveRooms(hub, watch, history)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -141,10 +151,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     if metrics_side is not None:
         app.cleanup_ctx.append(metrics_listener(metrics, *metrics_side))
     routes.setup(app)
-    ops.setup(app)
+    if ops_dashboard:
+        ops.setup(app)
     # Live rooms come back from disk before the server answers anyone (docs/scaling.md).
     sessions = LiveSessions(store.db)
-    keeper = sig.keeper = SessionKeeper(sessions, hub, watch, app[ops.OPS].history, clock)
+    keeper = sig.keeper = SessionKeeper(sessions, hub, watch, history, clock)
     sig.event_sinks.append(keeper.on_hub_event)
     keeper.restore(store)
     if config.ops_webhook_url:

@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from telehealth import phones
-from telehealth.audit import AuditEvent
+from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.config import MAX_SESSION_MINUTES
-from telehealth.errors import ErrorCode, StateError, UserError
+from telehealth.errors import ErrorCode, LinkError, StateError, UserError
 from telehealth.model import Person, RoomRecord
+from telehealth.ratelimit import LinkOpenLimits
+from telehealth.refusals import RefusalTally
 from telehealth.store import NewLink, Store
-from telehealth.tokens import PersonId, RoomId, hash_token, new_person_id, new_room_id, new_token
+from telehealth.tokens import (
+    JoinLink,
+    PersonId,
+    RoomId,
+    check_link,
+    hash_token,
+    new_person_id,
+    new_room_id,
+    new_token,
+    well_formed,
+)
 
 MAX_NAME = 80
 MAX_EMAIL = 254
@@ -172,6 +185,42 @@ def create_room(
 
 def list_rooms(store: Store, *, since: float | None = None) -> list[RoomRecord]:
     return store.list_rooms(since=since)
+
+
+def open_link(store: Store, token: str, *, now: float, lead_s: float, limits: LinkOpenLimits, address: str,
+              refusals: RefusalTally | None, actor: str,
+              record_of: Callable[[RoomId], RoomRecord | None] | None = None) -> tuple[JoinLink, RoomRecord, Person]:
+    """The link ``token`` with its room and person, if it lets its person in at ``now``; else
+    LinkError with why, counted among the refused attempts (``actor``: who was asked).
+
+    The room page, the network check and the signaling join all open links here. A link that
+    does not work (a guess) counts against ``address``'s budget; a good link at the wrong time
+    does not. ``record_of`` may answer a room's record without the store (a live room's).
+    """
+    token_hash, tick = hash_token(token), time.monotonic()
+    try:
+        wait = limits.check(address, token_hash, tick)
+        if wait is not None:
+            raise LinkError(ErrorCode.RATE_LIMITED,
+                            f"Too many attempts. Please wait {max(1, round(wait))} seconds and try again.")
+        try:
+            link = check_link(store.find_link(token_hash) if well_formed(token) else None, now, lead_s)
+        except LinkError as exc:
+            # A good link at the wrong time is no guess at a token.
+            if exc.code not in (ErrorCode.TOO_EARLY, ErrorCode.SESSION_OVER):
+                limits.failed(address, tick)
+            raise
+        record = record_of(link.room_id) if record_of is not None else None
+        if record is None:
+            record = store.get_room(link.room_id)
+        person = next((x for x in record.people if x.id == link.person_id), None) if record else None
+        if record is None or person is None:
+            raise LinkError(ErrorCode.BAD_LINK)
+    except LinkError as exc:
+        if refusals is not None:
+            refusals.count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, address, actor=actor)
+        raise
+    return link, record, person
 
 
 def end_room(store: Store, room_id: str, *, now: float, actor: str = "cli") -> None:

@@ -22,11 +22,15 @@ from telehealth.appkeys import STORE
 from telehealth.config import Config
 from telehealth.logs import JsonFormatter
 from telehealth.store import Store
+from tests.coturn import CoturnServer, start_coturn
+from tests.netfault import Namespace, namespace
 from tests.ports import free_port
 from tests.served import Launcher, Outcome, launch
 
 # The bearer token of metrics_server's /metrics.
 METRICS_TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+# The TURN REST secret of the coturn fixture's server, for the configs that use it.
+TURN_SECRET = "test-turn-secret"
 
 
 @dataclass
@@ -51,8 +55,9 @@ class RunningServer:
         )
 
 
-async def start_server(config: Config) -> RunningServer:
-    app = create_app(config)
+async def start_server(config: Config, **wiring: object) -> RunningServer:
+    """The app ``create_app(config, **wiring)`` builds, serving on loopback."""
+    app = create_app(config, **wiring)  # type: ignore[arg-type]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
@@ -73,6 +78,28 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     running = await start_server(make_config())
     yield running
     await running.runner.cleanup()
+
+
+@pytest.fixture
+def coturn_options() -> dict[str, str | None]:
+    """Lines the coturn fixture adds to (or overrides in) its configuration: a test module
+    overrides this fixture to run its coturn otherwise."""
+    return {}
+
+
+@pytest.fixture
+def coturn(tmp_path: Path, coturn_options: dict[str, str | None]) -> Iterator[CoturnServer]:
+    """A real coturn on 127.0.0.1 (tests/coturn.py), TURN REST auth with TURN_SECRET."""
+    server = start_coturn(tmp_path / "coturn", TURN_SECRET, options=coturn_options)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def ns() -> AsyncIterator[Namespace]:
+    """A fresh network namespace (tests/netfault.py), removed after the test whatever happens."""
+    async with namespace() as created:
+        yield created
 
 
 def session_from(address: str, *, ssl: ssl.SSLContext | bool = True, **kwargs: object) -> aiohttp.ClientSession:

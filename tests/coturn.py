@@ -155,23 +155,17 @@ def config_text(lines: Mapping[str, str | None]) -> str:
     return "".join(f"{k}={v}\n" if v is not None else f"{k}\n" for k, v in lines.items())
 
 
-def start_coturn(
-    tmp_dir: Path, secret: str, *, options: Mapping[str, str | None] | None = None
-) -> CoturnServer:
-    """Start coturn on 127.0.0.1 with TURN REST auth (loopback peers allowed, no TLS);
-    ``options`` add or override config lines (``None`` for a flag)."""
-    tmp_dir = Path(tmp_dir)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(udp=True)
+def base_lines(tmp_dir: Path, port: int, secret: str) -> dict[str, str | None]:
+    """What every test coturn runs with: ``port`` on 127.0.0.1, TURN REST auth by ``secret``,
+    loopback peers allowed, no DTLS, relay ports of its own, and the sandbox below."""
     min_relay, max_relay = relay_port_window()
-    lines: dict[str, str | None] = {
+    return {
         "listening-ip": "127.0.0.1",
         "listening-port": str(port),
         "realm": REALM,
         "use-auth-secret": None,
         "static-auth-secret": secret,
         "allow-loopback-peers": None,
-        "no-tls": None,
         "no-dtls": None,
         "no-cli": None,
         "no-rfc5780": None,
@@ -180,7 +174,17 @@ def start_coturn(
         "max-port": str(max_relay),
         **sandbox_lines(tmp_dir, port),
     }
-    lines.update(options or {})
+
+
+def start_coturn(
+    tmp_dir: Path, secret: str, *, options: Mapping[str, str | None] | None = None
+) -> CoturnServer:
+    """Start coturn on 127.0.0.1 with TURN REST auth (loopback peers allowed, no TLS);
+    ``options`` add or override config lines (``None`` for a flag)."""
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port(udp=True)
+    lines = {**base_lines(tmp_dir, port, secret), "no-tls": None, **(options or {})}
     return launch_coturn(tmp_dir, config_text(lines), port=port, secret=secret)
 
 

@@ -33,7 +33,7 @@ from playwright.async_api import Browser, Page, expect
 from tests.browser import axe_violations, browser, describe, screenshot  # noqa: F401  (browser is a fixture)
 from tests.browser_call import BrowserCall, browser_call, chromium_in, frames_advance, measure_cut
 from tests.conftest import RunningServer, start_server
-from tests.netfault import Namespace, namespace
+from tests.netfault import Namespace
 
 pytestmark = pytest.mark.netns
 
@@ -49,12 +49,6 @@ class Session:
 async def assert_accessible(page: Page, what: str) -> None:
     violations = await axe_violations(page)
     assert not violations, f"axe found serious problems on {what}:\n{describe(violations)}"
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 async def start_session(browser: Browser, make_config: Any, ns: Namespace, window: float) -> AsyncIterator[Session]:  # noqa: F811

@@ -36,7 +36,7 @@ from playwright.async_api import Browser, CDPSession, expect
 from tests.browser import Person, browser, open_person  # noqa: F401  (browser is a fixture)
 from tests.browser_call import chromium_in
 from tests.conftest import RunningServer, start_server
-from tests.netfault import Namespace, namespace
+from tests.netfault import Namespace
 from tests.slow_cpu import CpuLimit, slow_chromium
 
 pytestmark = pytest.mark.netns
@@ -100,12 +100,6 @@ class Call:
     @property
     def people(self) -> tuple[Person, Person, Person]:
         return self.therapist, self.a, self.b
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, expect
 
 from tests.browser import Person, browser, open_person, screenshot  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer, start_server
-from tests.netfault import Namespace, namespace
+from tests.netfault import Namespace
 from tests.test_browser_turn import SECRET, browser_in, people, start_coturn_for_namespace  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
@@ -178,12 +178,6 @@ async def test_the_check_times_its_figures_where_the_bytes_move(
 
 
 # -- over a namespace link: the namespace's faults are the truth -------------------------
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 async def open_check(ns: Namespace, browser_in: Any, server: RunningServer, people: list[Person]) -> Page:  # noqa: F811

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from telehealth.config import Config
 from telehealth.tls import self_signed
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, Person, browser, open_person, screenshot  # noqa: F401  (browser is a fixture)
-from tests.conftest import RunningServer, start_server
-from tests.coturn import (
-    REALM,
-    CoturnServer,
-    config_text,
-    launch_coturn,
-    relay_port_window,
-    sandbox_lines,
-    start_coturn,
-)
-from tests.netfault import Namespace, namespace
+from tests.conftest import TURN_SECRET, RunningServer, start_server
+from tests.coturn import CoturnServer, base_lines, config_text, launch_coturn
+from tests.netfault import Namespace
 from tests.ports import free_port
 
 pytestmark = pytest.mark.browser
 
-SECRET = "browser-turn-secret"
+SECRET = TURN_SECRET  # the coturn fixture's (tests/conftest.py)
 # A verdict on a direct connection: neither "relayed" nor "failed" (or, on a machine too busy
 # to measure, words that say so).
 DIRECT_LEVELS = re.compile("^(good|choppy|weak|busy|unmeasured)$")
@@ -91,13 +83,10 @@ RELAY_ONLY_CHECK = """async (url) => {
 
 
 @pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[CoturnServer]:
+def coturn_options() -> dict[str, str | None]:
     # As in production, the relay sends to no machine's own address, only to other relay
     # addresses (here on loopback): a relayed path must be relayed at both ends.
-    server = start_coturn(tmp_path / "coturn", SECRET, options={
-        "denied-peer-ip": "0.0.0.0-255.255.255.255", "allowed-peer-ip": "127.0.0.1"})
-    yield server
-    server.stop()
+    return {"denied-peer-ip": "0.0.0.0-255.255.255.255", "allowed-peer-ip": "127.0.0.1"}
 
 
 async def turn_server(config: Config) -> RunningServer:
@@ -277,35 +266,16 @@ def start_coturn_for_namespace(tmp_dir: Path, ns: Namespace) -> tuple[CoturnServ
     tmp_dir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed(tmp_dir / "tls", ns.host_ip)
     port, tls_port = free_port(udp=True), free_port(udp=True)
-    min_relay, max_relay = relay_port_window()
-    lines: dict[str, str | None] = {
-        "listening-ip": "127.0.0.1",
-        "listening-port": str(port),
+    lines = {
+        **base_lines(tmp_dir, port, SECRET),
         "tls-listening-port": str(tls_port),
         "cert": str(cert),
         "pkey": str(key),
         # Relay addresses on loopback, where the pages on the host reach them.
         "relay-ip": "127.0.0.1",
-        "realm": REALM,
-        "use-auth-secret": None,
-        "static-auth-secret": SECRET,
-        "allow-loopback-peers": None,
-        "no-dtls": None,
-        "no-cli": None,
-        "no-rfc5780": None,
-        "fingerprint": None,
-        "min-port": str(min_relay),
-        "max-port": str(max_relay),
-        **sandbox_lines(tmp_dir, port),
     }
     text = config_text(lines) + f"listening-ip={ns.host_ip}\n"
     return launch_coturn(tmp_dir, text, port=port, secret=SECRET), tls_port
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from aiohttp import web
 from media.participant import SyntheticParticipant
 from telehealth.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import RunningServer, free_port, start_server
-from tests.netfault import Namespace, namespace
+from tests.netfault import Namespace
 from tests.remote_participant import CounterWatch, call, media_everywhere
 
 pytestmark = pytest.mark.netns
@@ -64,12 +64,6 @@ async def phone_system() -> AsyncIterator[tuple[PhoneSystem, str]]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield system, f"http://127.0.0.1:{port}/dial"
     await runner.cleanup()
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from aiortc import RTCPeerConnection
 from media.participant import SyntheticParticipant
 from tests.conftest import RunningServer, eventually, start_server
 from tests.coturn import start_coturn
-from tests.netfault import Namespace, namespace
+from tests.netfault import Namespace
 from tests.remote_participant import (
     CounterWatch,
     RemoteParticipant,
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.netns
 
 CUT_SECONDS = 3.0
 CUTS = 2
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Namespace]:
-    async with namespace() as created:
-        yield created
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -18,18 +17,11 @@ from media.probe import NetworkProbe, ProbeRelay, offers_only_relay, preferred_t
 from signaling.ice import ice_servers_for
 from telehealth.config import Config
 from telehealth.errors import ErrorCode, UserError
-from tests.conftest import RunningServer
-from tests.coturn import CoturnServer, candidate_types, rtc_configuration, start_coturn
+from tests.conftest import TURN_SECRET, RunningServer
+from tests.coturn import CoturnServer, candidate_types, rtc_configuration
 from web.netcheck import MAX_TRANSFER_BYTES, PROBE
 
-SECRET = "netcheck-relay-secret"
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[CoturnServer]:
-    server = start_coturn(tmp_path / "coturn", SECRET)
-    yield server
-    server.stop()
+SECRET = TURN_SECRET  # the coturn fixture's (tests/conftest.py)
 
 
 def turn_config(coturn: CoturnServer, secret: str = SECRET) -> Config:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,17 +10,10 @@ import pytest
 from media.participant import SyntheticParticipant
 from telehealth.config import Config
 from telehealth.turn import turn_warning
-from tests.conftest import start_server
-from tests.coturn import CoturnServer, start_coturn
+from tests.conftest import TURN_SECRET, start_server
+from tests.coturn import CoturnServer
 
-SECRET = "relay-session-secret"
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[CoturnServer]:
-    server = start_coturn(tmp_path / "coturn", SECRET)
-    yield server
-    server.stop()
+SECRET = TURN_SECRET  # the coturn fixture's (tests/conftest.py)
 
 
 def candidate_types(sdp: str) -> set[str]:

@@ -18,6 +18,10 @@ Routes (``setup`` mounts them; call it after ``routes.setup``, which sets up the
   ledger and usable share.
 - ``GET|POST /ops/login``, ``POST /ops/logout``.
 
+What is live comes from ``app[LIVE]`` (``signaling/live.py``), the read model the signaling
+side publishes: frozen snapshots of ids, roles, levels and causes. The quality history it
+reads is recorded by the wiring (``create_app``), whether or not this dashboard is mounted.
+
 Nothing here shows a name or a phone number: people are their role and opaque id.
 """
 
@@ -38,15 +42,12 @@ import msgspec
 from aiohttp import web
 
 from fallback.ledger import Disruption
-from fallback.scoring import Pair
 from signaling.endpoint import SIGNALING
-from signaling.history import QualityHistory, RoomSeries, link_key
-from signaling.hub import HubEvent, LiveRoom, MemberEvent, RoomHub
-from signaling.watch import RoomWatch, WatchedRoom
+from signaling.hub import HubEvent, MemberEvent
+from signaling.live import LIVE, LiveRooms, PersonView, RoomView
 from telehealth import accounts, webhooks
 from telehealth.appkeys import CONFIG, STORE
 from telehealth.audit import AuditEvent
-from telehealth.errors import StateError
 from telehealth.model import Person
 from telehealth.requestlog import REQUEST_ID
 from telehealth.store import Store
@@ -64,8 +65,7 @@ _ROOM_ID = re.compile(r"^r_[0-9a-f]{16}$")
 
 @dataclass
 class OpsState:
-    watch: RoomWatch
-    history: QualityHistory
+    live: LiveRooms
     turn_warning: str | None
     # Set at shutdown, so that open live streams end at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -134,12 +134,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- what the dashboard shows ---------------------------------------------------------------
 
 
-def person_label(person: Person) -> str:
+def person_label(person: Person | PersonView) -> str:
     """How a person appears to ops: their role, never their name."""
     return "Therapist" if person.role == "therapist" else f"Partner {person.ordinal}"
 
 
-def _labels(people: Collection[Person]) -> dict[str, str]:
+def _labels(people: Collection[Person | PersonView]) -> dict[str, str]:
     return {person.id: person_label(person) for person in people}
 
 
@@ -154,80 +154,48 @@ def _label_order(label: str) -> tuple[int, str]:
     return (0 if label.startswith("Therapist") else 1, label)
 
 
-def _people(room: LiveRoom, watched: WatchedRoom | None, series: RoomSeries | None) -> list[dict[str, Any]]:
-    latest = series.latest if series else None
-    people = []
-    for person in sorted(room.record.people, key=lambda x: x.ordinal):
-        member = room.members.get(person.id)
-        entry: dict[str, Any] = {
-            "id": person.id, "role": person.role, "label": person_label(person),
-            "state": member.state if member else "absent",
-            "level": latest.participants[person.id].value if latest and person.id in latest.participants
-            else None,
-            "flow": None, "video": None,
-        }
-        if watched is not None:
-            with contextlib.suppress(StateError):
-                status = watched.flow.status(person.id)
-                entry["flow"], entry["video"] = status.state.value, status.video.value
-        people.append(entry)
-    return people
+def _people(room: RoomView) -> list[dict[str, Any]]:
+    return [{"id": person.id, "role": person.role, "label": person_label(person), "state": person.state,
+             "level": person.level, "flow": person.flow, "video": person.video} for person in room.people]
 
 
-def _links(series: RoomSeries | None, relayed: Collection[Pair], labels: dict[str, str]) -> list[dict[str, Any]]:
-    latest = series.latest if series else None
-    if latest is None:
-        return []
-    links = []
-    for pair, level in latest.pairs.items():
-        key = link_key(pair)
-        links.append({"key": key, "label": _link_label(key, labels), "level": level.value,
-                      "relay": pair in relayed})
+def _links(room: RoomView, labels: dict[str, str]) -> list[dict[str, Any]]:
+    links = [{"key": link.key, "label": _link_label(link.key, labels), "level": link.level, "relay": link.relay}
+             for link in room.links]
     return sorted(links, key=lambda link: _label_order(link["label"]))
 
 
-def _ledger(watch: RoomWatch, watched: WatchedRoom | None) -> list[dict[str, Any]]:
-    if watched is None:
-        return []
-    return msgspec.to_builtins(watch.ledger_rows(watched))  # type: ignore[no-any-return]
-
-
-def live_rooms(hub: RoomHub, watch: RoomWatch, history: QualityHistory,
-               cursor: dict[RoomId, float]) -> list[dict[str, Any]]:
+def live_rooms(live: LiveRooms, cursor: dict[RoomId, float]) -> list[dict[str, Any]]:
     """Every live room as the dashboard shows it, with the samples taken after ``cursor``
     (which it moves on): ids, roles, states and levels only."""
     rooms = []
-    for room_id, room in sorted(hub.rooms.items()):
-        watched = watch.rooms.get(room_id)
-        series = history.rooms.get(room_id)
-        labels = _labels(room.record.people)
-        times: list[float] = []
-        samples: dict[str, list[int]] = {}
-        if series is not None:
-            times, samples = series.since(cursor.get(room_id, float("-inf")))
-            if times:
-                cursor[room_id] = times[-1]
+    views = live.rooms(cursor)
+    for room in views:
+        labels = _labels(room.people)
+        if room.times:
+            cursor[room.id] = room.times[-1]
         rooms.append({
-            "id": room_id, "opened": room.opened, "locked": room.locked,
-            "started_at": series.started_at if series else None,
-            "people": _people(room, watched, series),
-            "links": _links(series, watched.relayed if watched else (), labels),
-            "link_labels": dict(sorted(((key, _link_label(key, labels)) for key in (series.links if series else ())),
-                                  key=lambda kv: _label_order(kv[1]))),
-            "usable": series.usable_share if series else None,
-            "session_s": series.session_s if series else 0.0,
-            "samples": {"times": [round(t, 1) for t in times], "links": samples},
-            "ledger": _ledger(watch, watched),
+            "id": room.id, "opened": room.opened, "locked": room.locked,
+            "started_at": room.started_at,
+            "people": _people(room),
+            "links": _links(room, labels),
+            "link_labels": dict(sorted(((key, _link_label(key, labels)) for key in room.link_keys),
+                                       key=lambda kv: _label_order(kv[1]))),
+            "usable": room.usable,
+            "session_s": room.session_s,
+            "samples": {"times": [round(t, 1) for t in room.times],
+                        "links": {key: list(codes) for key, codes in room.samples}},
+            "ledger": msgspec.to_builtins(room.ledger),
             "people_labels": labels,
         })
-    for gone in set(cursor) - set(hub.rooms):
+    for gone in set(cursor) - {room.id for room in views}:
         del cursor[gone]
     return rooms
 
 
-def past_rows(store: Store, history: QualityHistory, limit: int = PAST_SHOWN) -> list[dict[str, Any]]:
+def past_rows(store: Store, live: LiveRooms, limit: int = PAST_SHOWN) -> list[dict[str, Any]]:
     rows = []
-    for past in history.past(limit=limit):
+    for past in live.past(limit=limit):
         ledger = json.loads(store.load_ledger(past.room_id) or "[]")
         rows.append({
             "id": past.room_id, "started_at": past.started_at, "ended_at": past.ended_at,
@@ -261,8 +229,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     state = request.app[OPS]
     return aiohttp_jinja2.render_template("ops.html", request, {
         "user": session.user, "csrf": session.csrf, "turn_warning": state.turn_warning,
-        "past": past_rows(request.app[STORE], state.history),
-        "window_s": state.history.window * state.history.sample_every_s,
+        "past": past_rows(request.app[STORE], state.live),
+        "window_s": state.live.window_s,
     })
 
 
@@ -290,11 +258,10 @@ async def live(request: web.Request) -> web.StreamResponse:
                 if DOOR.session(request) is None:
                     await response.write(b"event: signed_out\ndata: {}\n\n")
                     break
-            snapshot: dict[str, Any] = {"now": sig.clock(), "rooms": live_rooms(
-                sig.hub, state.watch, state.history, cursor)}
-            if state.history.saved != past_seen:
-                past_seen = state.history.saved
-                snapshot["past"] = past_rows(store, state.history)
+            snapshot: dict[str, Any] = {"now": sig.clock(), "rooms": live_rooms(state.live, cursor)}
+            if state.live.saved != past_seen:
+                past_seen = state.live.saved
+                snapshot["past"] = past_rows(store, state.live)
             await response.write(b"data: " + msgspec.json.encode(snapshot) + b"\n\n")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(state.stopping.wait(), LIVE_INTERVAL_S)
@@ -309,7 +276,7 @@ async def past_session(request: web.Request) -> web.StreamResponse:
     if isinstance(session, web.Response):
         return session
     state, store = request.app[OPS], request.app[STORE]
-    past = state.history.past_session(room_id)
+    past = state.live.past_session(room_id)
     record = store.get_room(room_id) if past is not None else None
     if past is None or record is None:
         raise web.HTTPNotFound()
@@ -366,22 +333,10 @@ class WebhookFeed:
 # -- wiring ---------------------------------------------------------------------------------
 
 
-def _relayed(watch: RoomWatch) -> Callable[[RoomId], Collection[Pair]]:
-    def relayed(room_id: RoomId) -> Collection[Pair]:
-        watched = watch.rooms.get(room_id)
-        return watched.relayed if watched is not None else ()
-    return relayed
-
-
 def setup(app: web.Application) -> None:
-    """Mount the dashboard and start recording quality history."""
-    sig = app[SIGNALING]
-    watch = sig.watch
-    history = QualityHistory(app[STORE], _relayed(watch))
-    watch.quality_listeners.append(history.on_quality)
-    # A hub event reaches the watch before these sinks: the flow settles first.
-    sig.event_sinks.append(history.on_hub_event)
-    state = app[OPS] = OpsState(watch, history, turn_warning(app[CONFIG]))
+    """Mount the dashboard. It reads the live rooms through ``app[LIVE]`` (the wiring records
+    the quality history whether or not the dashboard is mounted)."""
+    state = app[OPS] = OpsState(app[LIVE], turn_warning(app[CONFIG]))
     aiohttp_jinja2.get_env(app).filters.update(utc=utc, minutes=minutes, share=share)
 
     app.router.add_get("/ops", dashboard, name="ops-dashboard")

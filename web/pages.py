@@ -15,12 +15,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from signaling.endpoint import SIGNALING
+from telehealth import rooms
 from telehealth.appkeys import CONFIG, REFUSALS, STORE
-from telehealth.audit import LINK_REJECT_REASONS, AuditEvent
 from telehealth.errors import MESSAGES, ErrorCode, LinkError
 from telehealth.model import Person, RoomRecord
+from telehealth.origins import own_origin
 from telehealth.phones import mask_phone
-from telehealth.tokens import JoinLink, TooEarly, check_link, hash_token, well_formed
+from telehealth.tokens import JoinLink, TooEarly
 
 # No inline scripts or styles, nothing from elsewhere, media from this origin only (blob:
 # for the generated speaker-test sound), no plugins, no framing, forms post only here. The
@@ -128,30 +129,10 @@ def zone(name: str) -> datetime.tzinfo:
 
 def checked_link(request: web.Request) -> tuple[JoinLink, RoomRecord, Person]:
     """The request's link, its room and person; raises LinkError when it lets no one in."""
-    store = request.app[STORE]
-    token = request.match_info["token"]
-    token_hash = hash_token(token)
-    limits, address, now = request.app[SIGNALING].link_limits, request.remote or "?", time.monotonic()
-    try:
-        if limits.check(address, token_hash, now):
-            raise LinkError(ErrorCode.RATE_LIMITED)
-        try:
-            link = check_link(store.find_link(token_hash) if well_formed(token) else None, time.time(),
-                              request.app[CONFIG].link_lead_seconds)
-        except LinkError as exc:
-            # A good link at the wrong time is no guess at a token.
-            if exc.code not in (ErrorCode.TOO_EARLY, ErrorCode.SESSION_OVER):
-                limits.failed(address, now)
-            raise
-    except LinkError as exc:
-        request.app[REFUSALS].count(AuditEvent.LINK_REJECTED, LINK_REJECT_REASONS[exc.code].value, address,
-                                    actor="web")
-        raise
-    record = store.get_room(link.room_id)
-    person = next((x for x in record.people if x.id == link.person_id), None) if record else None
-    if record is None or person is None:
-        raise LinkError(ErrorCode.BAD_LINK)
-    return link, record, person
+    return rooms.open_link(
+        request.app[STORE], request.match_info["token"], now=time.time(),
+        lead_s=request.app[CONFIG].link_lead_seconds, limits=request.app[SIGNALING].link_limits,
+        address=request.remote or "?", refusals=request.app[REFUSALS], actor="web")
 
 
 async def room_page(request: web.Request) -> web.StreamResponse:
@@ -189,11 +170,7 @@ def same_origin(request: web.Request) -> bool:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         return site in ("same-origin", "none")
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return True
-    own = {request.app[CONFIG].public_base_url, f"{request.scheme}://{request.host}"}
-    return origin.rstrip("/") in own
+    return own_origin(request, request.app[CONFIG].public_base_url, null=True)
 
 
 def json_error(code: ErrorCode, status: int, message: str | None = None) -> web.Response:

@@ -259,6 +259,9 @@ export class LocalMedia {
     this.cameraOff = false;
     /** Whether open() is under way (the camera may be about to arrive). */
     this.starting = false;
+    // Not events.js's Emitter: this module is early.js's one import, and an import of its
+    // own would hold back the camera that early.js starts while the page loads (the page
+    // then asks for it a second time). One event, three lines.
     this._handlers = new Set();
   }
 

@@ -10,6 +10,7 @@
 // during a hold or the phone step), what each tile says, and the card over the call when this
 // page itself is cut off, on the phone or held.
 
+import { Emitter } from './events.js';
 import { LinkHealth, OfflinePlan, SERVER_SILENT_MS } from './plan.js';
 import { announce } from './ui.js';
 
@@ -78,13 +79,13 @@ export class FallbackController {
     this._policies = new Map();
     this._probeAt = null;
     this._retrying = false;
-    this._handlers = new Set();
+    this._events = new Emitter('fallback view', ['change']);
     this._wire();
   }
 
   /** @param {(detail: {peerId: string|null}) => void} handler called whenever a status changes */
   onChange(handler) {
-    this._handlers.add(handler);
+    this._events.on('change', handler);
   }
 
   me() {
@@ -383,7 +384,7 @@ export class FallbackController {
         this.call.clearBanner(key);
       }
     }
-    for (const handler of this._handlers) handler({ peerId: changed });
+    this._events.emit('change', { peerId: changed });
   }
 
   /** The card over the call: this page cut off, on the phone, back online, or held. */

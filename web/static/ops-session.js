@@ -2,7 +2,8 @@
 // from the JSON the page carries (no extra request).
 
 import { createChart, drawChart } from './ops-chart.js';
-import { el, renderLedger, utc } from './ops-view.js';
+import { renderLedger, utc } from './ops-view.js';
+import { el } from './ui.js';
 
 const data = JSON.parse(document.getElementById('session-data').textContent);
 const box = document.getElementById('links');

@@ -1,15 +1,9 @@
 // Shared pieces of the ops pages: formatting, level badges and the disruption ledger.
-// Builds DOM nodes (never HTML strings), so nothing from the server is parsed as markup.
+// Builds DOM nodes with ui.js's el() (never HTML strings), so nothing from the server is
+// parsed as markup; the ledger's rows are grouped by ledger.js, as on the therapist's page.
 
-/** @param {string} tag @param {Record<string, string>} [attrs] @param {...(Node|string)} children */
-export function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value !== undefined && value !== null) node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
+import { disruptions } from './ledger.js';
+import { el } from './ui.js';
 
 const pad = (n) => String(n).padStart(2, '0');
 
@@ -65,22 +59,12 @@ const OUTCOMES = {
   session_ended: 'session ended',
 };
 
-/** Rows of the ledger (one per step) grouped back into disruptions, in order. */
-export function disruptions(rows) {
-  const byId = new Map();
-  for (const row of rows) {
-    if (!byId.has(row.disruption)) byId.set(row.disruption, { ...row, steps: [] });
-    if (row.step) byId.get(row.disruption).steps.push({ step: row.step, at: row.step_at, outcome: row.step_outcome });
-  }
-  return [...byId.values()];
-}
-
 /**
  * The disruption ledger as a table, or a sentence when there is none.
  * @param {HTMLElement} container @param {Array<object>} rows @param {Record<string, string>} labels
  */
 export function renderLedger(container, rows, labels) {
-  const list = disruptions(rows);
+  const list = disruptions(/** @type {import('./signaling.js').LedgerRow[]} */ (rows), (id) => labels[id] ?? 'Someone');
   if (!list.length) {
     container.replaceChildren(el('p', { class: 'muted ledger-empty' }, 'No disruptions.'));
     return;
@@ -88,12 +72,12 @@ export function renderLedger(container, rows, labels) {
   const head = el('tr', {}, ...['#', 'Who', 'Cause', 'Started', 'Steps', 'Outcome'].map((h) => el('th', { scope: 'col' }, h)));
   const body = list.map((d) => {
     const steps = d.steps.map((s) => `${STEPS[s.step] ?? s.step}${s.outcome ? ` (${s.outcome})` : ''} at ${utc(s.at)}`).join('; ');
-    const outcome = d.outcome ? `${OUTCOMES[d.outcome] ?? d.outcome} at ${utc(d.ended_at)}` : 'ongoing';
-    return el('tr', { 'data-disruption': String(d.disruption), 'data-open': String(!d.outcome) },
-      el('td', {}, String(d.disruption + 1)),
-      el('td', {}, labels[d.person] ?? 'Someone', ' ', el('code', {}, d.person)),
+    const outcome = d.outcome ? `${OUTCOMES[d.outcome] ?? d.outcome} at ${utc(d.endedAt)}` : 'ongoing';
+    return el('tr', { 'data-disruption': String(d.id), 'data-open': String(!d.outcome) },
+      el('td', {}, String(d.id + 1)),
+      el('td', {}, d.name, ' ', el('code', {}, d.person)),
       el('td', {}, CAUSES[d.cause] ?? d.cause),
-      el('td', {}, utc(d.started_at)),
+      el('td', {}, utc(d.startedAt)),
       el('td', {}, steps || '—'),
       el('td', { class: 'ledger-outcome' }, outcome));
   });

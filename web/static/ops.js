@@ -3,7 +3,8 @@
 // Rooms and people appear by role and opaque id only: the server never sends a name.
 
 import { createChart, drawChart, NO_DATA } from './ops-chart.js';
-import { el, levelBadge, minutes, renderLedger, share, utc } from './ops-view.js';
+import { levelBadge, minutes, renderLedger, share, utc } from './ops-view.js';
+import { el } from './ui.js';
 
 const roomsBox = document.getElementById('rooms');
 const noRooms = document.getElementById('no-rooms');

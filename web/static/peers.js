@@ -18,6 +18,8 @@
 // 'state' {peerId, state} on connectionState changes, 'presence' {peerId, state},
 // 'removed' {peerId}.
 
+import { Emitter } from './events.js';
+
 const KINDS = ['audio', 'video'];
 
 /** Lowered video: half the resolution each way, at most this many bits per second. */
@@ -109,7 +111,7 @@ export class Mesh {
     this.iceServers = [];
     /** @type {Map<string, Link>} */
     this.links = new Map();
-    this._handlers = new Map();
+    this._events = new Emitter('mesh');
     this._closed = false;
     this._unsubscribe = [
       signaling.on('welcome', (m) => this._onWelcome(m)),
@@ -122,19 +124,11 @@ export class Mesh {
   }
 
   on(type, handler) {
-    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
-    this._handlers.get(type).add(handler);
-    return () => this._handlers.get(type)?.delete(handler);
+    return this._events.on(type, handler);
   }
 
   _emit(type, payload) {
-    for (const handler of this._handlers.get(type) ?? []) {
-      try {
-        handler(payload);
-      } catch (error) {
-        console.error(`mesh handler for ${type} failed`, error);
-      }
-    }
+    this._events.emit(type, payload);
   }
 
   /** Every live connection, for stats and recovery: whether we offer on it, and since when (`now`). */

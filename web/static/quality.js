@@ -12,6 +12,8 @@
 // packets have stopped arriving shows lost at once, whoever spoke last.
 // Handlers of 'change' get {peerId, level, source}.
 
+import { Emitter } from './events.js';
+
 /** @typedef {'good'|'fair'|'poor'|'lost'} Level */
 
 export const LEVELS = Object.freeze(['good', 'fair', 'poor', 'lost']);
@@ -70,14 +72,12 @@ export class QualityBoard {
     this.downgradeAfter = downgradeAfter;
     /** @type {Map<string, {shown: Level|null, candidate: Level|null, since: number, worse: number, server: boolean, serverLevel: Level|null, source: string}>} */
     this._links = new Map();
-    this._handlers = new Set();
+    this._events = new Emitter('QualityBoard', ['change']);
   }
 
   /** @param {(change: {peerId: string, level: Level|null, source: string}) => void} handler */
   on(type, handler) {
-    if (type !== 'change') throw new Error(`QualityBoard has no '${type}' event`);
-    this._handlers.add(handler);
-    return () => this._handlers.delete(handler);
+    return this._events.on(type, handler);
   }
 
   /** @returns {Level|null} */
@@ -163,6 +163,6 @@ export class QualityBoard {
     entry.source = source;
     if (entry.shown === level) return;
     entry.shown = level;
-    for (const handler of this._handlers) handler({ peerId, level, source });
+    this._events.emit('change', { peerId, level, source });
   }
 }

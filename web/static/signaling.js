@@ -6,6 +6,8 @@
 // server says the session is over for us. After a reconnect the server answers `join` with
 // `welcome`/`waiting` and `resumed: true`; peers.js renegotiates what needs it.
 
+import { Emitter } from './events.js';
+
 /** Protocol version; must match signaling/protocol.py VERSION. */
 export const VERSION = 1;
 
@@ -188,7 +190,7 @@ export class SignalingClient {
     this.bye = null;
     this.attempt = 0;
     this._ws = null;
-    this._handlers = new Map();
+    this._events = new Emitter('signaling');
     this._retryTimer = null;
     this._connectTimer = null;
     this._pingTimer = null;
@@ -203,20 +205,11 @@ export class SignalingClient {
    * @returns {() => void} unsubscribe
    */
   on(type, handler) {
-    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
-    this._handlers.get(type).add(handler);
-    return () => this._handlers.get(type)?.delete(handler);
+    return this._events.on(type, handler);
   }
 
   _emit(type, payload) {
-    for (const handler of this._handlers.get(type) ?? []) {
-      try {
-        handler(payload);
-      } catch (error) {
-        // One broken handler must not stop the others or the socket.
-        console.error(`signaling handler for ${type} failed`, error);
-      }
-    }
+    this._events.emit(type, payload);
   }
 
   _setState(state, extra = {}) {
