@@ -6,7 +6,8 @@ Partner B's browser (Chromium, or Firefox with ``--partner firefox``) inside a n
 namespace. Scripted phases, each ``--phase-seconds`` long: a clean call from its start, then
 network faults on Partner B's link (2 % and 5 % loss, 250 and 600 kbit/s, a 3 s cut), each
 followed by a clean stretch ("after-..."), then device states of Partner A on a clean link (a
-CPU throttled 6x, a background tab, a frozen page, CDP), and a clean end.
+slow computer (its whole Chromium held to a fifth of a core), a background tab, a frozen
+page (CDP), and a clean end.
 
 Once a second every page is read: the truth from its own getStats (loss, round trip, fps in
 and out, bitrates, qualityLimitationReason) and what it shows (each tile's level,
@@ -36,7 +37,6 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.call_probe import ProbeCall, Recorder, probe_call
 from tests.netfault import Namespace, namespace
 
-CPU_THROTTLE_RATE = 8
 CUT_SECONDS = 3.0
 # Call start: how long every page may take to show both others' video before the clean phase
 # counts its seconds anyway.
@@ -73,7 +73,7 @@ async def _apply_network(ns: Namespace, network: tuple[str, int | None] | None) 
 
 async def _device(call: ProbeCall, state: str, on: bool) -> None:
     if state == "cpu":
-        await call.a.cpu_throttle(CPU_THROTTLE_RATE if on else 1)
+        call.a.slow_computer(on)
     elif state == "background":
         await call.a.background(on)
     elif state == "frozen":

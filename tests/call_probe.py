@@ -1,14 +1,15 @@
 """A real three-party call of the project's pages, read once a second: truth and what is shown.
 
-Shared by bench/truth.py and the browser tests. The therapist and Partner A are pages of a
-Chromium on the host; Partner B runs inside a network namespace (tests/netfault.py), in
+Shared by bench/truth.py and the browser tests. The therapist is a page of a Chromium on the
+host, Partner A has a Chromium of its own there, in a cgroup, so that its computer can be made
+slow (tests/slow_cpu.py); Partner B runs inside a network namespace (tests/netfault.py), in
 Chromium (launched through tests/browser_call.py's wrapper) or in Firefox
 (tests/firefox.py). Every page carries tests/probe.js from before its own modules run.
 
 ``Recorder`` samples every page once a second, all three at once, and keeps each reading
 with the phase it was taken in and what was applied then: the namespace's network fault
-(set by whoever applies it, once it is in force) and a device state of Partner A (a CPU
-throttle, a background tab, a frozen page: ``ChromiumParty``'s CDP calls). A frozen page is
+(set by whoever applies it, once it is in force) and a device state of Partner A (a slow
+computer, a background tab, a frozen page: ``ChromiumParty``'s cgroup and CDP calls). A frozen page is
 not sampled (its script cannot run): its seconds read ``None``. bench/truth_score.py scores
 the records.
 """
@@ -31,6 +32,7 @@ from tests.browser import Person, open_person
 from tests.browser_call import chromium_in
 from tests.firefox import FirefoxError, FirefoxPartner
 from tests.netfault import Namespace
+from tests.slow_cpu import OLD_LAPTOP_CORES, CpuLimit, slow_chromium
 
 PROBE = (Path(__file__).with_name("probe.js")).read_text()
 SAMPLE = "() => window.__probeSample()"
@@ -53,6 +55,7 @@ class ChromiumParty:
     name: str
     person: Person
     cdp: CDPSession | None = None
+    cpu: CpuLimit | None = None  # its browser's cgroup, where it has one of its own
 
     async def sample(self) -> dict[str, Any]:
         value: dict[str, Any] = await self.person.page.evaluate(SAMPLE)
@@ -63,9 +66,10 @@ class ChromiumParty:
             self.cdp = await self.person.context.new_cdp_session(self.person.page)
         return self.cdp
 
-    async def cpu_throttle(self, rate: float) -> None:
-        """``rate`` times slower than this machine (1: off), as an old laptop."""
-        await (await self._session()).send("Emulation.setCPUThrottlingRate", {"rate": rate})
+    def slow_computer(self, on: bool) -> None:
+        """An old laptop: the whole browser held to OLD_LAPTOP_CORES of CPU (off: no limit)."""
+        assert self.cpu is not None, "a slow computer needs a Chromium of its own"
+        self.cpu.set(OLD_LAPTOP_CORES if on else None)
 
     async def background(self, on: bool) -> None:
         """A tab the person clicked away from: headless Chromium has no real background tab,
@@ -85,8 +89,18 @@ class ChromiumParty:
                 raise
 
     async def freeze(self, on: bool) -> None:
-        """Frozen, as a phone's page when its screen locks (CDP Page.setWebLifecycleState)."""
-        await (await self._session()).send("Page.setWebLifecycleState", {"state": "frozen" if on else "active"})
+        """Frozen, as a phone's page when its screen locks: CDP Page.setWebLifecycleState, and
+        its JavaScript paused in the debugger (this Chromium keeps running the timers of a
+        "frozen" page with live WebRTC; a locked phone does not)."""
+        cdp = await self._session()
+        if on:
+            await cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+            await cdp.send("Debugger.enable")
+            await cdp.send("Debugger.pause")
+        else:
+            await cdp.send("Debugger.resume")
+            await cdp.send("Debugger.disable")
+            await cdp.send("Page.setWebLifecycleState", {"state": "active"})
 
 
 @dataclass
@@ -132,7 +146,9 @@ async def probe_call(
         stack.push_async_callback(therapist.person.context.close)
         await therapist.person.page.get_by_role("button", name="Start session").click()
         await expect(therapist.person.page.locator("#call-step")).to_be_visible()
-        a = await _chromium_party(host, names[1], partner_links[0])
+        own, cpu = await stack.enter_async_context(slow_chromium(browser_type))
+        a = await _chromium_party(own, names[1], partner_links[0])
+        a.cpu = cpu
         stack.push_async_callback(a.person.context.close)
         b: ChromiumParty | FirefoxParty
         if partner == "firefox":

@@ -37,7 +37,7 @@ from tests.browser import Person, browser, open_person  # noqa: F401  (browser i
 from tests.browser_call import chromium_in
 from tests.conftest import RunningServer, start_server
 from tests.netfault import Namespace
-from tests.slow_cpu import CpuLimit, slow_chromium
+from tests.slow_cpu import OLD_LAPTOP_CORES, CpuLimit, slow_chromium
 
 pytestmark = pytest.mark.netns
 
@@ -208,17 +208,12 @@ async def devtools_on_partner_1(c: Call) -> tuple[str, CDPSession]:
     return c.ids["Partner 1"], await c.a.page.context.new_cdp_session(c.a.page)
 
 
-# A fifth of one core for the whole browser: measured here, its encoder then takes ~90 ms a
-# frame and its video falls from 20 to 2-10 fps, while qualityLimitationReason stays "none".
-SLOW_COMPUTER_CORES = 0.2
-
-
 async def test_a_partner_on_a_slow_computer_on_a_clean_link_is_a_busy_computer_never_weak(call: Call) -> None:
     c = call
     a_id, _ = await devtools_on_partner_1(c)
     before = [await truth_loss(p) for p in (c.therapist, c.b)]
     began = time.time() * 1000
-    c.a_cpu.set(SLOW_COMPUTER_CORES)
+    c.a_cpu.set(OLD_LAPTOP_CORES)
     seen_at = began
     try:
         busy_tile = c.therapist.page.locator(f'.tile[data-peer="{a_id}"]')
