@@ -64,10 +64,6 @@ async def test_a_firefox_partner_sees_and_is_seen(firefox_call: tuple[ProbeCall,
         assert advancing(recorder, viewer) == dict.fromkeys(others, True), (viewer, advancing(recorder, viewer))
 
 
-# Issue 11 is open here: with a Firefox partner every page shows the tiles "Unsteady" for
-# seconds at a time on a clean call (34 alarm readings in one run on an idle machine). Reported
-# as xfail/xpass, never as a pass, until that is found and fixed.
-@pytest.mark.xfail(reason="issue 11: a Firefox partner's clean call still shows Unsteady tiles", strict=False)
 async def test_on_a_clean_call_with_a_firefox_partner_nobody_is_shown_weak(
         firefox_call: tuple[ProbeCall, Recorder]) -> None:
     call, recorder = firefox_call

@@ -79,10 +79,6 @@ async def people(browser: Browser) -> AsyncIterator[list[Person]]:  # noqa: F811
         await person.context.close()
 
 
-# Issue 11 is open here: on a busy two-core machine the quality flow still pauses or rejoins a
-# clean link now and then, and the reloaded partner's video then does not advance within 25 s
-# (seen in two of four full runs this session). Reported as xfail/xpass, never as a pass.
-@pytest.mark.xfail(reason="issue 11: the flow may still pause video on a clean link on a busy machine", strict=False)
 async def test_a_three_party_session_from_start_to_end(
     server: RunningServer, browser: Browser, recorder: Recorder, people: list[Person],  # noqa: F811
 ) -> None:

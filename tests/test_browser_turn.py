@@ -142,10 +142,6 @@ async def check_done(page: Page) -> None:
         raise AssertionError(f"the network check is still at {stage!r}") from exc
 
 
-# Issue 11 is open here: on a busy two-core machine the flow still takes a clean relayed link
-# for lost and builds fresh connections again and again (five closed connections in one run),
-# so media does not reach everyone in time. Reported as xfail/xpass, never as a pass.
-@pytest.mark.xfail(reason="issue 11: false lost verdicts on a clean relayed link rebuild its connections", strict=False)
 async def test_relay_only_session_in_chromium_runs_every_link_through_coturn(
     make_config: Any, coturn: CoturnServer, browser: Browser, people: list[Person],  # noqa: F811
 ) -> None:
