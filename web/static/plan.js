@@ -39,7 +39,9 @@ export class LinkHealth {
     const link = this._links.get(peerId);
     if (!link || link.pcId !== pcId) {
       this._links.set(peerId, { pcId, packets, heardAt: now });
-    } else if (packets > link.packets) {
+    } else if (packets !== link.packets) {
+      // Fewer than before is a new count, not silence: Firefox drops a stream's inbound stats
+      // when its sender pauses the video, and the sum falls by that stream's packets.
       link.packets = packets;
       link.heardAt = now;
     }
