@@ -240,6 +240,33 @@ async def test_link_stats_carry_what_limits_our_sending_the_steps_cap_and_the_pa
     assert "send_limit" not in paused and "send_cap" not in paused
 
 
+async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flows_again(page: Page) -> None:
+    """Firefox's video resumed after audio only reads 28-54 % lost in its first interval: the
+    packets it never sent while paused. Loss while the stream flows still counts."""
+    losses = await page.evaluate(
+        """async () => {
+            const { linkStatsFromReport } = await import('/static/stats.js');
+            const report = (audioIn, videoIn, videoLost) => new Map([
+                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: audioIn, packetsLost: 0 }],
+                ['V', { id: 'V', type: 'inbound-rtp', kind: 'video', packetsReceived: videoIn, packetsLost: videoLost }],
+            ]);
+            const about = { peer: 'p_2', pcId: 'abc', video: true };
+            const steps = [[100, 500, 0], [150, 600, 0], [200, 600, 0], [250, 600, 0], [300, 640, 60],
+                           [350, 700, 60], [400, 760, 66]];
+            let snapshot = null;
+            const out = [];
+            steps.forEach(([a, v, l], i) => {
+                const r = linkStatsFromReport(report(a, v, l), snapshot, 1000 + 250 * i, about);
+                snapshot = r.snapshot;
+                out.push(r.stats.loss ?? null);
+            });
+            return out;
+        }"""
+    )
+    # flowing, paused twice, back with a gap of 60 (not loss), flowing, 6 lost while flowing
+    assert losses[1:] == [0, 0, 0, 0, 0, round(6 / (6 + 110), 4)]
+
+
 async def test_link_stats_carry_the_encoders_time_per_frame_over_the_interval(page: Page) -> None:
     """Numbers as a starved Chromium reported them: 20 frames in 1.8 s of encoding."""
     stats = await page.evaluate(

@@ -9,7 +9,7 @@
  * Counters kept between samples to turn cumulative numbers into rates.
  * @typedef {{t: number, packetsIn: number, packetsLost: number, bytesIn: number, bytesOut: number,
  *            framesDecoded: number, concealed: number, samples: number, encodeS: number,
- *            framesEncoded: number}} Snapshot
+ *            framesEncoded: number, byKind: Record<string, {got: number, lost: number, still: boolean}>}} Snapshot
  */
 
 const SEND_LIMITS = new Set(['none', 'cpu', 'bandwidth', 'other']);
@@ -68,12 +68,19 @@ export function linkStatsFromReport(report, previous, nowMs, {
   let sendFps = null;
   let encodeS = 0;
   let framesEncoded = 0;
+  /** Packets in and lost per kind, and whether that kind's media stood still last interval. */
+  const byKind = { audio: { got: 0, lost: 0, still: false }, video: { got: 0, lost: 0, still: false } };
 
   for (const s of all) {
     if (s.type === 'inbound-rtp') {
       sawInbound = true;
       packetsIn += s.packetsReceived ?? 0;
       packetsLost += Math.max(0, s.packetsLost ?? 0);
+      const kind = byKind[s.kind];
+      if (kind) {
+        kind.got += s.packetsReceived ?? 0;
+        kind.lost += Math.max(0, s.packetsLost ?? 0);
+      }
       bytesIn += s.bytesReceived ?? 0;
       if (s.kind === 'audio') {
         if (typeof s.jitter === 'number') audioJitter = s.jitter;
@@ -113,7 +120,7 @@ export function linkStatsFromReport(report, previous, nowMs, {
 
   const snapshot = {
     t: nowMs, packetsIn, packetsLost, bytesIn, bytesOut,
-    framesDecoded: framesDecoded ?? 0, concealed, samples, encodeS, framesEncoded,
+    framesDecoded: framesDecoded ?? 0, concealed, samples, encodeS, framesEncoded, byKind,
   };
   const seconds = previous ? (nowMs - previous.t) / 1000 : 0;
   let loss = null;
@@ -122,8 +129,18 @@ export function linkStatsFromReport(report, previous, nowMs, {
   let outBitrate = null;
   let encodeMs = null;
   if (previous && seconds > 0) {
-    const lost = packetsLost - previous.packetsLost;
+    let lost = packetsLost - previous.packetsLost;
     const got = packetsIn - previous.packetsIn;
+    for (const [name, now] of Object.entries(byKind)) {
+      const before = previous.byKind?.[name];
+      if (!before) continue;
+      const flowed = now.got - before.got;
+      now.still = flowed <= 0;
+      // Media that stood still through the last interval and flows again: what it counts
+      // lost is the pause's sequence gap (a sender that paused its video, a cut), already
+      // seen as a pause, not loss on the link now. Firefox's video resumed at 28-54 % "lost".
+      if (before.still && flowed > 0) lost -= Math.max(0, now.lost - before.lost);
+    }
     loss = lost + got > 0 ? Math.max(0, lost) / (Math.max(0, lost) + got) : null;
     const sampled = samples - previous.samples;
     concealedShare = sampled > 0 ? (concealed - previous.concealed) / sampled : null;
