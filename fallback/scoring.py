@@ -109,10 +109,11 @@ class ScoringThresholds:
     bandwidth_loss_min: float = 0.01
     # Device: a page whose own timers run this late (ms, mean over the window) is busy.
     busy_lag_ms: float = 300.0
-    # Device: an encoder taking this long per frame (ms, window mean) is starved of CPU. Measured
-    # in Chromium: 6 ms per 640x360 frame on a free core, 90 ms on a fifth of one, where its
-    # qualityLimitationReason still said "none" and its video fell from 20 to 2-7 fps.
-    busy_encode_ms: float = 40.0
+    # Device: an encoder taking this long per frame (ms, window mean) is starved of CPU: it cannot
+    # keep up with 30 fps. Measured in Chromium: 6 ms per 640x360 frame on a free core, 55-90 ms
+    # on a fifth of one, where qualityLimitationReason still said "none" and its video fell from
+    # 20 to 2-10 fps.
+    busy_encode_ms: float = 30.0
     # Device: a busy sign must hold this long before it shows, and be gone this long before
     # it clears: a loaded machine comes and goes by the second, and words must not flicker.
     device_hold_s: float = 3.0

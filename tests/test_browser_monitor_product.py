@@ -73,12 +73,15 @@ MONITOR = """(() => {
     const out = [];
     for (const pc of pcs) {
       if (pc.connectionState === 'closed') continue;
-      let received = 0, lost = 0, limit = null, sentFps = null, bytesIn = 0;
+      let received = 0, lost = 0, limit = null, sentFps = null, bytesIn = 0, encodeS = 0, encoded = 0;
       (await pc.getStats()).forEach((s) => {
         if (s.type === 'inbound-rtp') { received += s.packetsReceived ?? 0; lost += Math.max(0, s.packetsLost ?? 0); bytesIn += s.bytesReceived ?? 0; }
-        if (s.type === 'outbound-rtp' && s.kind === 'video') { limit = s.qualityLimitationReason ?? null; sentFps = s.framesPerSecond ?? null; }
+        if (s.type === 'outbound-rtp' && s.kind === 'video') {
+          limit = s.qualityLimitationReason ?? null; sentFps = s.framesPerSecond ?? null;
+          encodeS += s.totalEncodeTime ?? 0; encoded += s.framesEncoded ?? 0;
+        }
       });
-      out.push({ received, lost, limit, sentFps, bytesIn, state: pc.connectionState });
+      out.push({ received, lost, limit, sentFps, bytesIn, encodeS, encoded, state: pc.connectionState });
     }
     return { at: Date.now(), links: out };
   };
@@ -213,6 +216,7 @@ async def test_a_partner_on_a_slow_computer_on_a_clean_link_is_a_busy_computer_n
     a_id, _ = await devtools_on_partner_1(c)
     before = [await truth_loss(p) for p in (c.therapist, c.b)]
     began = time.time() * 1000
+    own_before = await c.a.page.evaluate("() => window.__truth()")
     c.a_cpu.set(OLD_LAPTOP_CORES)
     seen_at = began
     try:
@@ -224,10 +228,13 @@ async def test_a_partner_on_a_slow_computer_on_a_clean_link_is_a_busy_computer_n
         await expect(c.b.page.locator(f'.tile[data-peer="{a_id}"]')).to_have_attribute("data-device", "busy", timeout=10_000)
         await asyncio.sleep(15.0)
     finally:
-        c.a_cpu.set(None)
         truth = await c.a.page.evaluate("() => window.__truth()")
+        c.a_cpu.set(None)
+        encode_ms = [round(1000 * (x["encodeS"] - y["encodeS"]) / max(1, x["encoded"] - y["encoded"]), 1)
+                     for x, y in zip(truth["links"], own_before["links"], strict=False)]
         print(f"busy shown {(seen_at - began) / 1000:.1f} s after the limit; Partner 1's timer lag (ms/s):",
-              [x for t, x in (await record(c.a))["lag"] if t >= began - 5000], "its links:", truth["links"])
+              [x for t, x in (await record(c.a))["lag"] if t >= began - 5000],
+              "its encoder, ms per frame:", encode_ms, "its links:", truth["links"])
     ended = time.time() * 1000
     for person, was in zip((c.therapist, c.b), before, strict=True):
         assert share_lost(was, await truth_loss(person)) < 0.01, person.name  # the link was clean
