@@ -267,6 +267,34 @@ async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flow
     assert losses[1:] == [0, 0, 0, 0, 0, round(6 / (6 + 110), 4)]
 
 
+async def test_without_a_pair_round_trip_the_intervals_rtcp_round_trips_count_not_a_stale_one(page: Page) -> None:
+    """Firefox gives no candidate-pair round trip; its paused video's RTCP round trip kept the
+    443 ms of a narrow spell for 8 s after the path was clear, and read as a weak link."""
+    rtts = await page.evaluate(
+        """async () => {
+            const { linkStatsFromReport } = await import('/static/stats.js');
+            const report = (audio, video) => new Map([
+                ['RA', { id: 'RA', type: 'remote-inbound-rtp', kind: 'audio', roundTripTime: audio[0],
+                         totalRoundTripTime: audio[1], roundTripTimeMeasurements: audio[2] }],
+                ['RV', { id: 'RV', type: 'remote-inbound-rtp', kind: 'video', roundTripTime: video[0],
+                         totalRoundTripTime: video[1], roundTripTimeMeasurements: video[2] }],
+            ]);
+            const about = { peer: 'p_2', pcId: 'abc', video: true };
+            const steps = [[[0.44, 4.4, 10], [0.443, 4.43, 10]],   // the spell: 440 ms
+                           [[0.02, 4.42, 11], [0.443, 4.43, 10]],  // clear: audio measures 20 ms, video stale
+                           [[0.01, 4.43, 12], [0.443, 4.43, 10]],
+                           [[0.01, 4.43, 12], [0.443, 4.43, 10]]]; // nothing measured this interval
+            let snapshot = null;
+            return steps.map(([a, v], i) => {
+                const r = linkStatsFromReport(report(a, v), snapshot, 1000 + 1000 * i, about);
+                snapshot = r.snapshot;
+                return r.stats.rtt_ms ?? null;
+            });
+        }"""
+    )
+    assert rtts == [443.0, 20.0, 10.0, None]
+
+
 async def test_link_stats_carry_the_encoders_time_per_frame_over_the_interval(page: Page) -> None:
     """Numbers as a starved Chromium reported them: 20 frames in 1.8 s of encoding."""
     stats = await page.evaluate(
