@@ -384,14 +384,17 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
     elif isinstance(msg, p.Leave):
         sig.deliver(hub.leave(sock, sig.clock(), closing=msg.closing))
     elif isinstance(msg, p.Admit):
-        sig.deliver(hub.admit(sock, msg.participant, sig.clock()))
+        _deliver_kept(sig, hub.admit(sock, msg.participant, sig.clock()))
     elif isinstance(msg, p.Remove):
-        sig.deliver(hub.remove(sock, msg.participant, sig.clock()))
+        _deliver_kept(sig, hub.remove(sock, msg.participant, sig.clock()))
     elif isinstance(msg, p.Mute):
         sig.deliver(hub.mute(sock, msg.participant, msg.kind))
     elif isinstance(msg, p.Lock):
-        sig.deliver(hub.lock(sock, msg.locked, sig.clock()))
-    elif isinstance(msg, (p.SwitchToPhone, p.ReturnToVideo, p.Hold, p.Resume, p.RejoinResult, p.GetLedger)):
+        _deliver_kept(sig, hub.lock(sock, msg.locked, sig.clock()))
+    elif isinstance(msg, (p.SwitchToPhone, p.ReturnToVideo, p.Hold, p.Resume)):
+        room, member = hub.seat_of(sock)
+        _deliver_kept(sig, sig.watch.command(room, member, msg, sig.clock()))
+    elif isinstance(msg, (p.RejoinResult, p.GetLedger)):
         room, member = hub.seat_of(sock)
         sig.deliver(sig.watch.command(room, member, msg, sig.clock()))
     elif isinstance(msg, p.CheckIn):
@@ -403,6 +406,21 @@ def _dispatch(sig: Signaling, sock: ClientSocket, msg: p.ClientMessage) -> None:
         now = sig.clock()
         rooms.end_room(sig.store, room_id, now=now, actor="therapist")
         sig.deliver(hub.end_room(room_id, now))
+
+
+def _deliver_kept(sig: Signaling, out: Outbox) -> None:
+    """A therapist's decision (admit, remove, lock, the phone step, a hold) is on disk before
+    anyone is told it happened: a crash in the keeper's next quarter second would otherwise
+    undo a lock the therapist has already seen take effect. They are few; joins and stats
+    still wait for the background pass."""
+    if sig.keeper is not None:
+        try:
+            for event in out.events:
+                sig.keeper.on_hub_event(event)
+            sig.keeper.flush()
+        except Exception:
+            log.exception("saving live room state failed")
+    sig.deliver(out)
 
 
 def _join(sig: Signaling, sock: ClientSocket, msg: p.Join) -> None:

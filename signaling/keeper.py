@@ -5,7 +5,8 @@ reboot) is written as it changes: the hub's admissions, lock and offer order, th
 flow's states, timers, holds and ledger, and the quality history so far. Rooms are marked by
 the hub's events and by the watch and history when their state moves; ``flush``, from the
 background loop every ``store_poll_seconds`` (0.25 s), writes what differs from what is on
-disk, all of it in one transaction: a crash loses at most that last quarter second, and a
+disk, all of it in one transaction: a crash loses at most that last quarter second (never a
+therapist's decision: the endpoint flushes before it tells anyone of one), and a
 burst of thousands of joins costs four transactions a second, not one each. A steady call
 writes nothing: stats messages alone never cause a write (docs/scaling.md).
 

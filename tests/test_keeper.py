@@ -135,6 +135,26 @@ async def test_a_restart_mid_session_loses_no_admission_lock_phone_step_hold_or_
             await first.runner.cleanup()
 
 
+async def test_a_lock_the_therapist_has_seen_is_on_disk_already(make_config: Callable[..., Config]) -> None:
+    """A crash in the quarter second after a lock must not undo it: a SIGKILL right after the
+    click came back unlocked (tests/test_browser_restart.py). Here the background pass waits
+    a minute, so only the lock's own write can have put it on disk."""
+    server = await start_server(make_config(store_poll_seconds=60.0))
+    room = server.create_room()
+    therapist = await Client.join(server.base_url, room.therapist_link)
+    try:
+        await therapist.expect(therapist.typed("welcome"))
+        await therapist.ws.send_json({"type": "lock", "locked": True})
+        await therapist.expect(lambda m: m["type"] == "room" and m["room"]["locked"] is True)
+        keeper = server.app[SIGNALING].keeper
+        assert keeper is not None
+        (saved,) = [r for r in keeper.sessions.rooms() if r.room_id == room.room_id]
+        assert json.loads(saved.state)["locked"] is True
+    finally:
+        await therapist.close()
+        await server.runner.cleanup()
+
+
 def therapist_id(server: RunningServer, room_id: str) -> str:
     record = server.store.get_room(room_id)
     assert record is not None
