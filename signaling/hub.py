@@ -48,8 +48,10 @@ MemberEventKind = Literal[
 # Away without the others being told: a page closing (or reloading: is it back within
 # CLOSING_GRACE_S?), or a member restored from disk after a restart (its media never stopped).
 QuietAway = Literal["closing", "restored"]
-# A closing page that is not back this soon has left. A reload comes back well within it.
-CLOSING_GRACE_S = 3.0
+# A closing page that is not back this soon has left. A reload comes back within it, on a
+# busy old computer too: at 3 s a reload on a loaded two-core machine came back too late and
+# put an admitted partner back in the waiting room. The cost: a closed tab is told 10 s late.
+CLOSING_GRACE_S = 10.0
 RoomEventKind = Literal["opened", "locked", "unlocked", "ended", "closed"]
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser
 
-from bench.truth_score import all_clean, claims, timeline
+from bench.truth_score import Second, all_clean, claims, timeline
 from tests.browser import browser  # noqa: F401  (browser is a fixture)
 from tests.call_probe import ProbeCall, Recorder, probe_call
 from tests.conftest import RunningServer
@@ -67,15 +67,20 @@ async def test_a_firefox_partner_sees_and_is_seen(firefox_call: tuple[ProbeCall,
 async def test_on_a_clean_call_with_a_firefox_partner_nobody_is_shown_weak(
         firefox_call: tuple[ProbeCall, Recorder]) -> None:
     call, recorder = firefox_call
-    started = len(recorder.records)
-    assert await recorder.wait(lambda: len(recorder.records) >= started + WATCH_READINGS, 4 * WATCH_READINGS)
+    names = call.names
     # The truth: nothing is applied to loopback; a busy machine may still lose packets there,
     # so the seconds judged are those every page's getStats shows clean, and the few after
-    # an unclean one (the monitor may rightly still say unsteady) are left out.
-    names = call.names
-    seconds = timeline(recorder.records, names)
-    unclean = [s.t for s in seconds if not all_clean(s)]
-    clean = [s for s in seconds if all_clean(s) and not any(0 <= s.t - t < AFTER_UNCLEAN_S for t in unclean)]
+    # an unclean one (the monitor may rightly still say unsteady) are left out. On a loaded
+    # machine clean seconds come slower: the call is watched until enough have been judged.
+
+    def judged() -> tuple[list[Second], list[float], list[Second]]:
+        seconds = timeline(recorder.records, names)
+        unclean = [s.t for s in seconds if not all_clean(s)]
+        clean = [s for s in seconds if all_clean(s) and not any(0 <= s.t - t < AFTER_UNCLEAN_S for t in unclean)]
+        return seconds, unclean, clean
+
+    await recorder.wait(lambda: len(judged()[2]) >= WATCH_READINGS, 6 * WATCH_READINGS)
+    seconds, unclean, clean = judged()
     assert len(clean) >= WATCH_READINGS // 2, f"{len(unclean)} of {len(seconds)} seconds were not clean"
     # Nothing shown as weak, from each page's first remote frame on (call start included).
     alarms = [(s.t, c.viewer, c.words) for s in clean for c in claims(s, names)]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, expect
 
+from signaling.hub import CLOSING_GRACE_S
 from tests.browser import ROOT, Person, browser, frames_advance  # noqa: F401  (browser is a fixture)
 from tests.conftest import free_port
 from tests.restart_call import (
@@ -171,11 +172,11 @@ async def test_closing_a_tab_is_leaving_and_a_reload_resumes_without_a_word(serv
     await call.sam.page.close()
     for person in (call.therapist, call.alex):
         await expect(person.page.locator("main")).to_contain_text(
-            "Sam has left the session.", timeout=10_000)
+            "Sam has left the session.", timeout=(CLOSING_GRACE_S + 10) * 1000)
         await expect(person.page.locator(f'.tile[data-peer="{sam}"]')).to_have_count(0)
     left = [t_ for t_, kind, m in (await t.evaluate("() => window.__rec.msgs"))
             if kind == "presence" and m["peer"] == sam and m["state"] == "left"]
-    assert left and left[0] / 1000 - closed < 8.0
+    assert left and left[0] / 1000 - closed < CLOSING_GRACE_S + 3
     seen = await messages_since(call.therapist, closed)
     assert not any(kind == "presence" and m["state"] == "reconnecting" for kind, m in seen), seen
     print(f"left seen {left[0] / 1000 - closed:.2f} s after the tab closed")
