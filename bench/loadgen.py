@@ -76,11 +76,21 @@ CANDIDATE = "candidate:{n} 1 udp 2122260223 127.0.0.1 {port} typ host generation
 # One link as web/static/stats.js reports it, in its key order: a healthy call (nothing lost
 # to speak of, the encoder free, the page on time). A lowered link also carries send_cap.
 LINK = (
-    '{"peer":"%s","video":true,"pc":"%s","rtt_ms":42.5,"jitter_ms":6.1,"loss":0.0012,'
-    '"packets_in":%d,"bytes_in":%d,"frames_decoded":%d,"frames_dropped":21,"fps":29.5,'
-    '"concealed":0.0,"out_bitrate":1200000,"in_bitrate":950000,"candidate":"host",'
-    '"send_limit":"none","send_fps":29.8%s,"lag_ms":3,"encode_ms":6.2}'
+    '{"peer":"%s","video":true,"pc":"%s","rtt_ms":%s,"jitter_ms":%s,"loss":%s,'
+    '"packets_in":%d,"bytes_in":%d,"frames_decoded":%d,"frames_dropped":21,"fps":%s,'
+    '"concealed":0.0,"out_bitrate":%d,"in_bitrate":950000,"candidate":"host",'
+    '"send_limit":"none","send_fps":%s%s,"lag_ms":%d,"encode_ms":%s}'
 )
+# What varies from one report to the next, as a real link's figures do (so that no cost the
+# server saves on a repeated figure shows here and not in a call): rtt, jitter, loss, fps,
+# the bandwidth estimate, the sending frame rate, the page's lag and the encode time.
+WOBBLE = [
+    ("%.1f" % (42.5 + (k * 7 % 11 - 5) * 0.8), "%.1f" % (6.1 + (k * 5 % 7 - 3) * 0.3),
+     ("0", "0.0012", "0", "0.0025", "0.0008")[k % 5], "%.1f" % (29.5 + (k * 3 % 5 - 2) * 0.4),
+     1_200_000 + (k * 13 % 9 - 4) * 15_000, "%.1f" % (29.8 - (k % 3) * 0.3), 1 + k * 3 % 6,
+     "%.1f" % (6.2 + (k * 11 % 7 - 3) * 0.2))
+    for k in range(23)
+]
 SEND_CAP = ',"send_cap":250000'
 # Per second of a link: packets, bytes and frames in (video at 30 fps and ~1 Mbit/s, audio).
 PACKETS_PER_S, BYTES_PER_S, FRAMES_PER_S = 150, 120_000, 30
@@ -282,14 +292,15 @@ class LoadGen:
         m.ticks += 1
         s = m.ticks * self.stats_every
         cap = SEND_CAP if m.lowered else ""
-        links = ",".join(
-            LINK % (p.id, f"pc{min(m.seat, p.seat)}{max(m.seat, p.seat)}", int(PACKETS_PER_S * s),
-                    int(BYTES_PER_S * s), int(FRAMES_PER_S * s), cap)
-            for p in m.peers()
-        )
+        links = []
+        for p in m.peers():
+            rtt, jitter, loss, fps, rate, send_fps, lag, encode = WOBBLE[(m.ticks + 7 * p.seat) % len(WOBBLE)]
+            links.append(LINK % (p.id, f"pc{min(m.seat, p.seat)}{max(m.seat, p.seat)}", rtt, jitter, loss,
+                                 int(PACKETS_PER_S * s), int(BYTES_PER_S * s), int(FRAMES_PER_S * s), fps,
+                                 rate, send_fps, cap, lag, encode))
         if self.target == "peerjs":
-            return b'{"type":"HEARTBEAT","payload":{"links":[%s]}}' % links.encode()
-        return b'{"type":"stats","links":[%s]}' % links.encode()
+            return b'{"type":"HEARTBEAT","payload":{"links":[%s]}}' % ",".join(links).encode()
+        return b'{"type":"stats","links":[%s]}' % ",".join(links).encode()
 
     # -- connection life ----------------------------------------------------------------------
 
