@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -334,8 +335,10 @@ class _LinkTrack:
     # When the link last changed what it sends (video on/off, the step's cap): its
     # bandwidth estimate ramps again from there.
     basis_since: float = -math.inf
-    # The window's median round trip as this end measures it.
+    # The window's median round trip as this end measures it, and the window's round trips
+    # in order of size (kept as samples come and go, so the median is an index, not a sort).
     rtt: float | None = None
+    rtts: list[float] = field(default_factory=list)
     # The reverse link (the peer's reports of the same pair), once it exists.
     reverse: _LinkTrack | None = None
     # The reporter's device, as this link's reports show it: busy (its encoder held back by
@@ -349,6 +352,7 @@ class _LinkTrack:
 
     def reset(self) -> None:
         self.samples.clear()
+        self.rtts.clear()
         self.sums = WindowSums()
         self.level = self.rise_since = self.rise_floor = self.packets = None
         self.flowed = False
@@ -382,15 +386,26 @@ class _LinkTrack:
             # Media back after a stop: the packets counted lost are the stop's, already judged
             # as lost, and say nothing of the link now.
             sample = msgspec.structs.replace(sample, loss=None)
-        sums = self.sums
+        sums, rtts = self.sums, self.rtts
         samples.append(sample)
         sums.shift(sample, 1.0)
+        v = sample.rtt_ms
+        if v is not None:
+            insort(rtts, v)
         oldest = t - limits.window_s
         while samples[0].t < oldest:
-            sums.shift(samples.popleft(), -1.0)
-        if sample.rtt_ms is not None or self.rtt is not None:
-            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
-            self.rtt = median(rtts) if rtts else None
+            gone = samples.popleft()
+            sums.shift(gone, -1.0)
+            v = gone.rtt_ms
+            if v is not None:
+                del rtts[bisect_left(rtts, v)]
+        # The median (as ``median``) of the window's round trips.
+        n = len(rtts)
+        if n:
+            mid = n // 2
+            self.rtt = rtts[mid] if n % 2 else (rtts[mid - 1] + rtts[mid]) / 2
+        else:
+            self.rtt = None
         self._device(sample, limits, other)
 
         if count is not None:
