@@ -618,7 +618,13 @@ class QualityMonitor:
             self._changed, self._relayed = True, None
         elif track.level is not level or track.flowed != flowed or track.busy != busy:
             self._changed = True
-        self.heartbeat(reporter, sample.t)
+        # heartbeat(reporter, t), inline: this runs for every sample of every link.
+        t, heard = sample.t, self._heard
+        last = heard.get(reporter)
+        if last is None or t - last >= self.limits.stale_after_s:
+            self._changed = True
+        if last is None or t > last:
+            heard[reporter] = t
         if peer not in self._heard:
             self._heard[peer] = -math.inf
             self._changed = True
