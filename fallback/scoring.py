@@ -270,6 +270,62 @@ class WindowSums:
             elif limit == "cpu":
                 self.n_cpu += sign
 
+    def swap(self, new: LinkSample, old: LinkSample) -> None:
+        """``shift(new, 1.0)`` then ``shift(old, -1.0)`` in one call, with the same sums: a
+        window that moves on by one sample (the usual case) costs one call, not two. (The
+        count of samples stays as it was: one in, one out.)"""
+        v, w = new.jitter_ms, old.jitter_ms
+        if v is not None:
+            self.jitter += v
+            self.n_jitter += 1.0
+        if w is not None:
+            self.jitter -= w
+            self.n_jitter -= 1.0
+        v, w = new.loss, old.loss
+        if v is not None:
+            self.loss += v
+            self.n_loss += 1.0
+        if w is not None:
+            self.loss -= w
+            self.n_loss -= 1.0
+        v, w = new.fps, old.fps
+        if v is not None:
+            self.fps += v
+            self.n_fps += 1.0
+        if w is not None:
+            self.fps -= w
+            self.n_fps -= 1.0
+        v, w = new.out_bitrate, old.out_bitrate
+        if v is not None:
+            self.out_rate += v
+            self.n_out += 1.0
+        if w is not None:
+            self.out_rate -= w
+            self.n_out -= 1.0
+        v, w = new.lag_ms, old.lag_ms
+        if v is not None:
+            self.lag += v
+            self.n_lag += 1.0
+        if w is not None:
+            self.lag -= w
+            self.n_lag -= 1.0
+        v, w = new.encode_ms, old.encode_ms
+        if v is not None:
+            self.encode += v
+            self.n_encode += 1.0
+        if w is not None:
+            self.encode -= w
+            self.n_encode -= 1.0
+        limit, gone = new.send_limit, old.send_limit
+        if limit == "bandwidth":
+            self.n_bandwidth += 1.0
+        elif limit == "cpu":
+            self.n_cpu += 1.0
+        if gone == "bandwidth":
+            self.n_bandwidth -= 1.0
+        elif gone == "cpu":
+            self.n_cpu -= 1.0
+
     def level(self, newest: LinkSample, rtt: float | None, limits: ScoringThresholds, *,
               video: bool = True, delays: bool = True) -> Quality | None:
         """The worse of audio and video over the window ending at ``newest``; ``rtt`` is the
@@ -387,18 +443,27 @@ class _LinkTrack:
             # as lost, and say nothing of the link now.
             sample = msgspec.structs.replace(sample, loss=None)
         sums, rtts = self.sums, self.rtts
-        samples.append(sample)
-        sums.shift(sample, 1.0)
+        oldest = t - limits.window_s
         v = sample.rtt_ms
         if v is not None:
             insort(rtts, v)
-        oldest = t - limits.window_s
-        while samples[0].t < oldest:
+        if samples and samples[0].t < oldest and (len(samples) == 1 or samples[1].t >= oldest):
+            # The window moves on by one: the new sample in, the oldest out, in one pass.
             gone = samples.popleft()
-            sums.shift(gone, -1.0)
-            v = gone.rtt_ms
-            if v is not None:
-                del rtts[bisect_left(rtts, v)]
+            samples.append(sample)
+            sums.swap(sample, gone)
+            w = gone.rtt_ms
+            if w is not None:
+                del rtts[bisect_left(rtts, w)]
+        else:
+            samples.append(sample)
+            sums.shift(sample, 1.0)
+            while samples[0].t < oldest:
+                gone = samples.popleft()
+                sums.shift(gone, -1.0)
+                w = gone.rtt_ms
+                if w is not None:
+                    del rtts[bisect_left(rtts, w)]
         # The median (as ``median``) of the window's round trips.
         n = len(rtts)
         if n:
