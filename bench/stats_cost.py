@@ -75,7 +75,7 @@ class Clock:
         return self.t
 
 
-def inner(rooms_n: int, seconds: float) -> None:
+def inner(rooms_n: int, seconds: float, check: bool = True) -> None:
     from bench import loadgen
     from signaling import endpoint
     from signaling import protocol as p
@@ -141,30 +141,34 @@ def inner(rooms_n: int, seconds: float) -> None:
             sig.keeper.flush()
         store.data_version()
 
-    def stats_round(measured: str | None, ticks: bool, decode_only: bool = False) -> None:
-        # The messages are built first: only the server's handling is measured.
+    def stats_round(measure: bool) -> None:
+        # The messages are built first: only the server's handling is measured. Each round
+        # is parsed once on its own (the decoding's share, no side effects), then handled,
+        # then the expire loop passes, as in the server every 250 ms.
         batch = []
         for m in members:
             clock.t += step
             batch.append((m, clock.t, gen.stats_message(m)))
         end = clock.t
 
+        def decode_all() -> None:
+            for _, _, data in batch:
+                p.parse_client(data, config.max_message_bytes)
+
         def handle_all() -> None:
             for m, t, data in batch:
                 clock.t = t
-                if decode_only:
-                    p.parse_client(data, config.max_message_bytes)
-                else:
-                    handle(m, data)
+                handle(m, data)
             clock.t = end
 
-        call(measured, handle_all)
-        if ticks:
-            call("tick" if measured else None, loop_pass)
+        if measure:
+            call("decode", decode_all)
+        call("stats" if measure else None, handle_all)
+        call("tick" if measure else None, loop_pass)
 
-    def run(rounds: int, measured: str | None, ticks: bool, decode_only: bool = False) -> None:
+    def run(rounds: int, measure: bool) -> None:
         for i in range(rounds):
-            stats_round(measured, ticks, decode_only)
+            stats_round(measure)
             if i % 4 == 3:
                 gc.freeze()  # telehealth/server.py freezes what is alive every second
 
@@ -193,11 +197,11 @@ def inner(rooms_n: int, seconds: float) -> None:
     # Warm-up: every window full, levels past their holds, the app's one-off work done.
     gc.collect()
     gc.freeze()
-    run(int(12 / TICK_S), None, ticks=True)
+    run(int(12 / TICK_S), measure=False)
     for room_id, watched in sig.watch.rooms.items():
         quality = watched.monitor.evaluate(clock())
         levels = {q.value for q in quality.pairs.values()}
-        assert len(quality.pairs) == 3 and levels == {"good"}, (room_id, quality)
+        assert not check or (len(quality.pairs) == 3 and levels == {"good"}), (room_id, quality)
     m = members[0]
     relays_check = socks[id(m.peers()[0])]
     relays_check.last.clear()
@@ -208,8 +212,7 @@ def inner(rooms_n: int, seconds: float) -> None:
     n, links = len(members), 2
     results: dict[str, Any] = {"rooms": rooms_n, "participants": n, "simulated_s": rounds * TICK_S}
 
-    run(rounds, "decode", ticks=False, decode_only=True)
-    run(rounds, "stats", ticks=True)
+    run(rounds, measure=True)
     call("relay", relays)
     call("rejoin", rejoins)
     results["order"] = order
