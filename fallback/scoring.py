@@ -520,7 +520,10 @@ class _LinkTrack:
                 if not self.flowed:
                     return
                 raw = Quality.GOOD
-        self._move(raw, t, limits)
+        if raw is self.level:
+            self.rise_since = self.rise_floor = None  # as _move does: no call for the usual case
+        else:
+            self._move(raw, t, limits)
 
     def _device(self, sample: LinkSample, limits: ScoringThresholds,
                 other: _LinkTrack | None) -> None:
