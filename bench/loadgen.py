@@ -75,20 +75,21 @@ SDP = (
 CANDIDATE = "candidate:{n} 1 udp 2122260223 127.0.0.1 {port} typ host generation 0 x-sent={sent}"
 # One link as web/static/stats.js reports it, in its key order: a healthy call (nothing lost
 # to speak of, the encoder free, the page on time). A lowered link also carries send_cap.
+# Per link, peer and pc (and send_cap) are filled in once (``link_template``); per report, the
+# counters and two pieces of what wobbles (WOBBLE).
 LINK = (
-    '{"peer":"%s","video":true,"pc":"%s","rtt_ms":%s,"jitter_ms":%s,"loss":%s,'
-    '"packets_in":%d,"bytes_in":%d,"frames_decoded":%d,"frames_dropped":21,"fps":%s,'
-    '"concealed":0.0,"out_bitrate":%d,"in_bitrate":950000,"candidate":"host",'
-    '"send_limit":"none","send_fps":%s%s,"lag_ms":%d,"encode_ms":%s}'
+    '{"peer":"%s","video":true,"pc":"%s",%%s,'
+    '"packets_in":%%d,"bytes_in":%%d,"frames_decoded":%%d,"frames_dropped":21,%%s%s,%%s}'
 )
 # What varies from one report to the next, as a real link's figures do (so that no cost the
 # server saves on a repeated figure shows here and not in a call): rtt, jitter, loss, fps,
 # the bandwidth estimate, the sending frame rate, the page's lag and the encode time.
 WOBBLE = [
-    ("%.1f" % (42.5 + (k * 7 % 11 - 5) * 0.8), "%.1f" % (6.1 + (k * 5 % 7 - 3) * 0.3),
-     ("0", "0.0012", "0", "0.0025", "0.0008")[k % 5], "%.1f" % (29.5 + (k * 3 % 5 - 2) * 0.4),
-     1_200_000 + (k * 13 % 9 - 4) * 15_000, "%.1f" % (29.8 - (k % 3) * 0.3), 1 + k * 3 % 6,
-     "%.1f" % (6.2 + (k * 11 % 7 - 3) * 0.2))
+    ((f'"rtt_ms":{42.5 + (k * 7 % 11 - 5) * 0.8:.1f},"jitter_ms":{6.1 + (k * 5 % 7 - 3) * 0.3:.1f},'
+      f'"loss":{("0", "0.0012", "0", "0.0025", "0.0008")[k % 5]}'),
+     (f'"fps":{29.5 + (k * 3 % 5 - 2) * 0.4:.1f},"concealed":0.0,"out_bitrate":{1_200_000 + (k * 13 % 9 - 4) * 15_000},'
+      f'"in_bitrate":950000,"candidate":"host","send_limit":"none","send_fps":{29.8 - (k % 3) * 0.3:.1f}'),
+     f'"lag_ms":{1 + k * 3 % 6},"encode_ms":{6.2 + (k * 11 % 7 - 3) * 0.2:.1f}')
     for k in range(23)
 ]
 SEND_CAP = ',"send_cap":250000'
@@ -134,10 +135,21 @@ class Member:
     phase: int = 0  # which of the PROBE_EVERY seconds this participant probes in
     # Every fourth participant's video is lowered by the flow (its links carry send_cap).
     lowered: bool = False
+    _templates: list[tuple[Member, str]] | None = None
     join_started: int = 0
 
     def peers(self) -> list[Member]:
         return [m for m in self.room.members if m is not self]
+
+    def templates(self, target: str) -> list[tuple[Member, str]]:
+        """Per peer, its stats link with peer, pc and send_cap filled in (once the ids are known)."""
+        if self._templates is None or any(p.id is None for p, _ in self._templates):
+            cap = SEND_CAP if self.lowered else ""
+            self._templates = [
+                (p, LINK % (p.id, f"pc{min(self.seat, p.seat)}{max(self.seat, p.seat)}", cap))
+                for p in self.peers()
+            ]
+        return self._templates
 
 
 @dataclass(eq=False)
@@ -291,13 +303,11 @@ class LoadGen:
     def stats_message(self, m: Member) -> bytes:
         m.ticks += 1
         s = m.ticks * self.stats_every
-        cap = SEND_CAP if m.lowered else ""
+        packets, size, frames = int(PACKETS_PER_S * s), int(BYTES_PER_S * s), int(FRAMES_PER_S * s)
         links = []
-        for p in m.peers():
-            rtt, jitter, loss, fps, rate, send_fps, lag, encode = WOBBLE[(m.ticks + 7 * p.seat) % len(WOBBLE)]
-            links.append(LINK % (p.id, f"pc{min(m.seat, p.seat)}{max(m.seat, p.seat)}", rtt, jitter, loss,
-                                 int(PACKETS_PER_S * s), int(BYTES_PER_S * s), int(FRAMES_PER_S * s), fps,
-                                 rate, send_fps, cap, lag, encode))
+        for k, (p, template) in enumerate(m.templates(self.target)):
+            first, middle, last = WOBBLE[(m.ticks + 7 * k) % len(WOBBLE)]
+            links.append(template % (first, packets, size, frames, middle, last))
         if self.target == "peerjs":
             return b'{"type":"HEARTBEAT","payload":{"links":[%s]}}' % ",".join(links).encode()
         return b'{"type":"stats","links":[%s]}' % ",".join(links).encode()
