@@ -3,8 +3,9 @@
 Each process plays whole rooms of three synthetic participants against one target:
 ``ours`` (telehealth), ``bare`` (bench/bare_relay.py) or ``peerjs`` (the PeerJS server). No media:
 only the signaling a real join makes (join, the therapist's admit, then on every pair an offer,
-an answer and three trickled candidates each way), stats of two links once a second per
-participant, a relayed candidate every two seconds per participant as an open-loop latency
+an answer and three trickled candidates each way), stats of two links every 250 ms per
+participant (the pages' STATS_EVERY_MS in web/static/session.js, with every LinkStats field
+stats.js sends), a relayed candidate every two seconds per participant as an open-loop latency
 probe, and rejoins churning (close the socket, open a new one with the same link).
 
 The client is a minimal WebSocket speaker on asyncio.Protocol rather than aiohttp's client, so
@@ -39,7 +40,10 @@ Target = Literal["ours", "bare", "peerjs"]
 ZERO_MASK = b"\x00\x00\x00\x00"
 CLOSE_FRAME = b"\x88\x82" + ZERO_MASK + (1000).to_bytes(2, "big")
 MARK = b"x-sent="
-TICK = 0.02
+TICK = 0.025
+# How often each participant sends its stats: what the pages do (web/static/session.js,
+# STATS_EVERY_MS); the driver may model another interval (--stats-every-ms).
+STATS_EVERY_S = 0.25
 CANDIDATES_PER_SIDE = 3
 # Every participant in a call also sends one relayed probe every this many seconds.
 PROBE_EVERY = 2
@@ -69,11 +73,28 @@ SDP = (
     "a=x-sent={sent}\r\n"
 )
 CANDIDATE = "candidate:{n} 1 udp 2122260223 127.0.0.1 {port} typ host generation 0 x-sent={sent}"
+# One link as web/static/stats.js reports it, in its key order: a healthy call (nothing lost
+# to speak of, the encoder free, the page on time). A lowered link also carries send_cap.
+# Per link, peer and pc (and send_cap) are filled in once (``link_template``); per report, the
+# counters and two pieces of what wobbles (WOBBLE).
 LINK = (
-    '{"peer":"%s","pc":"%s","rtt_ms":42.5,"jitter_ms":6.1,"loss":0.012,"packets_in":%d,'
-    '"bytes_in":%d,"frames_decoded":%d,"frames_dropped":21,"fps":29.5,"concealed":0.0,'
-    '"out_bitrate":1200000.0,"in_bitrate":950000.0,"candidate":"host","video":true}'
+    '{"peer":"%s","video":true,"pc":"%s",%%s,'
+    '"packets_in":%%d,"bytes_in":%%d,"frames_decoded":%%d,"frames_dropped":21,%%s%s,%%s}'
 )
+# What varies from one report to the next, as a real link's figures do (so that no cost the
+# server saves on a repeated figure shows here and not in a call): rtt, jitter, loss, fps,
+# the bandwidth estimate, the sending frame rate, the page's lag and the encode time.
+WOBBLE = [
+    ((f'"rtt_ms":{42.5 + (k * 7 % 11 - 5) * 0.8:.1f},"jitter_ms":{6.1 + (k * 5 % 7 - 3) * 0.3:.1f},'
+      f'"loss":{("0", "0.0012", "0", "0.0025", "0.0008")[k % 5]}'),
+     (f'"fps":{29.5 + (k * 3 % 5 - 2) * 0.4:.1f},"concealed":0.0,"out_bitrate":{1_200_000 + (k * 13 % 9 - 4) * 15_000},'
+      f'"in_bitrate":950000,"candidate":"host","send_limit":"none","send_fps":{29.8 - (k % 3) * 0.3:.1f}'),
+     f'"lag_ms":{1 + k * 3 % 6},"encode_ms":{6.2 + (k * 11 % 7 - 3) * 0.2:.1f}')
+    for k in range(23)
+]
+SEND_CAP = ',"send_cap":250000'
+# Per second of a link: packets, bytes and frames in (video at 30 fps and ~1 Mbit/s, audio).
+PACKETS_PER_S, BYTES_PER_S, FRAMES_PER_S = 150, 120_000, 30
 
 
 def frame(payload: bytes) -> bytes:
@@ -110,11 +131,25 @@ class Member:
     admitted: set[str] = field(default_factory=set)
     pc_seq: int = 0
     ticks: int = 0
+    probes: int = 0
     phase: int = 0  # which of the PROBE_EVERY seconds this participant probes in
+    # Every fourth participant's video is lowered by the flow (its links carry send_cap).
+    lowered: bool = False
+    _templates: list[tuple[Member, str]] | None = None
     join_started: int = 0
 
     def peers(self) -> list[Member]:
         return [m for m in self.room.members if m is not self]
+
+    def templates(self, target: str) -> list[tuple[Member, str]]:
+        """Per peer, its stats link with peer, pc and send_cap filled in (once the ids are known)."""
+        if self._templates is None or any(p.id is None for p, _ in self._templates):
+            cap = SEND_CAP if self.lowered else ""
+            self._templates = [
+                (p, LINK % (p.id, f"pc{min(self.seat, p.seat)}{max(self.seat, p.seat)}", cap))
+                for p in self.peers()
+            ]
+        return self._templates
 
 
 @dataclass(eq=False)
@@ -208,6 +243,7 @@ class LoadGen:
         self.host: str = cfg["host"]
         self.port: int = cfg["port"]
         self.churn: float = cfg["churn_per_s"]
+        self.stats_every: float = cfg.get("stats_every_s", STATS_EVERY_S)
         self.concurrency: int = cfg.get("connect_concurrency", 32)
         self.rng = random.Random(cfg.get("seed", 0))
         self.rooms = [Room() for _ in cfg["rooms"]]
@@ -216,6 +252,7 @@ class LoadGen:
         self.members = [m for r in self.rooms for m in r.members]
         for i, m in enumerate(self.members):
             m.phase = i % PROBE_EVERY
+            m.lowered = i % 4 == 3
         self.by_id: dict[str, Member] = {}
         if self.target != "ours":
             for m in self.members:
@@ -265,13 +302,15 @@ class LoadGen:
 
     def stats_message(self, m: Member) -> bytes:
         m.ticks += 1
-        t = m.ticks
-        links = ",".join(
-            LINK % (p.id, f"pc{p.seat}", 50 * t, 60_000 * t, 30 * t) for p in m.peers()
-        )
+        s = m.ticks * self.stats_every
+        packets, size, frames = int(PACKETS_PER_S * s), int(BYTES_PER_S * s), int(FRAMES_PER_S * s)
+        links = []
+        for k, (p, template) in enumerate(m.templates(self.target)):
+            first, middle, last = WOBBLE[(m.ticks + 7 * k) % len(WOBBLE)]
+            links.append(template % (first, packets, size, frames, middle, last))
         if self.target == "peerjs":
-            return b'{"type":"HEARTBEAT","payload":{"links":[%s]}}' % links.encode()
-        return b'{"type":"stats","links":[%s]}' % links.encode()
+            return b'{"type":"HEARTBEAT","payload":{"links":[%s]}}' % ",".join(links).encode()
+        return b'{"type":"stats","links":[%s]}' % ",".join(links).encode()
 
     # -- connection life ----------------------------------------------------------------------
 
@@ -411,7 +450,8 @@ class LoadGen:
         peers = [p for p in m.peers() if p.state == "in_call" and p.id is not None]
         if not peers:
             return
-        peer = peers[m.ticks // PROBE_EVERY % len(peers)]
+        m.probes += 1
+        peer = peers[m.probes % len(peers)]
         cand = {"candidate": CANDIDATE.format(n=9, port=PROBE_PORT, sent=self.stamp()),
                 "sdpMid": "0", "sdpMLineIndex": 0}
         m.conn.send(self.relay_message(m, peer.id, "candidate", f"{m.id}.{m.pc_seq}", cand))  # type: ignore[union-attr]
@@ -458,21 +498,25 @@ class LoadGen:
     # -- steady load ----------------------------------------------------------------------------
 
     async def drive(self) -> None:
-        """Stats for one fiftieth of the participants every 20 ms; rejoins at the churn rate."""
+        """Every TICK: stats from the participants whose turn it is (each once per stats
+        interval, spread evenly), probes likewise once a second; rejoins at the churn rate."""
         slots = max(1, round(1.0 / TICK))
-        buckets = [self.members[i::slots] for i in range(slots)]
+        stats_slots = max(1, round(self.stats_every / TICK))
+        stats_buckets = [self.members[i::stats_slots] for i in range(stats_slots)]
+        probe_buckets = [self.members[i::slots] for i in range(slots)]
         owed = 0.0
         tick = 0
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            for m in buckets[tick % slots]:
+            for m in stats_buckets[tick % stats_slots]:
                 if m.state in ("in_call", "waiting") and m.conn is not None:
                     m.conn.send(self.stats_message(m))
-            # Probes go half a second after the stats, every other second, half of the
-            # participants in even seconds and half in odd ones.
-            for m in buckets[(tick + slots // 2) % slots]:
-                if m.state == "in_call" and m.conn is not None and (m.ticks + m.phase) % PROBE_EVERY == 0:
+            # Probes go between stats, every other second, half of the participants in even
+            # seconds and half in odd ones.
+            second = tick // slots
+            for m in probe_buckets[(tick + slots // 2) % slots]:
+                if m.state == "in_call" and m.conn is not None and (second + m.phase) % PROBE_EVERY == 0:
                     self.probe(m)
             if self.churning:
                 owed += self.churn * len(self.members) * TICK

@@ -3,15 +3,16 @@
 For each N (rooms of three) and each target, a fresh server pinned to core 0 and load generator
 processes (bench/loadgen.py) pinned to core 1 run the pattern of real sessions without media:
 joins (partners admitted by the therapist), the offer/answer/candidate exchange on every pair,
-stats of two links once a second per participant, and a share of participants rejoining every
-second (close, reopen with the same link, negotiate again). Targets, level by level in the same
+stats of two links every 250 ms per participant (as the pages send them), and a share of
+participants rejoining every second (close, reopen with the same link, negotiate again). Targets, level by level in the same
 run: ``ours`` (telehealth serve), ``bare`` (bench/bare_relay.py, the Python floor) and ``peerjs``
 (the PeerJS server on Node).
 
 Per level: relay latency p50/p99 (sender's write to target's read), server CPU (from /proc),
 resident memory per participant (RSS after everyone is in the call, less RSS before, over N),
 rejoin time, errors, and the load generators' own CPU and loop lag, so that a level where they
-were the bottleneck is marked and not counted. A level passes when p99 < 50 ms, every room came
+were the bottleneck is marked and not counted; and the machine's load average and CPU steal
+(from /proc/stat) over each level's window, so that a busy host shows. A level passes when p99 < 50 ms, every room came
 together, no errors, and at least 99 % of measured relays arrived.
 
 Usage: python -m bench.signaling [--smoke] [--levels 1500,3000,...] [--targets ours,bare,peerjs]
@@ -79,22 +80,34 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def core_busy() -> dict[int, tuple[int, int]]:
-    """(busy, total) jiffies per core, from /proc/stat."""
+CoreTimes = dict[int, tuple[int, int, int]]
+
+
+def core_busy() -> CoreTimes:
+    """(busy, total, steal) jiffies per core, from /proc/stat. Steal (time the hypervisor
+    gave this guest's CPU to someone else) counts as busy: the core was not ours."""
     out = {}
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("cpu") and line[3].isdigit():
             name, *vals = line.split()
             nums = [int(v) for v in vals]
             idle = nums[3] + nums[4]
-            out[int(name[3:])] = (sum(nums[:8]) - idle, sum(nums[:8]))
+            out[int(name[3:])] = (sum(nums[:8]) - idle, sum(nums[:8]), nums[7])
     return out
 
 
-def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int) -> float:
+def busy_share(before: CoreTimes, after: CoreTimes, core: int) -> float:
     busy = after[core][0] - before[core][0]
     total = after[core][1] - before[core][1]
     return round(busy / total, 3) if total else 0.0
+
+
+def steal_share(before: CoreTimes, after: CoreTimes, core: int | None = None) -> float:
+    """The share of the window's CPU time stolen by the hypervisor, on ``core`` or on all."""
+    cores = [core] if core is not None else sorted(after)
+    steal = sum(after[c][2] - before[c][2] for c in cores)
+    total = sum(after[c][1] - before[c][1] for c in cores)
+    return round(steal / total, 4) if total else 0.0
 
 
 async def wait_http(url: str, timeout: float = 15.0) -> None:
@@ -218,6 +231,7 @@ async def run_level(target: str, n: int, opts: argparse.Namespace) -> dict[str, 
         for k in range(count):
             cfg = {"target": target, "host": "127.0.0.1", "port": server.port,
                    "rooms": all_rooms[k::count], "churn_per_s": opts.churn, "seed": k,
+                   "stats_every_s": opts.stats_every_ms / 1000,
                    "connect_concurrency": opts.concurrency}
             path = tmp / f"loadgen{k}.json"
             path.write_text(json.dumps(cfg))
@@ -239,11 +253,11 @@ async def run_level(target: str, n: int, opts: argparse.Namespace) -> dict[str, 
             p.stdin.write(f"go {t_start} {t_end}\n".encode())
             await p.stdin.drain()
         await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-        cpu0, cores0 = server.cpu_seconds(), core_busy()
+        cpu0, cores0, load0 = server.cpu_seconds(), core_busy(), os.getloadavg()[0]
         gen_cpu0 = sum(proc_cpu_seconds(p.pid) for p in procs)
         clock0 = time.monotonic()
         await asyncio.sleep(max(0.0, t_end - time.monotonic()))
-        cpu1, cores1 = server.cpu_seconds(), core_busy()
+        cpu1, cores1, load1 = server.cpu_seconds(), core_busy(), os.getloadavg()[0]
         gen_cpu1 = sum(proc_cpu_seconds(p.pid) for p in procs)
         elapsed = time.monotonic() - clock0
         rss_end = server.rss_kib()
@@ -294,6 +308,9 @@ async def run_level(target: str, n: int, opts: argparse.Namespace) -> dict[str, 
         "server_cpu": round((cpu1 - cpu0) / elapsed, 3),
         "core0_busy": busy_share(cores0, cores1, SERVER_CPU),
         "core1_busy": busy_share(cores0, cores1, LOADGEN_CPU),
+        "steal": steal_share(cores0, cores1),
+        "core0_steal": steal_share(cores0, cores1, SERVER_CPU),
+        "load_avg_1m": [round(load0, 2), round(load1, 2)],
         "rss_idle_kib": rss_idle,
         "rss_joined_kib": rss_joined,
         "rss_end_kib": rss_end,
@@ -315,7 +332,8 @@ def broken_level(target: str, n: int, why: str) -> dict[str, Any]:
         "relay_ms": {"p50": nan, "p99": nan, "p999": nan, "max": None, "samples": 0},
         "probe_ms": {"p50": nan, "p99": nan, "samples": 0}, "delivered": 0.0,
         "rejoin_ms": {"p50": nan, "p99": nan, "count": 0}, "server_cpu": nan,
-        "core0_busy": nan, "core1_busy": nan, "rss_per_participant_kib": nan,
+        "core0_busy": nan, "core1_busy": nan, "steal": nan, "core0_steal": nan, "load_avg_1m": None,
+        "rss_per_participant_kib": nan,
         "errors": {"setup": 1}, "counts": {}, "rooms_failed": None,
         "loadgen": {"processes": 0, "cpu": nan, "lag_ms_p99": nan, "lag_ms_max": nan},
     }
@@ -364,6 +382,7 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
         pass
     targets = opts.targets.split(",")
     alive = set(targets)
+    run_cores0, run_load0, run_started = core_busy(), os.getloadavg(), time.time()
     levels: list[dict[str, Any]] = []
     for n in (int(x) for x in opts.levels.split(",")):
         level: dict[str, Any] = {"n": n, "targets": {}}
@@ -378,13 +397,15 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
             print(f"{target:6} N={n:6}  p50 {row['relay_ms']['p50']:7.2f} ms  p99 {row['relay_ms']['p99']:7.2f} ms"
                   f"  cpu {row['server_cpu']:.2f}  rss/p {row['rss_per_participant_kib']:6.1f} KiB"
                   f"  gen cpu {row['loadgen']['cpu']:.2f}  {'pass' if row['passed'] else 'FAIL'}"
-                  f"{'  (loadgen bound)' if row['loadgen_bound'] else ''}  {row['errors'] or ''}",
+                  f"{'  (loadgen bound)' if row['loadgen_bound'] else ''}  steal {row['steal']:.1%}"
+                  f"  load {row['load_avg_1m']}  {row['errors'] or ''}",
                   file=sys.stderr, flush=True)
             if not row["passed"] and not opts.keep_going:
                 alive.discard(target)
         levels.append(level)
         if not alive:
             break
+    run_cores1, run_load1 = core_busy(), os.getloadavg()
     caps = {t: capacity(levels, t) for t in targets}
     ratios: dict[str, Any] = {}
     if "ours" in caps:
@@ -402,7 +423,11 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
         "what": "signaling participants per server core at p99 relay < 50 ms, rooms of three",
         "command": "python -m bench.signaling " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "pattern": {"stats_per_participant_per_s": 1, "churn_rejoins_per_participant_per_s": opts.churn,
+        "run": {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run_started)),
+                "seconds": round(time.time() - run_started, 1), "steal": steal_share(run_cores0, run_cores1),
+                "load_avg_start": [round(x, 2) for x in run_load0], "load_avg_end": [round(x, 2) for x in run_load1]},
+        "pattern": {"stats_per_participant_per_s": round(1000 / opts.stats_every_ms, 2),
+                    "churn_rejoins_per_participant_per_s": opts.churn,
                     "candidates_per_side": 3, "window_s": opts.duration, "warmup_s": opts.warmup,
                     "server_core": SERVER_CPU, "loadgen_core": LOADGEN_CPU, "loadgen_processes": opts.procs,
                     "nice": opts.nice},
@@ -424,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=2.0, help="pause before reading memory")
     parser.add_argument("--churn", type=float, default=0.02, help="rejoins per participant per second")
     parser.add_argument("--procs", type=int, default=4, help="load generator processes")
+    parser.add_argument("--stats-every-ms", type=float, default=250.0,
+                        help="each participant's stats interval (the pages': 250 ms)")
     parser.add_argument("--concurrency", type=int, default=16, help="rooms set up at once per process")
     parser.add_argument("--nice", type=int, default=-15,
                         help="priority of server and load generators (negative needs root; 0 to share fairly)")

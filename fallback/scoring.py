@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -270,6 +271,62 @@ class WindowSums:
             elif limit == "cpu":
                 self.n_cpu += sign
 
+    def swap(self, new: LinkSample, old: LinkSample) -> None:
+        """``shift(new, 1.0)`` then ``shift(old, -1.0)`` in one call, with the same sums: a
+        window that moves on by one sample (the usual case) costs one call, not two. (The
+        count of samples stays as it was: one in, one out.)"""
+        v, w = new.jitter_ms, old.jitter_ms
+        if v is not None:
+            self.jitter += v
+            self.n_jitter += 1.0
+        if w is not None:
+            self.jitter -= w
+            self.n_jitter -= 1.0
+        v, w = new.loss, old.loss
+        if v is not None:
+            self.loss += v
+            self.n_loss += 1.0
+        if w is not None:
+            self.loss -= w
+            self.n_loss -= 1.0
+        v, w = new.fps, old.fps
+        if v is not None:
+            self.fps += v
+            self.n_fps += 1.0
+        if w is not None:
+            self.fps -= w
+            self.n_fps -= 1.0
+        v, w = new.out_bitrate, old.out_bitrate
+        if v is not None:
+            self.out_rate += v
+            self.n_out += 1.0
+        if w is not None:
+            self.out_rate -= w
+            self.n_out -= 1.0
+        v, w = new.lag_ms, old.lag_ms
+        if v is not None:
+            self.lag += v
+            self.n_lag += 1.0
+        if w is not None:
+            self.lag -= w
+            self.n_lag -= 1.0
+        v, w = new.encode_ms, old.encode_ms
+        if v is not None:
+            self.encode += v
+            self.n_encode += 1.0
+        if w is not None:
+            self.encode -= w
+            self.n_encode -= 1.0
+        limit, gone = new.send_limit, old.send_limit
+        if limit == "bandwidth":
+            self.n_bandwidth += 1.0
+        elif limit == "cpu":
+            self.n_cpu += 1.0
+        if gone == "bandwidth":
+            self.n_bandwidth -= 1.0
+        elif gone == "cpu":
+            self.n_cpu -= 1.0
+
     def level(self, newest: LinkSample, rtt: float | None, limits: ScoringThresholds, *,
               video: bool = True, delays: bool = True) -> Quality | None:
         """The worse of audio and video over the window ending at ``newest``; ``rtt`` is the
@@ -335,8 +392,10 @@ class _LinkTrack:
     # When the link last changed what it sends (video on/off, the step's cap): its
     # bandwidth estimate ramps again from there.
     basis_since: float = -math.inf
-    # The window's median round trip as this end measures it.
+    # The window's median round trip as this end measures it, and the window's round trips
+    # in order of size (kept as samples come and go, so the median is an index, not a sort).
     rtt: float | None = None
+    rtts: list[float] = field(default_factory=list)
     # The reverse link (the peer's reports of the same pair), once it exists.
     reverse: _LinkTrack | None = None
     # The reporter's device, as this link's reports show it: busy (its encoder held back by
@@ -350,6 +409,7 @@ class _LinkTrack:
 
     def reset(self) -> None:
         self.samples.clear()
+        self.rtts.clear()
         self.sums = WindowSums()
         self.level = self.rise_since = self.rise_floor = self.packets = None
         self.flowed = False
@@ -383,15 +443,35 @@ class _LinkTrack:
             # Media back after a stop: the packets counted lost are the stop's, already judged
             # as lost, and say nothing of the link now.
             sample = msgspec.structs.replace(sample, loss=None)
-        sums = self.sums
-        samples.append(sample)
-        sums.shift(sample, 1.0)
+        sums, rtts = self.sums, self.rtts
         oldest = t - limits.window_s
-        while samples[0].t < oldest:
-            sums.shift(samples.popleft(), -1.0)
-        if sample.rtt_ms is not None or self.rtt is not None:
-            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
-            self.rtt = median(rtts) if rtts else None
+        v = sample.rtt_ms
+        if v is not None:
+            insort(rtts, v)
+        if samples and samples[0].t < oldest and (len(samples) == 1 or samples[1].t >= oldest):
+            # The window moves on by one: the new sample in, the oldest out, in one pass.
+            gone = samples.popleft()
+            samples.append(sample)
+            sums.swap(sample, gone)
+            w = gone.rtt_ms
+            if w is not None:
+                del rtts[bisect_left(rtts, w)]
+        else:
+            samples.append(sample)
+            sums.shift(sample, 1.0)
+            while samples[0].t < oldest:
+                gone = samples.popleft()
+                sums.shift(gone, -1.0)
+                w = gone.rtt_ms
+                if w is not None:
+                    del rtts[bisect_left(rtts, w)]
+        # The median (as ``median``) of the window's round trips.
+        n = len(rtts)
+        if n:
+            mid = n // 2
+            self.rtt = rtts[mid] if n % 2 else (rtts[mid - 1] + rtts[mid]) / 2
+        else:
+            self.rtt = None
         self._device(sample, limits, other)
 
         if count is not None:
@@ -441,7 +521,10 @@ class _LinkTrack:
                 if not self.flowed:
                     return
                 raw = Quality.GOOD
-        self._move(raw, t, limits)
+        if raw is self.level:
+            self.rise_since = self.rise_floor = None  # as _move does: no call for the usual case
+        else:
+            self._move(raw, t, limits)
 
     def _device(self, sample: LinkSample, limits: ScoringThresholds,
                 other: _LinkTrack | None) -> None:
@@ -604,7 +687,13 @@ class QualityMonitor:
             self._changed, self._relayed = True, None
         elif track.level is not level or track.flowed != flowed or track.busy != busy:
             self._changed = True
-        self.heartbeat(reporter, sample.t)
+        # heartbeat(reporter, t), inline: this runs for every sample of every link.
+        t, heard = sample.t, self._heard
+        last = heard.get(reporter)
+        if last is None or t - last >= self.limits.stale_after_s:
+            self._changed = True
+        if last is None or t > last:
+            heard[reporter] = t
         if peer not in self._heard:
             self._heard[peer] = -math.inf
             self._changed = True

@@ -171,13 +171,14 @@ class RoomWatch:
         watched = self.rooms.get(room.id)
         if watched is None:
             return None
-        monitor, people, me = watched.monitor, watched.people, member.id
+        monitor, people, closing = watched.monitor, watched.people, watched.closing
+        me = member.person.id
         monitor.heartbeat(me, now)
-        closing = watched.closing
         for stats in msg.links:
-            peer = stats.peer
+            # A PersonId once found among the room's people (no NewType call: per link, per sample).
+            peer: PersonId = stats.peer  # type: ignore[assignment]
             if peer in people and peer != me and peer not in closing:
-                monitor.ingest(me, PersonId(peer), sample_from_stats(stats, now))
+                monitor.ingest(me, peer, sample_from_stats(stats, now))
         if not monitor.due(now):
             return None
         out = Outbox()
