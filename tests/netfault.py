@@ -197,8 +197,14 @@ class Namespace:
         etc = NETNS_ETC / self.name
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(_RESOLV_CONF)
+        await _sh(["ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", self.ns_dev,
+                   "netns", self.name])
+        # IPv4 only: an IPv6 link-local address would finish its duplicate check a second after
+        # the link comes up, and Chromium takes that for a network change (ERR_NETWORK_CHANGED
+        # on whatever is loading), a fault no test asked for.
+        await _sh(["sysctl", "-qw", f"net.ipv6.conf.{self.host_dev}.disable_ipv6=1"])
+        await _sh(["ip", "netns", "exec", self.name, "sysctl", "-qw", f"net.ipv6.conf.{self.ns_dev}.disable_ipv6=1"])
         await _sh(["ip", "-batch", "-"], stdin="\n".join([
-            f"link add {self.host_dev} type veth peer name {self.ns_dev} netns {self.name}",
             f"addr add {self.host_ip}/30 dev {self.host_dev}",
             f"link set {self.host_dev} up",
         ]) + "\n")

@@ -7,6 +7,8 @@
 - The 600 kbit/s link still reads "May be choppy" at the first check with both cores busy:
   the check times the network where the bytes move, so a busy page is no reason to give up.
 - The verdict table for starved checks: what starvation cannot spoil still decides.
+- A network that dies while the check runs gets "We could not connect", not "Checking…" for
+  ever: every request of the check has a deadline.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ def cpu_hogs(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
             hog.wait(10)
 
 
-async def shown(page: Page) -> dict[str, str]:
+async def shown(page: Page, timeout_s: float = 90) -> dict[str, str]:
     """What the check says once it is done."""
     try:
-        await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=90_000)
+        await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running",
+                                                                          timeout=timeout_s * 1000)
     except AssertionError as exc:
         stage = await page.locator("#net-numbers").inner_text()
         raise AssertionError(f"the network check is still at {stage!r}") from exc
@@ -253,5 +256,25 @@ async def test_a_narrow_link_on_a_busy_machine_still_reads_choppy(
         # Every check, not the first good one: being busy is no reason to give up here.
         assert all(words["verdict"] == "Connection: May be choppy" for words in seen), seen
         await screenshot(page, "netcheck-rate-600-busy-machine", full_page=True)
+    finally:
+        await server.runner.cleanup()
+
+
+@pytest.mark.netns
+async def test_a_network_that_dies_during_the_check_gets_words_not_a_spinner(
+    make_config: Any, ns: Namespace, browser_in: Any, people: list[Person],  # noqa: F811
+) -> None:
+    server = await start_server(make_config(host="0.0.0.0"))
+    try:
+        page = await open_check(ns, browser_in, server, people)
+        assert (await shown(page))["level"] not in NETWORK_BLAME
+        # Dead from here on: the page's open connections to the server stall, they do not fail.
+        await ns.cut()
+        await page.get_by_role("button", name="Check again").click()
+        await expect(page.locator("#net-numbers")).to_have_text("Contacting the server…")
+        # The server's ICE list and the probe's answer each have a deadline (10 s and 20 s).
+        words = await shown(page, timeout_s=45)
+        assert (words["level"], words["verdict"]) == ("failed", "Connection: We could not connect"), words
+        assert words["advice"].startswith("We could not reach the video service from this network."), words
     finally:
         await server.runner.cleanup()

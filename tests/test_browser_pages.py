@@ -1,5 +1,5 @@
 """The partner's first minutes in real Chromium: a blocked camera, a forged link, the
-network check, and getting around with the keyboard alone."""
+network check, getting around with the keyboard alone, and a page whose scripts did not load."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from tests.browser import (  # noqa: F401  (browser is a fixture)
     axe_violations,
@@ -221,3 +221,52 @@ async def test_the_page_runs_under_its_content_security_policy(
     await expect(page.locator("#call-step")).to_be_visible()
     await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=20_000)
     assert console.csp_violations == []
+
+
+async def _failing_loads(context: BrowserContext, times: int) -> list[int]:
+    """In the next ``times`` loads of the page, its check script fails as a network change fails
+    it in Chromium (Wi-Fi to mobile data mid-load); the loads refused, by number."""
+    loads: list[int] = []
+    refused: list[int] = []
+
+    async def count_load(route: Route) -> None:
+        loads.append(len(loads) + 1)
+        await route.continue_()
+
+    async def refuse(route: Route) -> None:
+        if len(loads) <= times:
+            refused.append(len(loads))
+            await route.abort("internetdisconnected")
+        else:
+            await route.continue_()
+
+    await context.route("**/j/*", count_load)
+    await context.route("**/static/check.js", refuse)
+    return refused
+
+
+async def test_a_page_whose_scripts_failed_to_load_reloads_itself_once_and_works(
+    server: RunningServer, context: BrowserContext,
+) -> None:
+    room = server.create_room()
+    refused = await _failing_loads(context, times=1)
+    page = await open_page(context, room.partner_links[0])
+    await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=30_000)
+    assert set(refused) == {1}, refused
+    await expect(page.locator("#load-failed")).to_be_hidden()
+
+
+async def test_a_page_whose_scripts_keep_failing_says_so_and_offers_a_reload(
+    server: RunningServer, context: BrowserContext,
+) -> None:
+    room = server.create_room()
+    refused = await _failing_loads(context, times=2)
+    page = await open_page(context, room.partner_links[0])
+    notice = page.get_by_role("alert").filter(has_text="This page did not load completely")
+    await expect(notice).to_be_visible()
+    assert set(refused) == {1, 2}, refused
+    await screenshot(page, "load-failed")
+    # The network is back: the button is all it takes.
+    await notice.get_by_role("button", name="Reload the page").click()
+    await expect(page.locator("#net-verdict")).not_to_have_attribute("data-level", "running", timeout=30_000)
+    await expect(page.locator("#load-failed")).to_be_hidden()

@@ -6,6 +6,7 @@ import { chimeWav, explainMediaError, listDevices, speakerChoiceSupported } from
 import { runNetworkCheck, verdict } from './netcheck.js';
 
 const STAGE_WORDS = {
+  starting: 'Contacting the server…',
   connecting: 'Connecting to the server…',
   latency: 'Measuring delay…',
   download: 'Measuring download speed…',

@@ -36,6 +36,13 @@ const UNREAD_BYTES = 256 * 1024;
 // does not pace it. An upload this small fits the server's receive buffer whole, so a busy
 // server can only be late with its reply, by at most its longest stall.
 const SERVER_BUFFERS_BYTES = 200 * 1024;
+// How long the check waits for the server's small answers (its ICE list, the probe's SDP, with
+// the retries a busy server asks for): a request stuck on a stalled connection never ends by
+// itself, and the person would watch "Checking…" for ever.
+const ANSWER_WAIT_MS = 10000;
+const OFFER_WAIT_MS = 20000;
+// An upload still unanswered this long after its time was up: the link is at most that fast.
+const UPLOAD_GRACE_MS = 8000;
 
 /**
  * @typedef {{udp: boolean|null, tcp: boolean|null, connected: boolean|null, rtt_ms: number|null}} RelayResult
@@ -123,6 +130,23 @@ export class TimerLag {
       ? { p90_ms: Math.round(late[Math.floor(0.9 * (late.length - 1))]), max_ms: Math.round(late[late.length - 1]) }
       : { p90_ms: 0, max_ms: 0 };
     return { lag, hidden: this.hidden };
+  }
+}
+
+/**
+ * `run(signal)`, whose requests are aborted with Error(`${what} timed out`) once `ms` have
+ * passed, or at once when `outer` aborts (the person joined the call).
+ */
+async function withDeadline(ms, timers, what, run, outer = null) {
+  const stop = new AbortController();
+  const timer = timers.setTimeout(() => stop.abort(new Error(`${what} timed out`)), ms);
+  const abort = () => stop.abort(outer.reason);
+  outer?.addEventListener('abort', abort);
+  try {
+    return await run(stop.signal);
+  } finally {
+    timers.clearTimeout(timer);
+    outer?.removeEventListener('abort', abort);
   }
 }
 
@@ -244,10 +268,13 @@ export async function runNetworkCheck({
   // Room for this check's timing entries, however many checks the page ran before.
   perf?.setResourceTimingBufferSize?.(Math.max(250, (perf.getEntriesByType?.('resource').length ?? 0) + 50));
   let iceServers = [];
+  onStage('starting');
   try {
-    const response = await fetchImpl(url, { credentials: 'omit', cache: 'no-store' });
-    if (response.ok) {
-      const body = await response.json();
+    const body = await withDeadline(ANSWER_WAIT_MS, timers, 'server', async (stop) => {
+      const response = await fetchImpl(url, { credentials: 'omit', cache: 'no-store', signal: stop });
+      return response.ok ? response.json() : null;
+    }, signal);
+    if (body) {
       iceServers = body.ice_servers ?? [];
       // A relay-only server's calls never go direct: check the path they will take.
       result.relay_only = body.ice_transport_policy === 'relay';
@@ -311,12 +338,15 @@ async function fetchOrWait(fetchImpl, url, init, timers, waitsMs = [1000, 2000, 
 async function offerToProbe(pc, { url, fetchImpl, timers }) {
   await pc.setLocalDescription();
   await within(gathered(pc), 5000, timers, 'ICE gathering').catch(() => {});
-  const response = await fetchOrWait(fetchImpl, url, {
-    method: 'POST', credentials: 'omit', cache: 'no-store',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
-  }, timers);
-  await pc.setRemoteDescription(await response.json());
+  const answer = await withDeadline(OFFER_WAIT_MS, timers, 'server answer', async (stop) => {
+    const response = await fetchOrWait(fetchImpl, url, {
+      method: 'POST', credentials: 'omit', cache: 'no-store', signal: stop,
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
+    }, timers);
+    return response.json();
+  });
+  await pc.setRemoteDescription(answer);
 }
 
 /**
@@ -572,12 +602,22 @@ async function measureUp(url, { fetchImpl, now, timers, upMs, signal, perf }) {
   for (;;) {
     const { href, absolute } = transferUrl(`${url}/up`);
     const sent = now();
-    const response = await fetchOrWait(fetchImpl, href, {
-      method: 'POST', credentials: 'omit', cache: 'no-store', signal,
-      headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array(size),
-    }, timers);
+    let reply;
+    try {
+      reply = await withDeadline(upMs + UPLOAD_GRACE_MS, timers, 'upload', async (stop) => {
+        const response = await fetchOrWait(fetchImpl, href, {
+          method: 'POST', credentials: 'omit', cache: 'no-store', signal: stop,
+          headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array(size),
+        }, timers);
+        return response.json();
+      }, signal);
+    } catch (error) {
+      if (error instanceof ProbeRefused || signal?.aborted) throw error;
+      // Not through in all that time: the link carries less than this, by the page's clock.
+      if (out.kbps === null) out = { ...out, kbps: Math.round((size * 8) / (now() - sent)), timedBy: 'page', bytes: size };
+      break;
+    }
     const answered = now();
-    const reply = await response.json();
     const entry = await timingEntry(perf, absolute, { now, timers });
     const ms = entry ? entry.responseStart - entry.requestStart : answered - sent;
     if (reply.bytes === size && ms > 0) {
