@@ -5,8 +5,11 @@ of path a call uses (ICE, DTLS, SCTP over UDP), and measures round trip and loss
 Signaling is one HTTP request: the page waits for ICE gathering to finish and posts its whole
 offer; ``answer`` returns the whole answer (aiortc does not trickle either).
 
-The page opens one data channel, ``ping``: unordered, never retransmitted. Every message is
-echoed at once, so the page sees round-trip time, and the pings the network dropped as loss.
+The page opens two data channels and every message on them is echoed at once. ``ping``:
+unordered, never retransmitted, so the page sees round-trip time, and the pings the network
+dropped as loss. ``marker``: reliable, one message after the last ping; its echo leaves after
+every ping's echo, so once it is back the page knows the pings still unanswered were lost, not
+queued behind a busy probe.
 Throughput is not measured here but over plain HTTP (web/netcheck.py): pushing bulk data
 through aiortc's SCTP and DTLS in Python cost the server about a second of CPU per check, and
 on a busy server it measured the server's CPU instead of the network.
@@ -89,6 +92,9 @@ def offers_only_relay(sdp: str) -> bool:
     types = [line.split(" typ ", 1)[1].split()[0] for line in sdp.splitlines()
              if line.startswith("a=candidate:") and " typ " in line]
     return bool(types) and all(kind == "relay" for kind in types)
+
+
+ECHOED_CHANNELS = frozenset({"ping", "marker"})
 
 
 class LoopLag:
@@ -204,7 +210,7 @@ class NetworkProbe:
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            if channel.label == "ping":
+            if channel.label in ECHOED_CHANNELS:
                 channel.on("message", channel.send)
 
         @pc.on("connectionstatechange")

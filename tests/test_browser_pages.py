@@ -151,7 +151,8 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
     words = await page.evaluate(
         """async () => {
             const { verdict } = await import('/static/netcheck.js');
-            const base = { connected: true, rtt_ms: 40, loss: 0, down_kbps: 20000, up_kbps: 8000, candidate: 'host' };
+            const base = { connected: true, rtt_ms: 40, loss: 0, loss_settled: true, down_kbps: 20000, up_kbps: 8000,
+                           candidate: 'host' };
             return {
                 good: verdict(base),
                 choppy: verdict({ ...base, loss: 0.05 }),
@@ -181,7 +182,8 @@ async def test_the_network_check_reports_a_verdict_with_numbers(
         assert "Close other apps" in words[key]["advice"] and "Wi-Fi" not in words[key]["advice"]
     assert words["busyChoppy"]["numbers"] == words["slow"]["numbers"]
     assert words["busyGood"]["label"] == "Good"
-    # Pings that never came back were lost by the network, busy machine or not.
+    # Pings unanswered once the marker sent after them was back were lost by the network, busy
+    # machine or not.
     assert words["busyLossy"]["label"] == "Too weak for video"
     assert words["mildLag"]["label"] == "May be choppy"
     for key in ("hidden", "serverLate", "serverFull", "brokeOff"):

@@ -43,6 +43,9 @@ const ANSWER_WAIT_MS = 10000;
 const OFFER_WAIT_MS = 20000;
 // An upload still unanswered this long after its time was up: the link is at most that fast.
 const UPLOAD_GRACE_MS = 8000;
+// How long the pings' marker may take to come back (class Echoes): a server that fell behind
+// the pings of several checks answers seconds late, and its late echoes are not lost.
+const MARKER_WAIT_MS = 8000;
 
 /**
  * @typedef {{udp: boolean|null, tcp: boolean|null, connected: boolean|null, rtt_ms: number|null}} RelayResult
@@ -57,12 +60,16 @@ const UPLOAD_GRACE_MS = 8000;
 
 /**
  * @typedef {{connected: boolean, rtt_ms: number|null, jitter_ms: number|null, loss: number|null,
+ *            loss_settled?: boolean, discarded_on_send?: number,
  *            down_kbps: number|null, up_kbps: number|null, candidate: string|null,
  *            ice_rtt_ms?: number|null, speed_timed_by?: 'network'|'page'|null,
  *            relay_only?: boolean, relay: RelayResult|null, error?: string,
  *            page_lag?: Lateness|null, server_lag?: Lateness|null, hidden?: boolean}} CheckResult
- * rtt_ms: the pings' median (timed by this page); ice_rtt_ms: the ICE agent's own round trip
- * on the selected pair (timed on WebRTC's network thread).
+ * loss_settled: every echo that was coming had come (the marker was back, class Echoes) and
+ * this browser dropped none of its packets itself (discarded_on_send: the selected pair's
+ * packetsDiscardedOnSend over the pings), so the pings unanswered were lost on the way.
+ * rtt_ms: the fastest ping's round trip (timed by this page); ice_rtt_ms: the ICE agent's own
+ * round trip on the selected pair (timed on WebRTC's network thread).
  * speed_timed_by: 'network' when both transfers were timed by the browser's network stack,
  * 'page' when either was timed by this page's scripts (no timing entry).
  * relay_only: the server runs every call through the relay, so the check did too.
@@ -234,12 +241,6 @@ export function relayReachable(iceServers, {
   });
 }
 
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 /**
  * Run the check against `/j/<token>/netcheck`.
  * @param {{
@@ -261,7 +262,8 @@ export async function runNetworkCheck({
 }) {
   /** @type {CheckResult} */
   const result = {
-    connected: false, rtt_ms: null, jitter_ms: null, loss: null, down_kbps: null, up_kbps: null, candidate: null,
+    connected: false, rtt_ms: null, jitter_ms: null, loss: null, loss_settled: false,
+    down_kbps: null, up_kbps: null, candidate: null,
     ice_rtt_ms: null, speed_timed_by: null,
     relay_only: false, relay: null, page_lag: null, server_lag: null, hidden: false,
   };
@@ -374,17 +376,22 @@ async function checkConnection(result, iceServers, {
   try {
     onStage('connecting');
     const ping = pc.createDataChannel('ping', { ordered: false, maxRetransmits: 0 });
+    const marker = pc.createDataChannel('marker');
     await offerToProbe(pc, { ...io, timers });
-    await within(opened(ping), connectTimeoutMs, timers, 'connection');
+    await within(Promise.all([opened(ping), opened(marker)]), connectTimeoutMs, timers, 'connection');
     result.connected = true;
 
     onStage('latency');
-    echoes = new Echoes(ping, now);
+    echoes = new Echoes(ping, now, marker);
+    const discardedBefore = await discardedOnSend(pc);
     await echoes.send(pings, pingEveryMs, timers);
+    result.discarded_on_send = (await discardedOnSend(pc)) - discardedBefore;
     Object.assign(result, echoes.summary());
     result.candidate = await selectedCandidateType(pc);
     if (!signal?.aborted) await checkSpeed(result, { ...io, now, timers, onStage, downMs, upMs, signal });
     Object.assign(result, echoes.summary());
+    // Packets this browser dropped itself (a starved network thread) are not the network's.
+    result.loss_settled &&= result.discarded_on_send === 0;
     // Read last: by now the ICE agent has checked the pair a few times more.
     result.ice_rtt_ms = await iceRoundTrip(pc);
   } catch (error) {
@@ -439,13 +446,23 @@ async function checkRelayed(iceServers, { RTCPeerConnectionImpl, now, timers, co
 
 /**
  * Pings on an unordered, never retransmitted channel, and their echoes. An echo that comes
- * back late still came back: a busy computer or server delays echoes, only the network drops
- * them, so `loss` counts only pings whose echo never came while we listened.
+ * back late still came back: a busy computer or server delays echoes (a server that falls
+ * behind, by seconds), only the network drops them. So after the last ping a `marker` goes on
+ * a reliable channel of the same connection, and the probe echoes it behind every echo it
+ * sent before: once the marker is back, a ping still unanswered was lost on the way
+ * (`loss_settled`). Without a marker channel, or when the marker is not back within
+ * MARKER_WAIT_MS, `loss` counts the pings unanswered while we listened, and is not settled.
+ * The round trip is the fastest echo's. No echo comes back sooner than the path allows, and a
+ * busy computer or server only ever adds to it. A median would read a queue as the path: a
+ * server that falls behind several checks' pings answers each later than the one before (on
+ * loopback with the machine busy, CI saw a median of 339 ms and "May be choppy").
  */
 class Echoes {
-  constructor(channel, now) {
+  constructor(channel, now, marker = null) {
     this.channel = channel;
     this.now = now;
+    this.marker = marker;
+    this.settled = false;
     this.sentAt = new Map();
     this.sent = 0;
     this.rtts = [];
@@ -468,9 +485,16 @@ class Echoes {
       this.channel.send(`${seq}:ping`);
       await sleep(everyMs, timers);
     }
-    // Give late echoes a moment; later than this counts as lost for a conversation anyway.
-    const deadline = this.now() + 1000;
-    while (this.sentAt.size > 0 && this.now() < deadline) await sleep(50, timers);
+    if (this.marker?.readyState === 'open') {
+      const back = new Promise((resolve) => { this.marker.onmessage = resolve; });
+      this.marker.send('marker');
+      this.settled = await within(back, MARKER_WAIT_MS, timers, 'marker').then(() => true, () => false);
+      this.marker.onmessage = null;
+    } else {
+      // Give late echoes a moment.
+      const deadline = this.now() + 1000;
+      while (this.sentAt.size > 0 && this.now() < deadline) await sleep(50, timers);
+    }
   }
 
   stop() {
@@ -478,19 +502,20 @@ class Echoes {
   }
 
   summary() {
-    if (this.rtts.length === 0) return { rtt_ms: null, jitter_ms: null, loss: 1 };
+    if (this.rtts.length === 0) return { rtt_ms: null, jitter_ms: null, loss: 1, loss_settled: this.settled };
     let jitter = 0;
     for (let i = 1; i < this.rtts.length; i += 1) jitter += Math.abs(this.rtts[i] - this.rtts[i - 1]);
     return {
-      rtt_ms: Math.round(median(this.rtts) * 10) / 10,
+      rtt_ms: Math.round(Math.min(...this.rtts) * 10) / 10,
       jitter_ms: this.rtts.length > 1 ? Math.round((jitter / (this.rtts.length - 1)) * 10) / 10 : 0,
       loss: Math.round((this.sentAt.size / Math.max(1, this.sent)) * 1000) / 1000,
+      loss_settled: this.settled,
     };
   }
 }
 
-async function measurePings(channel, { pings, pingEveryMs, now, timers }) {
-  const echoes = new Echoes(channel, now);
+export async function measurePings(channel, { pings, pingEveryMs, now, timers, marker = null }) {
+  const echoes = new Echoes(channel, now, marker);
   await echoes.send(pings, pingEveryMs, timers);
   echoes.stop();
   return echoes.summary();
@@ -655,6 +680,15 @@ async function iceRoundTrip(pc) {
   return null;
 }
 
+/** Packets the browser dropped on the selected pair before they left (its queue was full). */
+async function discardedOnSend(pc) {
+  try {
+    return selectedPair(await pc.getStats())?.packetsDiscardedOnSend ?? 0;
+  } catch (error) {
+    return 0;
+  }
+}
+
 function selectedPair(report) {
   // The transport points at the pair in use (Chromium, Safari); Firefox flags it instead.
   let pair = null;
@@ -720,7 +754,7 @@ export function verdict(r, { audience = 'partner' } = {}) {
     // Short of good on what the starvation cannot have spoiled, that is the network's doing;
     // good on every figure of the path, timed where starvation does not reach, the path is good.
     if (!isFine(keptWords) || kept.complete) {
-      return { ...keptWords, numbers: describeNumbers(kept.rttByIce ? { ...r, rtt_ms: r.ice_rtt_ms } : r) };
+      return { ...keptWords, numbers: describeNumbers(kept.rttByIce ? { ...r, rtt_ms: kept.figures.rtt_ms } : r) };
     }
   }
   // In the background the browser slows the page's timers on purpose: say that, not "busy".
@@ -736,8 +770,10 @@ function isFine(words) {
  * The figures of a starved check, each kept if the starvation cannot have spoiled it and set to
  * its best otherwise (no delay, unlimited speed), so that only the kept ones can fail the path;
  * `complete` when every figure was kept.
- * Kept: loss (only echoes that never came count, and a stall delays echoes, it does not drop
- * them); the ICE agent's round trip (timed on WebRTC's network thread, not the page's); transfers
+ * Kept: loss once settled (the pings unanswered when the marker sent after them was back: a
+ * stall delays echoes, it does not drop them); the ICE agent's round trip (timed on WebRTC's
+ * network thread, not the page's), or the fastest echo when that was faster still (starvation
+ * cannot make an echo early); transfers
  * timed by the network stack as bytes move (a download the page is slow to read waits only once
  * the browser's buffer for it is full: not while the page's longest stall is shorter than the
  * link takes to fill it). A busy server delays the round trips (it answers them); not a download
@@ -752,8 +788,10 @@ function trusted(r, { pageStarved, serverStarved }) {
     figures[key] = best;
     if (!goodEnough) complete = false;
   };
+  if (!r.loss_settled) setAside('loss', 0, r.loss !== null && r.loss <= GOOD.loss);
   const rttByIce = !serverStarved && typeof r.ice_rtt_ms === 'number';
-  if (rttByIce) figures.rtt_ms = r.ice_rtt_ms;
+  // Each only ever adds to the path's round trip: the smaller is the nearer.
+  if (rttByIce) figures.rtt_ms = Math.min(r.ice_rtt_ms, r.rtt_ms ?? Infinity);
   else setAside('rtt_ms', 0, r.rtt_ms !== null && r.rtt_ms <= GOOD.rtt_ms);
   const byNetwork = r.speed_timed_by === 'network';
   const longestStall = r.hidden ? Infinity : (r.page_lag?.max_ms ?? 0);
