@@ -59,6 +59,17 @@ async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> 
             h.observe('b', 'pc2', 320, 5200);
             h.observe('b', 'pc2', 340, 6100);
             seen.push(['b counted anew', h.receiving('b', 6200), h.lost('b', 6200)]);
+            // A peer on a busy device may pause its media: its silence alone is not shown as
+            // lost while another link still hears; once every link is quiet, this page is cut
+            // off, and it is shown, device or not.
+            h.observe('a', 'pc9', 10, 6100);
+            h.observe('a', 'pc9', 10, 7000);
+            h.observe('b', 'pc2', 360, 7000);
+            seen.push(['a quiet on a busy device', h.shownLost('a', 7200, { onDevice: true }),
+                       h.shownLost('a', 7200)]);
+            h.observe('b', 'pc2', 360, 8300);
+            seen.push(['every link quiet', h.shownLost('a', 8300, { onDevice: true }),
+                       h.shownLost('b', 8300, { onDevice: true })]);
             return seen;
         }"""
     )
@@ -71,6 +82,8 @@ async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> 
         ["fresh, no media for 1 s", False, True, True],
         ["b back", False, True, False],
         ["b counted anew", True, False],
+        ["a quiet on a busy device", False, True],
+        ["every link quiet", True, True],
     ]
 
 

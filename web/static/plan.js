@@ -71,6 +71,16 @@ export class LinkHealth {
     const peers = [...this._links.keys()];
     return peers.length > 0 && peers.every((peerId) => this.lost(peerId, now));
   }
+
+  /**
+   * Whether to show a link as lost. A peer the server says is on a busy or stopped device may
+   * pause its media with nothing wrong with the network (docs/fallback.md, devices), so
+   * silence from it alone is not shown as lost; but when every link went quiet, this page is
+   * the one cut off, and what the server said of the others' devices says nothing about that.
+   */
+  shownLost(peerId, now, { onDevice = false } = {}) {
+    return this.lost(peerId, now) && (!onDevice || this.allLost(now));
+  }
 }
 
 /**

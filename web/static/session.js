@@ -541,10 +541,14 @@ export class RoomPage {
       if (!stats) return;
       links.push(stats);
       this.fallback.observe(c.peerId, c.pcId, stats.packets_in);
-      // Media that stopped is plain to see at once, except from someone the server knows is on
-      // a busy or stopped device (their page pauses its media; their network is fine).
-      const lost = this.fallback.health.lost(c.peerId, Date.now()) && !this._devicesShownAs.get(c.peerId);
-      this.board.fromStats(c.peerId, stats, { lost });
+    });
+    // Every link observed first: whether all went quiet decides what one silence means.
+    const now = Date.now();
+    connections.forEach((c, i) => {
+      const stats = samples[i];
+      if (!stats) return;
+      const onDevice = Boolean(this._devicesShownAs.get(c.peerId));
+      this.board.fromStats(c.peerId, stats, { lost: this.fallback.health.shownLost(c.peerId, now, { onDevice }) });
     });
     this.sampler.keepOnly(connections.map((c) => c.pcId));
     this.fallback.health.keepOnly(connections.map((c) => c.peerId));
