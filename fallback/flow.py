@@ -137,6 +137,8 @@ class _Person:
     # Lowered video as a probe out of audio only, and how many probes failed so far.
     probing: bool = False
     probes: int = 0
+    # Audio only, good again, and told so ("video will come back in a few seconds").
+    told_returning: bool = False
     # What the monitor says of this person's device, and its open ledger entry.
     device: str | None = None
     device_entry: int | None = None
@@ -273,13 +275,23 @@ class FallbackFlow:
         p.device_entry = p.device = None
 
     def _grade(self, p: _Person, level: Quality, cause: Cause, now: float, out: _Out) -> None:
+        named = p.cause == Cause.OWN_NETWORK
         if level == Quality.GOOD:
             p.degraded_since = p.poor_since = None
             if p.good_since is None:
                 p.good_since = now
             if p.video == VideoMode.FULL:
                 self._recovered(p, now, out)
+            elif p.video == VideoMode.AUDIO_ONLY and not p.told_returning:
+                # The connection is good while the video waits to come back: "weak" would
+                # no longer be true.
+                p.told_returning = True
+                self._tell(NoticeKind.VIDEO_RETURNING, p, out, named=named)
             return
+        if p.told_returning:
+            # Weak again before the video came back: say so again.
+            p.told_returning = False
+            self._tell(NoticeKind.VIDEO_PAUSED, p, out, named=named)
         p.state, p.cause, p.good_since = PersonState.DEGRADED, cause, None
         if p.degraded_since is None:
             p.degraded_since = now
@@ -332,7 +344,7 @@ class FallbackFlow:
 
     def _probe(self, p: _Person, now: float, out: _Out) -> None:
         """Out of audio only, one step up: lowered video, judged against what it carries."""
-        p.video, p.probing, p.good_since = VideoMode.LOWERED, True, now
+        p.video, p.probing, p.good_since, p.told_returning = VideoMode.LOWERED, True, now, False
         self._step(p, now, Step.LOWER_VIDEO)
         out.add(LowerVideo(p.id))
         self._tell(NoticeKind.VIDEO_BACK, p, out, named=p.cause == Cause.OWN_NETWORK)
@@ -346,7 +358,7 @@ class FallbackFlow:
 
     def _restore(self, p: _Person, now: float, out: _Out) -> None:
         was_paused = p.video == VideoMode.AUDIO_ONLY
-        p.video, p.probing, p.probes = VideoMode.FULL, False, 0
+        p.video, p.probing, p.probes, p.told_returning = VideoMode.FULL, False, 0, False
         self._step(p, now, Step.RESTORE_VIDEO)
         out.add(RestoreVideo(p.id))
         if was_paused:

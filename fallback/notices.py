@@ -28,6 +28,7 @@ class Audience(str, enum.Enum):
 
 class NoticeKind(str, enum.Enum):
     VIDEO_PAUSED = "video_paused"
+    VIDEO_RETURNING = "video_returning"
     VIDEO_BACK = "video_back"
     DROPPED = "dropped"
     BACK = "back"
@@ -51,6 +52,8 @@ _K, _A = NoticeKind, Audience
 _PAUSED = "{name}'s connection is weak, so their video is paused to keep the sound clear."
 _YOU_PAUSED = ("Your internet connection is weak right now, so we've paused video to keep "
                "your voice clear. Video will come back on its own when the connection improves.")
+_RETURNING = "{name}'s connection is better. Their video will come back in a few seconds."
+_YOU_RETURNING = "Your connection is better. Video will come back in a few seconds."
 _HANG_UP = " You can hang up the phone."
 
 # {name}: who it is about; {at_phone}: " at (•••) •••-0102" or ""; {window}: seconds.
@@ -63,6 +66,13 @@ NOTICE_TEXT: dict[tuple[NoticeKind, Audience], str] = {
     "video is paused to keep the sound clear. You can keep talking.",
     (_K.VIDEO_PAUSED, _A.EVERYONE): "The connection is weak right now, so video is paused to "
     "keep the sound clear. It will come back on its own.",
+    (_K.VIDEO_RETURNING, _A.YOU): _YOU_RETURNING,
+    (_K.VIDEO_RETURNING, _A.YOU_THERAPIST): _YOU_RETURNING,
+    (_K.VIDEO_RETURNING, _A.THERAPIST): _RETURNING,
+    (_K.VIDEO_RETURNING, _A.PARTNER): _RETURNING,
+    (_K.VIDEO_RETURNING, _A.PARTNER_THERAPIST): "Your therapist's connection is better. Their video "
+    "will come back in a few seconds.",
+    (_K.VIDEO_RETURNING, _A.EVERYONE): "The connection is better. Video will come back in a few seconds.",
     (_K.VIDEO_BACK, _A.YOU): "Your connection is better. Video is back on.",
     (_K.VIDEO_BACK, _A.YOU_THERAPIST): "Your connection is better. Video is back on.",
     (_K.VIDEO_BACK, _A.THERAPIST): "{name}'s video is back on.",

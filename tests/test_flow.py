@@ -138,6 +138,10 @@ def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_steps_back_up
         A: (18, Audience.YOU, A), T: (18, Audience.THERAPIST, A), B: (18, Audience.PARTNER, A),
     }
     assert probe - 30 <= 10
+    # Good again, video still paused: "weak" would be false now; everyone hears it is coming.
+    assert notices(seen, NoticeKind.VIDEO_RETURNING) == {
+        A: (30, Audience.YOU, A), T: (30, Audience.THERAPIST, A), B: (30, Audience.PARTNER, A),
+    }
     assert when(seen, RestoreVideo(A)) == [probe + TIMINGS.restore_video_after_s]
     assert notices(seen, NoticeKind.VIDEO_BACK) == {
         A: (probe, Audience.YOU, A), T: (probe, Audience.THERAPIST, A), B: (probe, Audience.PARTNER, A),
@@ -149,6 +153,15 @@ def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_steps_back_up
     assert steps(entry) == [(14, Step.LOWER_VIDEO, None), (18, Step.AUDIO_ONLY, None),
                             (34, Step.LOWER_VIDEO, None), (44, Step.RESTORE_VIDEO, None)]
     assert flow.status(A).state == PersonState.CONNECTED and flow.status(A).video == VideoMode.FULL
+
+
+def test_weak_again_before_the_video_came_back_is_said_again() -> None:
+    # Poor 10-30 s (audio only at 18), good for 2 s (shorter than the probe wait), poor again.
+    seen = run(room(), lambda t: {A: P} if 10 <= t < 30 or 32 <= t < 40 else {}, 0, 60)
+    told = [(t, a.kind) for t, a in seen if isinstance(a, Notice) and a.to == T]
+    assert told == [(18, NoticeKind.VIDEO_PAUSED), (30, NoticeKind.VIDEO_RETURNING),
+                    (32, NoticeKind.VIDEO_PAUSED), (40, NoticeKind.VIDEO_RETURNING),
+                    (40 + TIMINGS.probe_video_after_s, NoticeKind.VIDEO_BACK)]
 
 
 def test_fair_only_lowers_video_and_restores_without_alarming_anyone() -> None:

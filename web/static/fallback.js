@@ -16,7 +16,7 @@ import { announce } from './ui.js';
 
 /** Notices read out at once: a drop and the phone step. */
 const URGENT = new Set(['dropped', 'phone']);
-const GOOD_NEWS = new Set(['back', 'video_back', 'resumed', 'returned_to_video', 'video_available']);
+const GOOD_NEWS = new Set(['back', 'video_returning', 'video_back', 'resumed', 'returned_to_video', 'video_available']);
 /** Notices that say things are fine again fade after this long; the others stay until replaced. */
 const FADES_AFTER_MS = { back: 6000, video_back: 6000, resumed: 6000, returned_to_video: 8000, left: 8000 };
 
