@@ -80,10 +80,14 @@ class Link:
     kbps_in: float | None = None
     kbps_out: float | None = None
     limitation: str | None = None
+    encode_ms: float | None = None  # the viewer's encoder, per frame over the second
     level: str | None = None
     device: str | None = None
     status: str | None = None
     advancing: bool = False
+    # What the viewer's page last told the server about this peer (its LinkStats): kept to
+    # find why a verdict was wrong, never part of the truth.
+    reported: dict[str, Any] | None = None
 
 
 @dataclass
@@ -113,6 +117,15 @@ def _faulty_people(network: Sequence[Any] | None) -> set[str]:
     return {"b"} if network else set()
 
 
+# The reported fields a verdict rests on (docs/protocol.md, LinkStats).
+REPORTED_FIELDS = ("loss", "rtt_ms", "fps", "in_bitrate", "out_bitrate", "send_fps", "send_limit", "encode_ms",
+                   "lag_ms", "video", "packets_in")
+
+
+def _reported(stats: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return {k: stats[k] for k in REPORTED_FIELDS if stats.get(k) is not None} if stats else None
+
+
 def timeline(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> list[Second]:
     """The recorded seconds as ``Second``s, counters turned into rates, truth decided.
     ``names``: role -> the person's name as tiles show it."""
@@ -137,7 +150,7 @@ def timeline(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> 
                 if peer is None:
                     continue
                 link = Link(viewer, peer, "unknown", level=tile.get("level"), device=tile.get("device"),
-                            status=tile.get("status"))
+                            status=tile.get("status"), reported=_reported(tile.get("reported")))
                 key = (viewer, peer)
                 frames = int(tile.get("frames") or 0)
                 truth = tile.get("truth")
@@ -160,6 +173,10 @@ def timeline(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> 
                             link.kbps_out = round(_rate(truth["bytesOut"], old["bytesOut"], dt) * 8 / 1000, 1)
                             link.fps_in = round(_rate(truth["framesDecoded"], old["framesDecoded"], dt), 1)
                             link.fps_out = round(_rate(truth["framesEncoded"], old["framesEncoded"], dt), 1)
+                            encoded = truth["framesEncoded"] - old["framesEncoded"]
+                            if encoded > 0 and "encodeSeconds" in truth and "encodeSeconds" in old:
+                                link.encode_ms = round(
+                                    (truth["encodeSeconds"] - old["encodeSeconds"]) * 1000 / encoded, 1)
                     previous[key] = (sample["t"], truth, frames)
                 else:
                     previous[key] = (sample["t"], {}, frames)

@@ -7,7 +7,9 @@
 //   into per-second rates): per remote tile, what the page shows about that person (its
 //   quality level, data-device, data-status, decoded frames) and the truth from the
 //   connection that feeds the tile (getStats: packets, loss, bytes, frames, round trip,
-//   qualityLimitationReason); and every banner in #banners and #alerts.
+//   qualityLimitationReason, the encoder's time); and every banner in #banners and #alerts;
+//   and the page's own last stats message to the server (`reported`, per peer: what the
+//   monitor was told, kept beside the truth to find why a verdict was wrong, never scored).
 // - window.__probeBackground(on): a background tab, as far as a headless page can be one:
 //   document.visibilityState reads "hidden" (and visibilitychange fires), timers run only at
 //   wake-ups every BACKGROUND_WAKE_MS, and requestAnimationFrame callbacks wait for the
@@ -22,6 +24,19 @@
   };
   // Chromium-only page state the probe needs too (tests/browser_call.py reads __pcs).
   window.__pcs = pcs;
+
+  let reported = {};
+  const nativeSend = WebSocket.prototype.send;
+  WebSocket.prototype.send = function send(data) {
+    if (typeof data === 'string' && data.startsWith('{"type":"stats"')) {
+      try {
+        reported = Object.fromEntries(JSON.parse(data).links.map((link) => [link.peer, link]));
+      } catch (error) {
+        // Not ours to judge.
+      }
+    }
+    return nativeSend.call(this, data);
+  };
 
   let hidden = false;
   let heldFrames = [];
@@ -93,7 +108,7 @@
 
   const truth = async (pc) => {
     const t = { pc: pcs.indexOf(pc), state: pc.connectionState, packetsIn: 0, packetsLost: 0,
-      bytesIn: 0, bytesOut: 0, framesDecoded: 0, framesEncoded: 0, fpsIn: null, fpsOut: null,
+      bytesIn: 0, bytesOut: 0, framesDecoded: 0, framesEncoded: 0, encodeSeconds: 0, fpsIn: null, fpsOut: null,
       rttMs: null, limitation: null, videoOut: false, videoIn: false };
     let remoteRtt = null;
     const report = await pc.getStats();
@@ -115,6 +130,7 @@
         if (s.kind === 'video') {
           t.videoOut = true;
           t.framesEncoded += s.framesEncoded ?? 0;
+          t.encodeSeconds += s.totalEncodeTime ?? 0;
           if (typeof s.framesPerSecond === 'number') t.fpsOut = (t.fpsOut ?? 0) + s.framesPerSecond;
           if (s.qualityLimitationReason && s.qualityLimitationReason !== 'none') t.limitation = s.qualityLimitationReason;
           else t.limitation = t.limitation ?? s.qualityLimitationReason ?? null;
@@ -151,7 +167,8 @@
       };
     });
     const shownBanners = banners();
-    const tiles = await Promise.all(shown.map(async ({ pc, ...tile }) => ({ ...tile, truth: pc ? await truth(pc) : null })));
+    const tiles = await Promise.all(shown.map(async ({ pc, ...tile }) => ({
+      ...tile, truth: pc ? await truth(pc) : null, reported: reported[tile.peer] ?? null })));
     return { t, visible: !hidden, tiles, banners: shownBanners };
   };
 })();
