@@ -258,7 +258,8 @@ async def test_a_partner_on_a_slow_computer_on_a_clean_link_is_a_busy_computer_n
                  for x, y in zip(end["links"], start["links"], strict=False)]
         assert min(still) >= ScoringThresholds().busy_encode_ms / 2, ("busy words without a busy encoder", still)
     else:
-        await expect(c.therapist.page.locator("#banners")).not_to_contain_text("computer is busy")
+        # Only Partner 1's: on a machine loaded by other work the others' words may be true.
+        await expect(c.therapist.page.locator("#banners")).not_to_contain_text(f"{c.a.name}'s computer is busy")
 
 
 async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanly(call: Call) -> None:
