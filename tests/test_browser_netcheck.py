@@ -115,6 +115,13 @@ async def test_a_busy_machine_is_never_told_its_network_is_weak(
     await screenshot(people[0].page, "netcheck-busy-machine", full_page=True)
 
 
+async def in_a_page(server: RunningServer, browser: Browser, people: list[Person], script: str) -> Any:  # noqa: F811
+    """What ``script`` returns in a page of the server (its modules importable)."""
+    person = await open_person(browser, "Reader", server.base_url + "/")
+    people.append(person)
+    return await person.page.evaluate(script)
+
+
 # What a check on a busy machine may still judge: figures timed where the bytes move (the
 # network stack's transfer timings, the ICE agent's round trip) and loss; not the page's own.
 STARVED_TABLE = """async () => {
@@ -146,9 +153,7 @@ STARVED_TABLE = """async () => {
 async def test_a_starved_check_is_judged_on_what_starvation_cannot_spoil(
     server: RunningServer, browser: Browser, people: list[Person],  # noqa: F811
 ) -> None:
-    person = await open_person(browser, "Reader", server.base_url + "/")
-    people.append(person)
-    said = await person.page.evaluate(STARVED_TABLE)
+    said = await in_a_page(server, browser, people, STARVED_TABLE)
     # A narrow link reads narrow however busy the page: its transfers were timed by the
     # network stack, its round trip by the ICE agent.
     for key in ("narrowBusyPage", "narrowBusyNoIce"):
@@ -224,9 +229,7 @@ ECHOES = """async () => {
 async def test_the_round_trip_is_the_paths_and_late_echoes_are_not_lost(
     server: RunningServer, browser: Browser, people: list[Person],  # noqa: F811
 ) -> None:
-    person = await open_person(browser, "Reader", server.base_url + "/")
-    people.append(person)
-    said = await person.page.evaluate(ECHOES)
+    said = await in_a_page(server, browser, people, ECHOES)
     assert said["prompt"]["rtt_ms"] < 50 and said["prompt"]["label"] == "Good", said
     assert said["prompt"]["loss"] == 0 and said["prompt"]["loss_settled"], said
     # Every echo 300 ms late: that is the path, and it is too slow to be good.
