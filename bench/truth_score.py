@@ -23,7 +23,8 @@ The monitor's own verdicts never enter the truth.
 - seconds to warn (fault phases): from the fault to the fault's person (their tile or a banner
   naming them) shown at the phase's level, on each other page.
 - seconds to video back (recovery phases): from the network's return to the subject's picture
-  advancing again on each other page, and the seconds it stopped again afterwards.
+  advancing again on each other page, for ``BACK_SUSTAIN`` readings in a row, and the seconds
+  it stood still again afterwards (a second a page was not read counts neither way).
 - device phases: seconds the device person's state was worded as their device (a tile's
   ``data-device``, or words such as "busy"/"locked") and seconds it was blamed on a network.
 """
@@ -40,6 +41,8 @@ ROLES = ("therapist", "a", "b")
 LOSS_CLEAN = 0.02
 RTT_CLEAN_MS = 300.0
 RECOVERY_GRACE_S = 10.0
+# Video is back once the picture advances in this many readings in a row.
+BACK_SUSTAIN = 3
 ALARM_LEVELS = frozenset({"fair", "poor", "lost"})
 # What a phase's fault must be shown as, at least, to count as warned.
 WARN_LEVELS = {"loss": frozenset({"fair", "poor", "lost"}), "rate": frozenset({"fair", "poor", "lost"}),
@@ -307,6 +310,19 @@ def _first(seconds: Iterable[Second], start: float, test: Any) -> float | None:
     return None
 
 
+def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[float | None, int]:
+    """When ``viewer`` saw ``peer``'s picture back (the first of ``BACK_SUSTAIN`` readings in
+    a row that advance: one second of frames flushed from a narrow link's queue is not video
+    back), and how many readings after that stood still. A second the viewer's page was not
+    read says nothing either way."""
+    advancing = [(s.t, x.advancing) for s in seconds if (x := s.link(viewer, peer)) is not None]
+    for i, (t, _) in enumerate(advancing):
+        run = advancing[i:i + BACK_SUSTAIN]
+        if all(moving for _, moving in run):
+            return t, sum(1 for _, moving in advancing[i:] if not moving)
+    return None, 0
+
+
 def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str, str]) -> list[PhaseScore]:
     rows: list[PhaseScore] = []
     for phase in phases:
@@ -355,10 +371,9 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
         if phase.kind == "recover" and subject:
             row.video_back_s, row.video_stopped_again_s = {}, {}
             for v in others:
-                back = _first(mine, start, lambda s, v=v, subject=subject: bool((x := s.link(v, subject)) and x.advancing))
-                row.video_back_s[v] = back
-                row.video_stopped_again_s[v] = 0 if back is None else sum(
-                    1 for s in mine if s.t - start > back and not ((x := s.link(v, subject)) and x.advancing))
+                back, stopped = video_back(mine, v, subject)
+                row.video_back_s[v] = None if back is None else round(back - start, 1)
+                row.video_stopped_again_s[v] = stopped
         if phase.kind == "device" and subject:
             row.device_worded_seconds = sum(1 for s in mine if device_worded(s, subject, names))
             row.network_blamed_seconds = sum(

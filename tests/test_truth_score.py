@@ -150,15 +150,26 @@ def test_a_cut_is_warned_only_once_shown_lost() -> None:
 
 
 def test_video_back_and_stopping_again_after_a_restore() -> None:
-    back = Phase("after", "recover", 5, subject="b")
-    frames = [0, 0, 0, 40, 40, 60]  # paused, back at 3 s, stopped at 4 s, moving at 5 s
+    back = Phase("after", "recover", 10, subject="b")
+    # Paused; one second of queued frames flushed at 3 s, still again at 4 s; moving for good
+    # from 5 s, but for one more stop at 8 s.
+    frames = [0, 0, 0, 40, 40, 60, 80, 100, 100, 120]
     records = [record(t, "after", clean_pages(t, therapist_b={"frames": f}, a_b={"frames": 20 * t}))
                for t, f in enumerate(frames)]
     rows = scored(*records, phases=(back,))
-    assert rows["after"].video_back_s == {"therapist": 3.0, "a": 1.0}
+    assert rows["after"].video_back_s == {"therapist": 5.0, "a": 1.0}
     assert rows["after"].video_stopped_again_s == {"therapist": 1, "a": 0}
     # Within the grace after a restore, verdicts are not counted as false alarms.
     assert rows["after"].clean_seconds == 0
+
+
+def test_a_second_a_page_was_not_read_is_not_video_standing_still() -> None:
+    back = Phase("after", "recover", 6, subject="b")
+    records = [record(t, "after", clean_pages(t)) for t in range(6)]
+    del records[3]["pages"]["therapist"]  # the busy machine missed one reading of that page
+    rows = scored(*records, phases=(back,))
+    assert rows["after"].video_back_s == {"therapist": 1.0, "a": 1.0}
+    assert rows["after"].video_stopped_again_s == {"therapist": 0, "a": 0}
 
 
 def test_a_cpu_bound_partner_worded_as_their_device_meets_the_target() -> None:
