@@ -10,7 +10,7 @@ peer: inbound counters count media from the peer. Its level moves like this::
     (no data, or the connection has not carried media yet) -> None
     any --window scores lower--> lower level at once            (falls fast)
     any --window scores higher for the hold--> higher           (recovers slowly)
-      the hold is upgrade_hold_s, doubled after each fall that soon follows a rise
+      the hold is upgrade_hold_s, doubled after each fall from good that soon follows a rise to it
     any --inbound packets stop growing for lost_after_s--> LOST
     LOST --packets grow in every sample for recover_from_lost_s--> the window's level
 
@@ -565,7 +565,10 @@ class _LinkTrack:
 
     def _move(self, raw: Quality, t: float, limits: ScoringThresholds) -> None:
         if self.level is None or raw.rank < self.level.rank:
-            if self.level is not None:
+            if self.level is Quality.GOOD:
+                # A flap is good, weak, good again: only a fall from good soon after the rise
+                # to it grows the hold. Swings between weak levels within one bad spell do
+                # not, or a network that has settled would wait out holds its spell built up.
                 flapping = self.last_rise is not None and t - self.last_rise < limits.flap_window_s
                 self.hold = min(self.hold * 2, limits.upgrade_hold_max_s) if flapping else 0.0
             self.level, self.rise_since, self.rise_floor = raw, None, None
@@ -584,7 +587,8 @@ class _LinkTrack:
         self.rise_floor = worst((self.rise_floor, raw))
         if t - self.rise_since >= max(self.hold, limits.upgrade_hold_s):
             self.level, self.rise_since, self.rise_floor = self.rise_floor, None, None
-            self.hold, self.last_rise = max(self.hold, limits.upgrade_hold_s), t
+            if self.level is Quality.GOOD:
+                self.hold, self.last_rise = max(self.hold, limits.upgrade_hold_s), t
 
 
 # -- the room -------------------------------------------------------------------------------
