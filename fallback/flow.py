@@ -9,7 +9,7 @@ One participant's states (``PersonState``)::
 
     connected --level fair/poor--> degraded --good for the restore wait--> connected
       degraded: lower video after lower_video_after_s, audio only after audio_only_after_s poor;
-      back up a step at a time: audio only --good for the probe wait--> lowered
+      back up a step at a time: audio only --fair or good for the probe wait--> lowered
       --good for the restore wait--> full; a probe poor for lower_video_after_s: audio only
       again, and the next probe waits twice as long
     connected|degraded --level lost--> reconnecting
@@ -125,6 +125,8 @@ class _Person:
     degraded_since: float | None = None
     poor_since: float | None = None
     good_since: float | None = None
+    # Since when the level has been above poor: the probe out of audio only counts from it.
+    better_since: float | None = None
     lost_since: float = 0.0
     step: Step | None = None
     attempt: int = 0
@@ -276,6 +278,11 @@ class FallbackFlow:
 
     def _grade(self, p: _Person, level: Quality, cause: Cause, now: float, out: _Out) -> None:
         named = p.cause == Cause.OWN_NETWORK
+        if level != Quality.POOR:
+            if p.better_since is None:
+                p.better_since = now
+        else:
+            p.better_since = None
         if level == Quality.GOOD:
             p.degraded_since = p.poor_since = None
             if p.good_since is None:
@@ -317,12 +324,16 @@ class FallbackFlow:
                     if p.probing:
                         p.probes += 1
                     self._audio_only(p, now, out)
+                if p.video == VideoMode.AUDIO_ONLY:
+                    # Fair is enough to try: the probe is lowered video, judged against its
+                    # own cap, and back to audio at once if the link cannot carry it. Waiting
+                    # for good as well added two holds: 12-13 s to video after a narrow spell.
+                    if p.better_since is not None and now - p.better_since >= self._probe_wait(p):
+                        self._probe(p, now, out)
+                    continue
                 if p.good_since is None:
                     continue
-                if p.video == VideoMode.AUDIO_ONLY:
-                    if now - p.good_since >= self._probe_wait(p):
-                        self._probe(p, now, out)
-                elif now - p.good_since >= self._restore_wait(p):
+                if now - p.good_since >= self._restore_wait(p):
                     self._restore(p, now, out)
             elif p.state == PersonState.RECONNECTING:
                 if now - p.lost_since >= t.rejoin_window_s:
@@ -376,7 +387,7 @@ class FallbackFlow:
         if p.probing:
             p.probes, p.probing = p.probes + 1, False
         p.state, p.cause, p.lost_since = PersonState.RECONNECTING, cause, now
-        p.degraded_since = p.poor_since = p.good_since = None
+        p.degraded_since = p.poor_since = p.good_since = p.better_since = None
         p.attempt = 0
         self._begin(p, now)
         self._step(p, now, Step.DROPPED)
