@@ -365,3 +365,82 @@ async def test_page_lag_is_the_mean_lateness_of_its_timer_and_nothing_while_hidd
     assert result["stuck"] == 800
     assert result["thawed"] == 0
     assert result["background"] is None
+
+
+# Two meshes in one page, joined by an in-page relay in place of the server: real
+# RTCPeerConnections on loopback, our video drawn on a canvas.
+TWO_MESHES = """async () => {
+    const { Mesh } = await import('/static/peers.js');
+    const handlers = { a: new Map(), b: new Map() };
+    const deliver = (to, type, message) => setTimeout(() => handlers[to].get(type)?.(message), 0);
+    const relay = (self) => ({
+        on: (type, fn) => { handlers[self].set(type, fn); return () => handlers[self].delete(type); },
+        sdp: (to, pc, description) => deliver(to, 'sdp', { from: self, pc, description }),
+        candidate: (to, pc, candidate) => deliver(to, 'candidate', { from: self, pc, candidate }),
+        restart: (to, pc) => deliver(to, 'restart', { from: self, pc }),
+    });
+    const canvas = document.createElement('canvas');
+    canvas.width = 320; canvas.height = 240;
+    const paint = canvas.getContext('2d');
+    setInterval(() => { paint.fillStyle = `hsl(${Date.now() % 360} 80% 50%)`; paint.fillRect(0, 0, 320, 240); }, 33);
+    const camera = canvas.captureStream(15).getVideoTracks()[0];
+    window.clockAhead = 0;
+    const now = () => Date.now() + window.clockAhead;
+    const a = new Mesh({ signaling: relay('a'), localTracks: () => [camera], now });
+    const b = new Mesh({ signaling: relay('b'), localTracks: () => [], now });
+    const connected = (mesh) => new Promise((resolve) => mesh.on('state', (e) => e.state === 'connected' && resolve()));
+    const both = Promise.all([connected(a), connected(b)]);
+    const info = (id, offer) => ({ id, role: 'partner', name: '', state: 'in_call', offer });
+    handlers.a.get('welcome')({ peers: [info('b', true)], resumed: false, ice_servers: [] });
+    handlers.b.get('welcome')({ peers: [info('a', false)], resumed: false, ice_servers: [] });
+    await both;
+    window.warnings = [];
+    const warn = console.warn;
+    console.warn = (...args) => { window.warnings.push(args.map(String).join(' ')); warn(...args); };
+    window.meshes = { a, b };
+    window.sent = () => {
+        const sender = a.links.get('b').pc.getSenders().find((s) => s.track?.kind === 'video');
+        const [e] = sender.getParameters().encodings;
+        return { active: e.active, scale: e.scaleResolutionDownBy ?? 1, maxBitrate: e.maxBitrate ?? null };
+    };
+    window.framesAtB = async () => {
+        const report = await b.links.get('a').pc.getStats();
+        let frames = 0;
+        report.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded ?? 0; });
+        return frames;
+    };
+}"""
+
+
+async def test_a_key_frame_restart_racing_a_policy_change_ends_as_the_policy_says(page: Page) -> None:
+    """The flow turns video off (or lowers it) while a restart from a key frame is under way:
+    the picture must end as the flow decided, not resumed by the restart, and no change may be
+    refused for reading the sender's parameters while another change is in flight."""
+    await page.evaluate(TWO_MESHES)
+    result = await page.evaluate(
+        """async () => {
+            const { a } = window.meshes;
+            window.clockAhead = 5000;                      // past the young-connection guard
+            const steps = {};
+            await Promise.all([a.refreshVideo('b'), a.setSendPolicy('b', { video: 'off' })]);
+            steps.off = window.sent();
+            await a.setSendPolicy('b', { video: 'lowered' });
+            await Promise.all([a.refreshVideo('b'), a.refreshVideo('b')]);
+            steps.lowered = window.sent();
+            const burst = [];
+            for (let i = 0; i < 12; i += 1) {
+                burst.push(a.refreshVideo('b'));
+                burst.push(a.setSendPolicy('b', { video: ['off', 'lowered', 'full'][i % 3] }));
+            }
+            await Promise.all(burst);
+            steps.full = window.sent();
+            return { steps, warnings: window.warnings };
+        }"""
+    )
+    assert result["steps"]["off"] == {"active": False, "scale": 1, "maxBitrate": None}
+    assert result["steps"]["lowered"] == {"active": True, "scale": 2, "maxBitrate": 250000}
+    assert result["steps"]["full"] == {"active": True, "scale": 1, "maxBitrate": None}
+    assert result["warnings"] == []
+    # And the picture flows to the other side.
+    first = await page.evaluate("window.framesAtB()")
+    await page.wait_for_function(f"window.framesAtB().then((n) => n > {first} + 5)", polling=200, timeout=15000)

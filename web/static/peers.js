@@ -63,6 +63,8 @@ class Link {
     this.presence = info.state === 'reconnecting' ? 'reconnecting' : 'in_call';
     // Signaling for this pair is handled one message at a time.
     this.queue = Promise.resolve();
+    // So are changes to our video encodings for it (see Mesh._editVideo).
+    this.encodingQueue = Promise.resolve();
     /** @type {SendPolicy} */
     this.sendPolicy = FULL_SEND;
   }
@@ -481,52 +483,68 @@ export class Mesh {
     await this._applySendPolicy(link);
   }
 
-  async _applySendPolicy(link) {
-    const pc = link.pc;
-    if (!pc || pc.signalingState === 'closed') return;
-    const { video } = link.sendPolicy;
-    const jobs = [];
-    for (const transceiver of pc.getTransceivers()) {
-      const sender = transceiver.sender;
-      if (transceiver.receiver.track?.kind !== 'video' || transceiver.currentDirection === 'stopped') continue;
-      const params = sender.getParameters();
-      if (!params.encodings || params.encodings.length === 0) continue;
-      for (const encoding of params.encodings) {
-        encoding.active = video !== 'off';
-        encoding.scaleResolutionDownBy = video === 'lowered' ? LOWERED_VIDEO.scale : 1;
-        if (video === 'lowered') encoding.maxBitrate = LOWERED_VIDEO.maxBitrate;
-        else delete encoding.maxBitrate;
-      }
-      jobs.push(sender.setParameters(params).catch((e) => console.warn('setParameters failed', e)));
-    }
-    await Promise.all(jobs);
+  /** Our video to a link as its policy says now (a later policy wins over an earlier one). */
+  _applySendPolicy(link) {
+    return this._editVideo(link, (encoding) => {
+      const { video } = link.sendPolicy;
+      encoding.active = video !== 'off';
+      encoding.scaleResolutionDownBy = video === 'lowered' ? LOWERED_VIDEO.scale : 1;
+      if (video === 'lowered') encoding.maxBitrate = LOWERED_VIDEO.maxBitrate;
+      else delete encoding.maxBitrate;
+    });
+  }
+
+  /**
+   * Change the encodings of our video senders on a link's current connection. Changes run one
+   * at a time: a change read while another is in flight is refused as stale, and a pause and
+   * resume split by a policy change would undo the policy. Each reads the parameters afresh;
+   * a refusal is tried once more from a new read (a busy browser can be mid-negotiation).
+   * @param {Link} link @param {(encoding: RTCRtpEncodingParameters) => void} edit
+   */
+  _editVideo(link, edit) {
+    const run = async () => {
+      const pc = link.pc;
+      if (!pc || pc.signalingState === 'closed') return;
+      const senders = pc.getTransceivers()
+        .filter((t) => t.receiver.track?.kind === 'video' && t.currentDirection !== 'stopped')
+        .map((t) => t.sender);
+      await Promise.all(senders.map(async (sender) => {
+        for (let attempt = 1; ; attempt += 1) {
+          try {
+            const params = sender.getParameters();
+            if (!params.encodings || params.encodings.length === 0) return;
+            for (const encoding of params.encodings) edit(encoding);
+            await sender.setParameters(params);
+            return;
+          } catch (error) {
+            // A connection replaced meanwhile gets its policy when it connects.
+            if (link.pc !== pc || pc.signalingState === 'closed') return;
+            if (attempt >= 2) {
+              console.warn('could not change the video encoding', error);
+              return;
+            }
+          }
+        }
+      }));
+    };
+    link.encodingQueue = link.encodingQueue.then(run)
+      .catch((error) => console.warn('could not change the video encoding', error));
+    return link.encodingQueue;
   }
 
   /**
    * Start the video to one peer again from a key frame. After an outage the receiver can show
    * nothing until one arrives, and its request for one may have been lost on the way back
    * (browsers repeat it only after about 3 s). Pausing and resuming the encoding makes the
-   * encoder start over with a key frame at once.
+   * encoder start over with a key frame at once. It resumes as the policy is by then.
    */
   async refreshVideo(peerId) {
     const link = this.links.get(peerId);
-    const pc = link?.pc;
     // A new connection starts with a key frame anyway.
-    if (!pc || link.sendPolicy.video === 'off' || this.now() - link.createdAt < 2000) return;
-    for (const transceiver of pc.getTransceivers()) {
-      const sender = transceiver.sender;
-      if (transceiver.receiver.track?.kind !== 'video' || !sender.track) continue;
-      try {
-        for (const active of [false, true]) {
-          const params = sender.getParameters();
-          if (!params.encodings || params.encodings.length === 0) break;
-          for (const encoding of params.encodings) encoding.active = active;
-          await sender.setParameters(params);
-        }
-      } catch (error) {
-        console.warn('could not restart the video encoding', error);
-      }
-    }
+    if (!link?.connected || link.sendPolicy.video === 'off' || this.now() - link.createdAt < 2000) return;
+    const paused = this._editVideo(link, (encoding) => { encoding.active = false; });
+    const resumed = this._applySendPolicy(link);
+    await Promise.all([paused, resumed]);
   }
 
   /** Stop everything (leaving the call). */
