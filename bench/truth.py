@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,9 @@ async def run_phases(recorder: Recorder, call: ProbeCall, ns: Namespace, script:
     for phase in script:
         recorder.phase = phase.name
         if phase.network != recorder.network:
+            asked_at = time.time() * 1000
             await _apply_network(ns, phase.network)
-            recorder.network = phase.network
+            recorder.network, recorder.network_at = phase.network, asked_at
         if phase.name == "clean":
             # Call start is measured too: the clean phase runs from admission, and its
             # seconds start once every page shows both others' video (or after a while).

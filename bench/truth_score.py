@@ -25,6 +25,10 @@ The monitor's own verdicts never enter the truth.
 - seconds to video back (recovery phases): from the network's return to the subject's picture
   advancing again on each other page, for ``BACK_SUSTAIN`` readings in a row, and the seconds
   it stood still again afterwards (a second a page was not read counts neither way).
+  Both timings run from when the network change was asked for (``network_at``, the recorder's
+  wall clock) to the instant the page's reading was taken (its ``t``, the same clock): a
+  reading waits for the next once-a-second tick, and the first tick of a phase can come
+  before its fault is in force. Records without those times fall back to the ticks.
 - device phases: seconds the device person's state was worded as their device (a tile's
   ``data-device``, or words such as "busy"/"locked") and seconds it was blamed on a network.
 """
@@ -103,6 +107,9 @@ class Second:
     seen_video: dict[str, bool]  # the page had shown a remote frame by now
     links: list[Link] = field(default_factory=list)
     banners: dict[str, list[str]] = field(default_factory=dict)
+    # Wall clock, ms: when the network state in force was asked for; when each page was read.
+    network_at: float | None = None
+    read_at: dict[str, float] = field(default_factory=dict)
 
     def link(self, viewer: str, peer: str) -> Link | None:
         return next((x for x in self.links if x.viewer == viewer and x.peer == peer), None)
@@ -141,12 +148,13 @@ def timeline(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> 
         device = tuple(record["device"]) if record.get("device") else None
         pages = record["pages"]
         second = Second(record["t"], record["phase"], network, device,  # type: ignore[arg-type]
-                        {r: pages.get(r) is not None for r in ROLES}, {})
+                        {r: pages.get(r) is not None for r in ROLES}, {}, network_at=record.get("network_at"))
         measured: dict[tuple[str, str], Link] = {}
         for viewer in ROLES:
             sample = pages.get(viewer)
             if sample is None:
                 continue
+            second.read_at[viewer] = sample["t"]
             second.banners[viewer] = [b["text"] for b in sample["banners"]]
             for tile in sample["tiles"]:
                 peer = roles.get(tile["name"])
@@ -303,35 +311,61 @@ class PhaseScore:
     examples: list[str] = field(default_factory=list)
 
 
-def _first(seconds: Iterable[Second], start: float, test: Any) -> float | None:
+@dataclass(frozen=True)
+class Origin:
+    """Where a phase's timings start: its first tick, and (when recorded) the wall-clock
+    instant its network change was asked for."""
+
+    tick: float
+    network_at: float | None
+
+    @classmethod
+    def of(cls, phase: Sequence[Second], network_changed: bool) -> Origin:
+        # The phase's first ticks may still carry the previous change's time: its own is the
+        # latest.
+        times = [s.network_at for s in phase if s.network_at is not None]
+        return cls(phase[0].t, max(times) if network_changed and times else None)
+
+    def since(self, s: Second, viewer: str) -> float:
+        """Seconds from the origin to ``viewer``'s reading in ``s``."""
+        read = s.read_at.get(viewer)
+        if self.network_at is not None and read is not None:
+            return round((read - self.network_at) / 1000, 1)
+        return round(s.t - self.tick, 1)
+
+
+def _first(seconds: Iterable[Second], origin: Origin, viewer: str, test: Any) -> float | None:
     for s in seconds:
         if test(s):
-            return round(s.t - start, 1)
+            return origin.since(s, viewer)
     return None
 
 
-def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[float | None, int]:
-    """When ``viewer`` saw ``peer``'s picture back (the first of ``BACK_SUSTAIN`` readings in
-    a row that advance: one second of frames flushed from a narrow link's queue is not video
-    back), and how many readings after that stood still. A second the viewer's page was not
-    read says nothing either way."""
-    advancing = [(s.t, x.advancing) for s in seconds if (x := s.link(viewer, peer)) is not None]
-    for i, (t, _) in enumerate(advancing):
+def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[Second | None, int]:
+    """The second in which ``viewer`` saw ``peer``'s picture back (the first of
+    ``BACK_SUSTAIN`` readings in a row that advance: one second of frames flushed from a narrow
+    link's queue is not video back), and how many readings after that stood still. A second the
+    viewer's page was not read says nothing either way."""
+    advancing = [(s, x.advancing) for s in seconds if (x := s.link(viewer, peer)) is not None]
+    for i, (s, _) in enumerate(advancing):
         run = advancing[i:i + BACK_SUSTAIN]
         if all(moving for _, moving in run):
-            return t, sum(1 for _, moving in advancing[i:] if not moving)
+            return s, sum(1 for _, moving in advancing[i:] if not moving)
     return None, 0
 
 
 def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str, str]) -> list[PhaseScore]:
     rows: list[PhaseScore] = []
+    network_before: tuple[str, int | None] | None = None
     for phase in phases:
+        network_changed, network_before = phase.network != network_before, phase.network
         mine = [s for s in seconds if s.phase == phase.name]
         row = PhaseScore(phase.name, phase.kind, len(mine))
         rows.append(row)
         if not mine:
             continue
         start = mine[0].t
+        origin = Origin.of(mine, network_changed)
         for s in mine:
             shown = claims(s, names)
             if any(x.truth == "impaired" for x in s.links):
@@ -367,12 +401,12 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
                 return phase.network is not None and phase.network[0] != "cut" and any(
                     c.viewer == viewer and subject in c.target for c in claims(s, names))
 
-            row.warn_s = {v: _first(mine, start, lambda s, v=v: warned(s, v)) for v in others}
+            row.warn_s = {v: _first(mine, origin, v, lambda s, v=v: warned(s, v)) for v in others}
         if phase.kind == "recover" and subject:
             row.video_back_s, row.video_stopped_again_s = {}, {}
             for v in others:
                 back, stopped = video_back(mine, v, subject)
-                row.video_back_s[v] = None if back is None else round(back - start, 1)
+                row.video_back_s[v] = None if back is None else origin.since(back, v)
                 row.video_stopped_again_s[v] = stopped
         if phase.kind == "device" and subject:
             row.device_worded_seconds = sum(1 for s in mine if device_worded(s, subject, names))

@@ -188,6 +188,8 @@ class Recorder:
     interval_s: float = 1.0
     phase: str = "clean"
     network: tuple[str, int | None] | None = None
+    # Wall clock (ms, as pages' Date.now()) when that network state was asked for.
+    network_at: float | None = None
     device: tuple[str, str] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -222,6 +224,7 @@ class Recorder:
                 recorded[role] = count
             self.records.append({"t": round(time.monotonic() - self.started, 2), "phase": self.phase,
                                  "network": list(self.network) if self.network else None,
+                                 "network_at": self.network_at,
                                  "device": list(self.device) if self.device else None, "pages": pages})
 
     def start(self) -> None:

@@ -47,8 +47,9 @@ def clean_pages(t: int, **shown: Any) -> dict[str, Any]:
 
 
 def record(t: int, phase: str, pages: dict[str, Any], network: list[Any] | None = None,
-           device: list[str] | None = None) -> dict[str, Any]:
-    return {"t": float(t), "phase": phase, "network": network, "device": device, "pages": pages}
+           device: list[str] | None = None, network_at: float | None = None) -> dict[str, Any]:
+    return {"t": float(t), "phase": phase, "network": network, "network_at": network_at, "device": device,
+            "pages": pages}
 
 
 def test_counters_become_rates_and_a_fault_free_link_is_clean() -> None:
@@ -147,6 +148,26 @@ def test_a_cut_is_warned_only_once_shown_lost() -> None:
                   record(3, "cut", clean_pages(3, therapist_b={"level": "lost"}), ["cut", None]),
                   phases=(cut,))
     assert rows["cut"].warn_s == {"therapist": 2.0, "a": 1.0}
+
+
+def test_timings_run_from_the_fault_asked_for_to_the_instant_a_page_was_read() -> None:
+    # The phase's first tick comes before its fault is in force (the record still carries the
+    # last change's time); the cut is asked for at 1.5 s; pages are read on the second.
+    clean = Phase("clean", "clean", 1)
+    cut = Phase("cut", "fault", 3, subject="b", network=("cut", None))
+    rows = scored(record(0, "clean", clean_pages(0)),
+                  record(1, "cut", clean_pages(1), None, network_at=None),
+                  record(2, "cut", clean_pages(2, a_b={"level": "lost"}), ["cut", None], network_at=1500),
+                  record(3, "cut", clean_pages(3, therapist_b={"level": "lost"}), ["cut", None], network_at=1500),
+                  phases=(clean, cut))
+    assert rows["cut"].warn_s == {"therapist": 1.5, "a": 0.5}
+    # The restore is asked for at 10.4 s; the picture advances from the reading at 13 s.
+    back = Phase("after", "recover", 6, subject="b")
+    frames = {10: 0, 11: 0, 12: 0, 13: 40, 14: 60, 15: 80}
+    records = [record(t, "after", clean_pages(t, therapist_b={"frames": f}), network_at=1500 if t < 12 else 10400)
+               for t, f in frames.items()]
+    rows = scored(*records, phases=(cut, back))
+    assert rows["after"].video_back_s == {"therapist": 2.6, "a": 0.6}
 
 
 def test_video_back_and_stopping_again_after_a_restore() -> None:
