@@ -29,7 +29,7 @@ async def page(server: RunningServer, browser: Browser) -> AsyncIterator[Page]: 
     await context.close()
 
 
-async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> None:
+async def test_a_link_is_lost_when_its_packets_stop_for_half_a_second(page: Page) -> None:
     result = await page.evaluate(
         """async () => {
             const { LinkHealth } = await import('/static/plan.js');
@@ -38,48 +38,48 @@ async def test_a_link_is_lost_when_its_packets_stop_for_a_second(page: Page) -> 
             const at = (label, now) => seen.push([label, h.receiving('a', now), h.lost('a', now), h.allLost(now)]);
             h.observe('a', 'pc1', 0, 0);
             h.observe('b', 'pc2', 0, 0);
-            at('connecting', 500);                        // a new connection: not lost, never carried media
+            at('connecting', 300);                        // a new connection: not lost, never carried media
             h.observe('a', 'pc1', 50, 1000);
             h.observe('b', 'pc2', 40, 1000);
             at('flowing', 1200);
-            h.observe('a', 'pc1', 50, 1800);              // flat since 1000
-            at('flat 0.9 s', 1900);
-            at('flat 1 s', 2000);
-            h.observe('b', 'pc2', 40, 2050);
-            h.observe('a', 'pc9', 0, 2100);               // a fresh connection gets a second
-            at('fresh', 2200);
-            h.observe('a', 'pc9', 0, 3000);
-            at('fresh, no media for 1 s', 3100);
-            h.observe('b', 'pc2', 41, 3200);
-            at('b back', 3200);
+            h.observe('a', 'pc1', 50, 1400);              // flat since 1000
+            at('flat 0.4 s', 1400);
+            at('flat 0.5 s', 1500);
+            h.observe('b', 'pc2', 40, 1550);
+            h.observe('a', 'pc9', 0, 1600);               // a fresh connection gets half a second
+            at('fresh', 1700);
+            h.observe('a', 'pc9', 0, 2100);
+            at('fresh, no media for 0.5 s', 2100);
+            h.observe('b', 'pc2', 41, 2200);
+            at('b back', 2200);
             // The sum falls (Firefox drops the paused video's inbound stats), then grows again
             // from there: media still flows, never lost.
-            h.observe('b', 'pc2', 900, 4000);
-            h.observe('b', 'pc2', 300, 4300);
-            h.observe('b', 'pc2', 320, 5200);
-            h.observe('b', 'pc2', 340, 6100);
-            seen.push(['b counted anew', h.receiving('b', 6200), h.lost('b', 6200)]);
+            h.observe('b', 'pc2', 900, 2500);
+            h.observe('b', 'pc2', 300, 2700);
+            h.observe('b', 'pc2', 320, 3100);
+            h.observe('b', 'pc2', 340, 3500);
+            seen.push(['b counted anew', h.receiving('b', 3600), h.lost('b', 3600)]);
             // A peer on a busy device may pause its media: its silence alone is not shown as
             // lost while another link still hears; once every link is quiet, this page is cut
             // off, and it is shown, device or not.
-            h.observe('a', 'pc9', 10, 6100);
-            h.observe('a', 'pc9', 10, 7000);
-            h.observe('b', 'pc2', 360, 7000);
-            seen.push(['a quiet on a busy device', h.shownLost('a', 7200, { onDevice: true }),
-                       h.shownLost('a', 7200)]);
-            h.observe('b', 'pc2', 360, 8300);
-            seen.push(['every link quiet', h.shownLost('a', 8300, { onDevice: true }),
-                       h.shownLost('b', 8300, { onDevice: true })]);
+            h.observe('a', 'pc9', 10, 3500);
+            h.observe('a', 'pc9', 10, 4000);
+            h.observe('b', 'pc2', 360, 4000);
+            seen.push(['a quiet on a busy device', h.shownLost('a', 4100, { onDevice: true }),
+                       h.shownLost('a', 4100)]);
+            h.observe('b', 'pc2', 360, 4600);
+            seen.push(['every link quiet', h.shownLost('a', 4600, { onDevice: true }),
+                       h.shownLost('b', 4600, { onDevice: true })]);
             return seen;
         }"""
     )
     assert result == [
         ["connecting", True, False, False],
         ["flowing", True, False, False],
-        ["flat 0.9 s", True, False, False],
-        ["flat 1 s", False, True, True],
+        ["flat 0.4 s", True, False, False],
+        ["flat 0.5 s", False, True, True],
         ["fresh", True, False, False],
-        ["fresh, no media for 1 s", False, True, True],
+        ["fresh, no media for 0.5 s", False, True, True],
         ["b back", False, True, False],
         ["b counted anew", True, False],
         ["a quiet on a busy device", False, True],

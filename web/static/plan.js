@@ -5,8 +5,8 @@
 // DOM-free, with the time passed in (milliseconds), so it can be tested with a fake clock.
 //
 // LinkHealth reads the inbound packet counters the page samples for the server anyway. A link
-// whose counter has not grown for LOST_AFTER_MS is lost (the server's own rule), whatever
-// ICE says: Chromium says "disconnected" only after ~6 s.
+// whose counter has not grown for LOST_AFTER_MS is lost, whatever ICE says: Chromium says
+// "disconnected" only after ~6 s.
 //
 // OfflinePlan, one per page:
 //   online --every link lost and the server silent--> reconnecting
@@ -16,8 +16,13 @@
 //   phone --returnToVideo()--> online
 // While reconnecting or on the phone it asks for a rejoin attempt ('retry') with backoff.
 
-/** Inbound packets flat this long: the link is lost (fallback/scoring.py lost_after_s). */
-export const LOST_AFTER_MS = 1000;
+/**
+ * Inbound packets flat this long: the link is lost, and its tile says so. Sound alone sends
+ * 50 packets a second, so half a second of none is an outage, seen two stats samples after
+ * it began. The server's lost (fallback/scoring.py lost_after_s), which starts the drop
+ * notice and the rejoin steps, waits a whole second: a stall of a moment is not a drop.
+ */
+export const LOST_AFTER_MS = 500;
 /** A probe ping unanswered this long: the server is out of reach. */
 export const SERVER_SILENT_MS = 2500;
 /** Waits between rejoin attempts while offline; the last one repeats. */
@@ -26,8 +31,8 @@ export const RETRY_BACKOFF_MS = Object.freeze([1000, 2000, 4000, 8000]);
 export class LinkHealth {
   constructor({ lostAfterMs = LOST_AFTER_MS } = {}) {
     this.lostAfterMs = lostAfterMs;
-    /** When media last arrived, or the connection appeared (a new one gets a second to show
-     * media before it counts as lost). @type {Map<string, {pcId: string, packets: number, heardAt: number}>} */
+    /** When media last arrived, or the connection appeared (a new one gets LOST_AFTER_MS to
+     * show media before it counts as lost). @type {Map<string, {pcId: string, packets: number, heardAt: number}>} */
     this._links = new Map();
     /** Peers whose link has carried media at least once, on any connection. */
     this._carried = new Set();
