@@ -10,7 +10,8 @@ peer: inbound counters count media from the peer. Its level moves like this::
     (no data, or the connection has not carried media yet) -> None
     any --window scores lower--> lower level at once            (falls fast)
     any --window scores higher for the hold--> higher           (recovers slowly)
-      the hold is upgrade_hold_s, doubled after each fall from good that soon follows a rise to it
+      the hold is upgrade_hold_s, doubled after each fall from good that soon follows a rise to it;
+      out of poor, fair comes after upgrade_hold_s whatever the hold
     any --inbound packets stop growing for lost_after_s--> LOST
     LOST --packets grow in every sample for recover_from_lost_s--> the window's level
 
@@ -585,10 +586,15 @@ class _LinkTrack:
         if self.rise_since is None or self.rise_floor is None:
             self.rise_since, self.rise_floor = t, raw
         self.rise_floor = worst((self.rise_floor, raw))
-        if t - self.rise_since >= max(self.hold, limits.upgrade_hold_s):
+        held = t - self.rise_since
+        if held >= max(self.hold, limits.upgrade_hold_s):
             self.level, self.rise_since, self.rise_floor = self.rise_floor, None, None
             if self.level is Quality.GOOD:
                 self.hold, self.last_rise = max(self.hold, limits.upgrade_hold_s), t
+        elif held >= limits.upgrade_hold_s and self.level is Quality.POOR:
+            # A flap's longer hold guards the way back to good. Out of poor, fair waits the
+            # usual hold, and the rise to good goes on counting from where it began.
+            self.level = Quality.FAIR
 
 
 # -- the room -------------------------------------------------------------------------------

@@ -310,6 +310,25 @@ def test_swings_between_weak_levels_in_one_spell_do_not_hold_a_settled_link_down
     assert all(q == Quality.GOOD for t, q in seen.items() if t >= good)
 
 
+def test_after_flaps_fair_comes_after_the_usual_hold_and_good_after_the_long_one() -> None:
+    # Seen in the truth bench: rises to good and falls during a loss spell had doubled the
+    # hold, and the settled link read poor for that whole hold, then fair, on a clean network.
+    monitor = QualityMonitor()
+    seen: dict[float, Quality | None] = {}
+    settled = 42.0
+    for i, t in enumerate(ticks(0, 80, 0.25)):
+        loss = 0.3 if t < settled and t % 10 >= 8 else 0.0  # 2 s of loss every 10 s
+        monitor.ingest(T, A, sample(t, i + 1, loss=loss))
+        seen[t] = level(monitor, t)
+    assert seen[settled - 0.25] == Quality.POOR
+    fair = min(t for t, q in seen.items() if t >= settled and q == Quality.FAIR)
+    good = min(t for t, q in seen.items() if t >= settled and q == Quality.GOOD)
+    assert fair <= settled + LIMITS.window_s + LIMITS.upgrade_hold_s
+    # Good still waits out the longer hold the flaps built up.
+    assert good - fair >= 2 * LIMITS.upgrade_hold_s
+    assert all(q == Quality.FAIR for t, q in seen.items() if fair <= t < good)
+
+
 def test_a_new_peer_connection_starts_unjudged_and_a_dead_one_is_forgotten() -> None:
     monitor = QualityMonitor()
     for t in ticks(0, 3, 0.5):
