@@ -74,10 +74,11 @@ class FallbackTimings:
     # Good for this long: video back. Doubles for each flap, up to restore_wait_max_s.
     restore_video_after_s: float = 10.0
     restore_wait_max_s: float = 120.0
-    # Audio only and good for this long: probe with lowered video. Doubles after each probe
-    # that fails, up to probe_wait_max_s, flapping or not.
-    probe_video_after_s: float = 4.0
-    probe_wait_max_s: float = 6.0
+    # Audio only and fair or good for this long: probe with lowered video. Doubles after each
+    # probe that fails, up to probe_wait_max_s, flapping or not. Short: the scorer has already
+    # held the better level upgrade_hold_s before the link leaves poor.
+    probe_video_after_s: float = 2.0
+    probe_wait_max_s: float = 4.0
     # A new disruption this soon after the last one ended is a flap.
     flap_window_s: float = 60.0
     # Rejoin ladder, from the moment the loss is seen: ICE restart at once, then these.

@@ -149,9 +149,10 @@ def test_poor_lowers_video_then_goes_audio_only_with_a_notice_then_steps_back_up
     [entry] = ledger(seen)
     record = entry.record
     assert (record.person, record.cause, record.started_at) == (A, Cause.OWN_NETWORK, 10)
-    assert (entry.record.ended_at, entry.record.outcome) == (44, Outcome.RECOVERED)
+    restored = probe + TIMINGS.restore_video_after_s
+    assert (entry.record.ended_at, entry.record.outcome) == (restored, Outcome.RECOVERED)
     assert steps(entry) == [(14, Step.LOWER_VIDEO, None), (18, Step.AUDIO_ONLY, None),
-                            (34, Step.LOWER_VIDEO, None), (44, Step.RESTORE_VIDEO, None)]
+                            (probe, Step.LOWER_VIDEO, None), (restored, Step.RESTORE_VIDEO, None)]
     assert flow.status(A).state == PersonState.CONNECTED and flow.status(A).video == VideoMode.FULL
 
 
@@ -624,10 +625,11 @@ def test_a_cpu_limited_sender_is_a_busy_device_never_an_escalation() -> None:
 
 def test_a_probe_that_fails_goes_back_to_audio_only_and_the_next_waits_longer() -> None:
     flow = room()
-    seen = run(flow, lambda t: {A: P} if 10 <= t < 19 or 24 <= t < 40 or t >= 46 else {}, 0, 80)
-    assert when(seen, AudioOnly(A)) == [18, 28]  # paused; the probe at 23 was poor from 24
-    assert when(seen, LowerVideo(A)) == [14, 23]
-    # The second probe waits 6 s of good (40 -> 46): the link is poor again at 46, no probe.
+    seen = run(flow, lambda t: {A: P} if 10 <= t < 19 or 24 <= t < 40 or t >= 43 else {}, 0, 80)
+    assert when(seen, AudioOnly(A)) == [18, 28]  # paused; the probe at 21 was poor from 24
+    assert when(seen, LowerVideo(A)) == [14, 19 + TIMINGS.probe_video_after_s]
+    # The second probe waits twice as long (4 s of good from 40): the link is poor again at
+    # 43, 3 s on, and no probe was made.
     assert flow.status(A).video == VideoMode.AUDIO_ONLY
 
 
@@ -637,7 +639,7 @@ def test_audio_only_on_a_link_that_is_only_fair_again_still_tries_video_after_th
     flow = room()
     seen = run(flow, lambda t: {} if t < 10 else {A: P} if t < 19 else {A: F}, 0, 40)
     assert when(seen, AudioOnly(A)) == [18]
-    assert when(seen, LowerVideo(A)) == [14, 23]  # the probe, 4 s of fair after the pause
+    assert when(seen, LowerVideo(A)) == [14, 19 + TIMINGS.probe_video_after_s]  # the probe, after fair
     # Fair is carried: the probe holds, lowered, and full video waits for good.
     assert flow.status(A).video == VideoMode.LOWERED and when(seen, RestoreVideo(A)) == []
 
