@@ -252,7 +252,7 @@ async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flow
             ]);
             const about = { peer: 'p_2', pcId: 'abc', video: true };
             const steps = [[100, 500, 0], [150, 600, 0], [200, 600, 0], [250, 600, 0], [300, 640, 60],
-                           [350, 700, 60], [400, 760, 66]];
+                           [350, 700, 60], [400, 760, 60], [450, 820, 60], [500, 880, 66]];
             let snapshot = null;
             const out = [];
             steps.forEach(([a, v, l], i) => {
@@ -264,7 +264,37 @@ async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flow
         }"""
     )
     # flowing, paused twice, back with a gap of 60 (not loss), flowing, 6 lost while flowing
-    assert losses[1:] == [0, 0, 0, 0, 0, round(6 / (6 + 110), 4)]
+    # a second after it resumed
+    assert losses[1:] == [0, 0, 0, 0, 0, 0, 0, round(6 / (6 + 110), 4)]
+
+
+async def test_a_resumed_streams_gap_that_lands_in_the_next_interval_is_not_loss_either(page: Page) -> None:
+    """Seen with a Firefox partner after audio only: the first interval of resumed video had
+    a few packets, the gap came in the next, and the probe read poor on a clean link."""
+    losses = await page.evaluate(
+        """async () => {
+            const { linkStatsFromReport } = await import('/static/stats.js');
+            const report = (audioIn, audioLost, videoIn, videoLost) => new Map([
+                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: audioIn, packetsLost: audioLost }],
+                ['V', { id: 'V', type: 'inbound-rtp', kind: 'video', packetsReceived: videoIn, packetsLost: videoLost }],
+            ]);
+            const about = { peer: 'p_2', pcId: 'abc', video: true };
+            const steps = [[100, 0, 500, 0], [150, 0, 600, 0], [200, 0, 600, 0], [250, 0, 600, 0],
+                           [300, 0, 610, 20], [350, 0, 680, 60], [400, 5, 740, 60], [450, 5, 800, 60],
+                           [500, 5, 860, 66]];
+            let snapshot = null;
+            const out = [];
+            steps.forEach(([a, al, v, vl], i) => {
+                const r = linkStatsFromReport(report(a, al, v, vl), snapshot, 1000 + 250 * i, about);
+                snapshot = r.snapshot;
+                out.push(r.stats.loss ?? null);
+            });
+            return out;
+        }"""
+    )
+    # Resumed at 2.0 s: its gap (20, then 40 more) is not loss for a second, but the sound's
+    # 5 lost in the meantime are; from 3.0 s the video's 6 lost count again.
+    assert losses[4:] == [0, 0, round(5 / (5 + 110), 4), 0, round(6 / (6 + 110), 4)]
 
 
 async def test_without_a_pair_round_trip_the_intervals_rtcp_round_trips_count_not_a_stale_one(page: Page) -> None:

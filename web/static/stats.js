@@ -9,11 +9,18 @@
  * Counters kept between samples to turn cumulative numbers into rates.
  * @typedef {{t: number, packetsIn: number, packetsLost: number, bytesIn: number, bytesOut: number,
  *            framesDecoded: number, concealed: number, samples: number, encodeS: number,
- *            framesEncoded: number, byKind: Record<string, {got: number, lost: number, still: boolean}>,
+ *            framesEncoded: number,
+ *            byKind: Record<string, {got: number, lost: number, still: boolean, resumedAt: number|null}>,
  *            rttTotal: number, rttCount: number}} Snapshot
  */
 
 const SEND_LIMITS = new Set(['none', 'cpu', 'bandwidth', 'other']);
+/**
+ * A stream that stood still and flows again: for this long, what it counts lost is the pause's
+ * sequence gap and its sender starting over, not the link (the sound, never paused, still
+ * shows the link's loss). The gap can land in the second interval after the first packets.
+ */
+const RESUMED_GRACE_MS = 1000;
 
 function round(value, digits) {
   if (value === null || value === undefined || !Number.isFinite(value)) return null;
@@ -72,7 +79,10 @@ export function linkStatsFromReport(report, previous, nowMs, {
   let encodeS = 0;
   let framesEncoded = 0;
   /** Packets in and lost per kind, and whether that kind's media stood still last interval. */
-  const byKind = { audio: { got: 0, lost: 0, still: false }, video: { got: 0, lost: 0, still: false } };
+  const byKind = {
+    audio: { got: 0, lost: 0, still: false, resumedAt: null },
+    video: { got: 0, lost: 0, still: false, resumedAt: null },
+  };
 
   for (const s of all) {
     if (s.type === 'inbound-rtp') {
@@ -150,10 +160,13 @@ export function linkStatsFromReport(report, previous, nowMs, {
       if (!before) continue;
       const flowed = now.got - before.got;
       now.still = flowed <= 0;
-      // Media that stood still through the last interval and flows again: what it counts
-      // lost is the pause's sequence gap (a sender that paused its video, a cut), already
-      // seen as a pause, not loss on the link now. Firefox's video resumed at 28-54 % "lost".
-      if (before.still && flowed > 0) lost -= Math.max(0, now.lost - before.lost);
+      // Media that stood still and flows again: what it counts lost is the pause's sequence
+      // gap (a sender that paused its video, a cut), already seen as a pause, not loss on the
+      // link now. Firefox's video resumed at 28-54 % "lost", in its first interval or the next.
+      now.resumedAt = before.still && flowed > 0 ? nowMs : before.resumedAt ?? null;
+      if (!now.still && now.resumedAt !== null && nowMs - now.resumedAt < RESUMED_GRACE_MS) {
+        lost -= Math.max(0, now.lost - before.lost);
+      }
     }
     loss = lost + got > 0 ? Math.max(0, lost) / (Math.max(0, lost) + got) : null;
     const sampled = samples - previous.samples;
