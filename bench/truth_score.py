@@ -343,10 +343,13 @@ def _first(seconds: Iterable[Second], origin: Origin, viewer: str, test: Any) ->
 
 def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[Second | None, int]:
     """The second in which ``viewer`` saw ``peer``'s picture back (the first of
-    ``BACK_SUSTAIN`` readings in a row that advance: one second of frames flushed from a narrow
-    link's queue is not video back), and how many readings after that stood still. A second the
-    viewer's page was not read says nothing either way."""
-    advancing = [(s, x.advancing) for s in seconds if (x := s.link(viewer, peer)) is not None]
+    ``BACK_SUSTAIN`` readings in a row that advance, on a tile not covered by the flow's words:
+    one second of frames flushed from a narrow link's queue is not video back), and how many
+    readings after that stood still. A second the viewer's page was not read says nothing
+    either way."""
+    # A tile the flow covers with its words (audio only, reconnecting ...) shows no picture,
+    # whatever frames its hidden video element decodes (a narrow link's queue flushing).
+    advancing = [(s, x.advancing and x.status is None) for s in seconds if (x := s.link(viewer, peer)) is not None]
     for i, (s, _) in enumerate(advancing):
         run = advancing[i:i + BACK_SUSTAIN]
         if all(moving for _, moving in run):

@@ -21,10 +21,10 @@ ROLES = {v: k for k, v in NAMES.items()}
 
 def tile(name: str, *, t: int, level: str = "good", frames: int | None = None, lost: int = 0,
          packets: int | None = None, pc: int = 0, device: str | None = None, rtt: int = 5,
-         limitation: str = "none", kbps: int = 800) -> dict[str, Any]:
+         limitation: str = "none", kbps: int = 800, status: str | None = None) -> dict[str, Any]:
     """A tile as tests/probe.js reads it, ``t`` seconds into a steady call."""
     got = packets if packets is not None else 100 * t
-    return {"peer": f"id-{name}", "name": name, "level": level, "device": device, "status": None,
+    return {"peer": f"id-{name}", "name": name, "level": level, "device": device, "status": status,
             "frames": 20 * t if frames is None else frames, "width": 640,
             "truth": {"pc": pc, "state": "connected", "packetsIn": got, "packetsLost": lost,
                       "bytesIn": kbps * 125 * t, "bytesOut": kbps * 125 * t, "framesDecoded": 20 * t,
@@ -182,6 +182,17 @@ def test_video_back_and_stopping_again_after_a_restore() -> None:
     assert rows["after"].video_stopped_again_s == {"therapist": 1, "a": 0}
     # Within the grace after a restore, verdicts are not counted as false alarms.
     assert rows["after"].clean_seconds == 0
+
+
+def test_frames_behind_the_flows_words_are_not_video_back() -> None:
+    # Seen with a Firefox partner: after 250 kbit/s cleared, Partner A's page decoded 3 s of
+    # queued frames behind the "audio only" placeholder; the picture came with the probe.
+    back = Phase("after", "recover", 8, subject="b")
+    covered = {0: "audio_only", 1: "audio_only", 2: "audio_only", 3: "audio_only", 4: "audio_only"}
+    records = [record(t, "after", clean_pages(t, a_b={"status": covered.get(t)})) for t in range(8)]
+    rows = scored(*records, phases=(back,))
+    assert rows["after"].video_back_s == {"therapist": 1.0, "a": 5.0}
+    assert rows["after"].video_stopped_again_s == {"therapist": 0, "a": 0}
 
 
 def test_a_second_a_page_was_not_read_is_not_video_standing_still() -> None:
