@@ -488,6 +488,7 @@ def as_json(rows: Sequence[PhaseScore]) -> list[dict[str, Any]]:
 def compact(seconds: Sequence[Second]) -> list[dict[str, Any]]:
     """The timeline as JSON (for the result file and the plot)."""
     return [{"t": s.t, "phase": s.phase, "network": list(s.network) if s.network else None,
+             "network_at": s.network_at, "read_at": s.read_at,
              "device": list(s.device) if s.device else None, "banners": s.banners,
              "links": [{k: v for k, v in asdict(x).items() if v is not None} for x in s.links]}
             for s in seconds]
