@@ -240,29 +240,35 @@ async def test_link_stats_carry_what_limits_our_sending_the_steps_cap_and_the_pa
     assert "send_limit" not in paused and "send_cap" not in paused
 
 
-async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flows_again(page: Page) -> None:
-    """Firefox's video resumed after audio only reads 28-54 % lost in its first interval: the
-    packets it never sent while paused. Loss while the stream flows still counts."""
-    losses = await page.evaluate(
-        """async () => {
+async def losses_of(page: Page, steps: list[tuple[int, int, int, int]]) -> list[float | None]:
+    """The loss a page reports for a link whose inbound counters read ``steps`` (audio in,
+    audio lost, video in, video lost), one sample every 250 ms."""
+    result: list[float | None] = await page.evaluate(
+        """async (steps) => {
             const { linkStatsFromReport } = await import('/static/stats.js');
-            const report = (audioIn, videoIn, videoLost) => new Map([
-                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: audioIn, packetsLost: 0 }],
+            const report = (audioIn, audioLost, videoIn, videoLost) => new Map([
+                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: audioIn, packetsLost: audioLost }],
                 ['V', { id: 'V', type: 'inbound-rtp', kind: 'video', packetsReceived: videoIn, packetsLost: videoLost }],
             ]);
             const about = { peer: 'p_2', pcId: 'abc', video: true };
-            const steps = [[100, 500, 0], [150, 600, 0], [200, 600, 0], [250, 600, 0], [300, 640, 60],
-                           [350, 700, 60], [400, 760, 60], [450, 820, 60], [500, 880, 66]];
             let snapshot = null;
-            const out = [];
-            steps.forEach(([a, v, l], i) => {
-                const r = linkStatsFromReport(report(a, v, l), snapshot, 1000 + 250 * i, about);
+            return steps.map(([a, al, v, vl], i) => {
+                const r = linkStatsFromReport(report(a, al, v, vl), snapshot, 1000 + 250 * i, about);
                 snapshot = r.snapshot;
-                out.push(r.stats.loss ?? null);
+                return r.stats.loss ?? null;
             });
-            return out;
-        }"""
+        }""",
+        steps,
     )
+    return result
+
+
+async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flows_again(page: Page) -> None:
+    """Firefox's video resumed after audio only reads 28-54 % lost in its first interval: the
+    packets it never sent while paused. Loss while the stream flows still counts."""
+    losses = await losses_of(page, [(100, 0, 500, 0), (150, 0, 600, 0), (200, 0, 600, 0), (250, 0, 600, 0),
+                                    (300, 0, 640, 60), (350, 0, 700, 60), (400, 0, 760, 60), (450, 0, 820, 60),
+                                    (500, 0, 880, 66)])
     # flowing, paused twice, back with a gap of 60 (not loss), flowing, 6 lost while flowing
     # a second after it resumed
     assert losses[1:] == [0, 0, 0, 0, 0, 0, 0, round(6 / (6 + 110), 4)]
@@ -271,27 +277,9 @@ async def test_a_paused_streams_sequence_gap_is_not_counted_as_loss_when_it_flow
 async def test_a_resumed_streams_gap_that_lands_in_the_next_interval_is_not_loss_either(page: Page) -> None:
     """Seen with a Firefox partner after audio only: the first interval of resumed video had
     a few packets, the gap came in the next, and the probe read poor on a clean link."""
-    losses = await page.evaluate(
-        """async () => {
-            const { linkStatsFromReport } = await import('/static/stats.js');
-            const report = (audioIn, audioLost, videoIn, videoLost) => new Map([
-                ['A', { id: 'A', type: 'inbound-rtp', kind: 'audio', packetsReceived: audioIn, packetsLost: audioLost }],
-                ['V', { id: 'V', type: 'inbound-rtp', kind: 'video', packetsReceived: videoIn, packetsLost: videoLost }],
-            ]);
-            const about = { peer: 'p_2', pcId: 'abc', video: true };
-            const steps = [[100, 0, 500, 0], [150, 0, 600, 0], [200, 0, 600, 0], [250, 0, 600, 0],
-                           [300, 0, 610, 20], [350, 0, 680, 60], [400, 5, 740, 60], [450, 5, 800, 60],
-                           [500, 5, 860, 66]];
-            let snapshot = null;
-            const out = [];
-            steps.forEach(([a, al, v, vl], i) => {
-                const r = linkStatsFromReport(report(a, al, v, vl), snapshot, 1000 + 250 * i, about);
-                snapshot = r.snapshot;
-                out.push(r.stats.loss ?? null);
-            });
-            return out;
-        }"""
-    )
+    losses = await losses_of(page, [(100, 0, 500, 0), (150, 0, 600, 0), (200, 0, 600, 0), (250, 0, 600, 0),
+                                    (300, 0, 610, 20), (350, 0, 680, 60), (400, 5, 740, 60), (450, 5, 800, 60),
+                                    (500, 5, 860, 66)])
     # Resumed at 2.0 s: its gap (20, then 40 more) is not loss for a second, but the sound's
     # 5 lost in the meantime are; from 3.0 s the video's 6 lost count again.
     assert losses[4:] == [0, 0, round(5 / (5 + 110), 4), 0, round(6 / (6 + 110), 4)]
