@@ -124,10 +124,16 @@ class _Person:
     video: VideoMode = VideoMode.FULL
     cause: Cause = Cause.UNKNOWN
     degraded_since: float | None = None
+    # The poor spell: since when, and whether the level is poor now. A spell ends once the
+    # level has been above poor for lower_video_after_s (or good): a blip of fair between
+    # poor seconds does not start the count again.
     poor_since: float | None = None
+    poor: bool = False
     good_since: float | None = None
     # Since when the level has been above poor: the probe out of audio only counts from it.
     better_since: float | None = None
+    # Poor, but the link already reads better: no pause is judged on the hold's lag.
+    rising: bool = False
     lost_since: float = 0.0
     step: Step | None = None
     attempt: int = 0
@@ -252,6 +258,7 @@ class FallbackFlow:
             level = quality.participants.get(p.id)
             if level is None:
                 continue  # nothing known yet (a connection still being made)
+            p.rising = p.id in quality.rising
             if p.state in _ON_VIDEO:
                 if level == Quality.LOST:
                     self._drop(p, quality.cause_for(p.id), now, out)
@@ -279,7 +286,8 @@ class FallbackFlow:
 
     def _grade(self, p: _Person, level: Quality, cause: Cause, now: float, out: _Out) -> None:
         named = p.cause == Cause.OWN_NETWORK
-        if level != Quality.POOR:
+        p.poor = level == Quality.POOR
+        if not p.poor:
             if p.better_since is None:
                 p.better_since = now
         else:
@@ -303,10 +311,12 @@ class FallbackFlow:
         p.state, p.cause, p.good_since = PersonState.DEGRADED, cause, None
         if p.degraded_since is None:
             p.degraded_since = now
-        if level != Quality.POOR:
+        if p.poor:
+            if p.poor_since is None:
+                p.poor_since = now
+        elif (p.better_since is not None
+              and now - p.better_since >= self.timings.lower_video_after_s):
             p.poor_since = None
-        elif p.poor_since is None:
-            p.poor_since = now
 
     def _timers(self, now: float, out: _Out) -> None:
         t = self.timings
@@ -319,9 +329,11 @@ class FallbackFlow:
                     self._step(p, now, Step.LOWER_VIDEO)
                     out.add(LowerVideo(p.id))
                 # A probe that does not hold goes back at once; otherwise poor waits longer.
+                # Neither while the link already reads better: the level lags a link that has
+                # just cleared by the scorer's hold, and a pause then came on a clean link.
                 poor_for = t.lower_video_after_s if p.probing else t.audio_only_after_s
-                if (p.poor_since is not None and p.video != VideoMode.AUDIO_ONLY
-                        and now - p.poor_since >= poor_for):
+                if (p.poor and p.poor_since is not None and p.video != VideoMode.AUDIO_ONLY
+                        and not p.rising and now - p.poor_since >= poor_for):
                     if p.probing:
                         p.probes += 1
                     self._audio_only(p, now, out)
@@ -329,7 +341,8 @@ class FallbackFlow:
                     # Fair is enough to try: the probe is lowered video, judged against its
                     # own cap, and back to audio at once if the link cannot carry it. Waiting
                     # for good as well added two holds: 12-13 s to video after a narrow spell.
-                    if p.better_since is not None and now - p.better_since >= self._probe_wait(p):
+                    if (p.better_since is not None and not p.poor
+                            and now - p.better_since >= self._probe_wait(p)):
                         self._probe(p, now, out)
                     continue
                 if p.good_since is None:
@@ -357,6 +370,7 @@ class FallbackFlow:
     def _probe(self, p: _Person, now: float, out: _Out) -> None:
         """Out of audio only, one step up: lowered video, judged against what it carries."""
         p.video, p.probing, p.good_since, p.told_returning = VideoMode.LOWERED, True, now, False
+        p.poor_since = None  # judged on what the probe carries, not on the spell before it
         self._step(p, now, Step.LOWER_VIDEO)
         out.add(LowerVideo(p.id))
         self._tell(NoticeKind.VIDEO_BACK, p, out, named=p.cause == Cause.OWN_NETWORK)

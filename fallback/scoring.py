@@ -641,6 +641,9 @@ class RoomQuality:
     participants: Mapping[PersonId, Quality]
     attributions: tuple[Attribution, ...]
     devices: Mapping[PersonId, Device] = field(default_factory=dict)
+    # Poor people whose link already reads better, waiting out the upgrade hold: the link
+    # is clean again, and the level will follow.
+    rising: frozenset[PersonId] = frozenset()
 
     def cause_for(self, person: PersonId) -> Cause:
         for a in self.attributions:
@@ -690,6 +693,7 @@ class QualityMonitor:
         if samples and sample.t < samples[-1].t:
             return  # out of order: the newer sample already spoke
         level, candidate, flowed, busy = track.level, track.candidate, track.flowed, track.busy
+        rise = track.rise_since
         if not samples or sample.t - samples[-1].t >= self.limits.stale_after_s:
             self._changed = True  # a new or a stale link is heard from
         track.add(sample, self.limits, track.reverse)
@@ -697,6 +701,8 @@ class QualityMonitor:
             self._changed, self._relayed = True, None
         elif track.level is not level or track.flowed != flowed or track.busy != busy:
             self._changed = True
+        elif level is Quality.POOR and (rise is None) != (track.rise_since is None):
+            self._changed = True  # a poor link begins to rise, or its rise broke off
         # heartbeat(reporter, t), inline: this runs for every sample of every link.
         t, heard = sample.t, self._heard
         last = heard.get(reporter)
@@ -768,7 +774,7 @@ class QualityMonitor:
         last = self._last
         if last is not None and not self.due(now):
             return RoomQuality(now, last.links, last.pairs, last.participants, last.attributions,
-                               last.devices)
+                               last.devices, last.rising)
         stale_after = self.limits.stale_after_s
         fresh = {p for p, t in self._heard.items() if now - t < stale_after}
         links = {
@@ -786,9 +792,27 @@ class QualityMonitor:
                 # It carried media, nobody reports it now, and one end is silent.
                 pairs[frozenset((a, b))] = Quality.LOST
         attributions = _attribute(sorted(self._heard), fresh, pairs)
-        self._last = RoomQuality(now, links, pairs, _participant_levels(pairs, attributions),
-                                 attributions, self._devices(now, fresh))
+        participants = _participant_levels(pairs, attributions)
+        self._last = RoomQuality(now, links, pairs, participants, attributions,
+                                 self._devices(now, fresh), self._rising(links, pairs, participants))
         return self._last
+
+    def _rising(self, links: Mapping[tuple[PersonId, PersonId], Quality],
+                pairs: Mapping[Pair, Quality],
+                participants: Mapping[PersonId, Quality]) -> frozenset[PersonId]:
+        """Poor people with a poor pair whose every poor direction already reads better."""
+        poor = [x for x, q in participants.items() if q is Quality.POOR]
+        if not poor:
+            return frozenset()
+        tracks = self._tracks
+
+        def rising(pair: Pair) -> bool:
+            a, b = sorted(pair)
+            return all(tracks[k].rise_since is not None
+                       for k in ((a, b), (b, a)) if links.get(k) is Quality.POOR)
+
+        lifting = [pair for pair, q in pairs.items() if q is Quality.POOR and rising(pair)]
+        return frozenset(x for x in poor if any(x in pair for pair in lifting))
 
     def _devices(self, now: float, fresh: set[PersonId]) -> dict[PersonId, Device]:
         """Busy: a fresh report of theirs says so. Asleep: heard from before, silent for

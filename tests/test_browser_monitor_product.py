@@ -304,7 +304,8 @@ async def test_a_frozen_partner_page_reads_as_a_locked_screen_and_returns_cleanl
     await settled(c)
 
 
-async def test_after_a_narrow_spell_video_is_back_within_10s_and_stays(call: Call) -> None:
+@pytest.mark.parametrize("cleared", ["while paused", "as a probe begins"])
+async def test_after_a_narrow_spell_video_is_back_within_10s_and_stays(call: Call, cleared: str) -> None:
     c = call
     a_id, b_id = c.ids["Partner 1"], c.ids["Partner 2"]
     await first_frames(c)
@@ -314,9 +315,13 @@ async def test_after_a_narrow_spell_video_is_back_within_10s_and_stays(call: Cal
     tile = c.therapist.page.locator(f'.tile[data-peer="{b_id}"]')
     await expect(tile.locator(".quality")).to_have_attribute("data-level", re.compile("fair|poor"), timeout=5_000)
     named = time.time() * 1000
-    # Sustained: the flow pauses Partner 2's video to keep the sound.
+    # Sustained: the flow pauses Partner 2's video to keep the sound (about 9 s in), then
+    # probes with lowered video (about 10 s later), which a 250 kbit/s link can carry once the
+    # sender has adapted. The link clears in one of the two states: CI once cleared it during
+    # a probe that was poor, and the level, lagging the clean link, sent it back to audio only.
     await expect(tile).to_have_attribute("data-status", "audio_only", timeout=30_000)
-    await asyncio.sleep(10.0)
+    if cleared == "as a probe begins":
+        await expect(tile).not_to_have_attribute("data-status", "audio_only", timeout=30_000)
     clean = await c.ns.clear()
     clean_ms = time.time() * 1000
     await expect(tile).not_to_have_attribute("data-status", "audio_only", timeout=10_000)

@@ -329,6 +329,31 @@ def test_after_flaps_fair_comes_after_the_usual_hold_and_good_after_the_long_one
     assert all(q == Quality.FAIR for t, q in seen.items() if fair <= t < good)
 
 
+def test_a_poor_person_whose_links_already_read_better_is_rising_until_the_level_follows() -> None:
+    # The flow defers a pause while the level only lags a link that has cleared.
+    monitor = QualityMonitor()
+    seen: dict[float, tuple[Quality | None, bool, bool]] = {}
+    for i, t in enumerate(ticks(0, 30, 0.25)):
+        lossy = 5 <= t < 12 or 14 <= t < 15.5  # a spell, then a relapse on the way back
+        for reporter, peer in ((T, A), (A, T), (T, B), (B, T), (A, B), (B, A)):
+            loss = 0.3 if lossy and A in (reporter, peer) else 0.0
+            monitor.ingest(reporter, peer, sample(t, i + 1, loss=loss))
+        due = monitor.due(t)
+        q = monitor.evaluate(t)
+        seen[t] = (q.participants.get(A), A in q.rising, due)
+    assert all(not rising for q, rising, _ in seen.values() if q != Quality.POOR)
+    rises = [t for t, (_, rising, _) in seen.items() if rising and not seen[t - 0.25][1]]
+    breaks = [t for t, (_, rising, _) in seen.items() if not rising and seen.get(t - 0.25, (0, 0))[1]]
+    # Rising once the loss has left the window; the relapse breaks it off while the level is
+    # still poor; it rises again once the relapse has left the window, and the level follows
+    # after the hold. The room is due for judgement at each of these.
+    assert len(rises) == 2 and 12 < rises[0] <= 12 + LIMITS.window_s
+    assert 15.5 < rises[1] <= 15.5 + LIMITS.window_s
+    assert 14 <= breaks[0] < 15.5 and seen[breaks[0]][0] == Quality.POOR
+    assert seen[breaks[1]][0] == Quality.FAIR and breaks[1] - rises[1] <= LIMITS.upgrade_hold_s + 0.25
+    assert all(seen[t][2] for t in rises + breaks)
+
+
 def test_a_new_peer_connection_starts_unjudged_and_a_dead_one_is_forgotten() -> None:
     monitor = QualityMonitor()
     for t in ticks(0, 3, 0.5):
