@@ -816,8 +816,8 @@ class QualityMonitor:
 
     def _devices(self, now: float, fresh: set[PersonId]) -> dict[PersonId, Device]:
         """Busy: a fresh report of theirs says so. Asleep: heard from before, silent for
-        asleep_after_s with the socket up, while their media still reaches a peer (their page
-        stopped, their network did not)."""
+        asleep_after_s with the socket up, while their media still reaches a peer good or fair
+        (their page stopped, their network did not)."""
         stale_after, asleep_after = self.limits.stale_after_s, self.limits.asleep_after_s
         devices: dict[PersonId, Device] = {}
         for (reporter, peer), track in self._tracks.items():
@@ -826,8 +826,10 @@ class QualityMonitor:
             if track.busy and reporter in fresh:
                 devices.setdefault(reporter, Device.BUSY)
             heard = self._heard.get(peer, -math.inf)
+            # Their media arrives well: a poor link's silence is the network's (on a
+            # 250 kbit/s link a page's reports queued behind its video for over 5 s).
             if (-math.inf < heard <= now - asleep_after and peer not in self._socket_down
-                    and track.level is not None and track.level != Quality.LOST):
+                    and track.level in (Quality.GOOD, Quality.FAIR)):
                 devices[peer] = Device.ASLEEP
         return devices
 

@@ -695,6 +695,21 @@ def test_a_page_silent_with_its_socket_up_is_asleep_and_media_still_judges_its_l
     assert monitor.evaluate(20.25).devices == {}
 
 
+def test_a_page_silent_on_a_poor_link_is_not_asleep() -> None:
+    # Seen under a 250 kbit/s link: the partner's reports queued behind its video for over
+    # 5 s while its page ran, and the tile said asleep. A poor link's silence is the network's.
+    monitor = QualityMonitor()
+    for t in ticks(0.0, 20.0, 0.25):
+        loss = 0.15 if t >= 8 else 0.0
+        if t < 10:
+            monitor.ingest(A, T, sample(t, packets(t), loss=loss))
+        monitor.ingest(T, A, sample(t, packets(t), loss=loss))
+        quality = monitor.evaluate(t)
+        if t >= 9:
+            assert quality.links[(T, A)] == Quality.POOR
+        assert quality.devices == {}, t
+
+
 def test_a_background_tab_reporting_once_a_second_is_judged_as_before() -> None:
     """Timers throttled to once a second: fewer reports, the same media, the same verdict. A
     hidden page sends no timer lag (its timers are late by design, not by a busy device)."""
