@@ -95,8 +95,10 @@ async def test_each_person_gets_their_own_link_time_checklist_and_calendar_entry
                     for word in people[other].split():
                         if word != "Dr":
                             assert word not in body, (address, word)
+                # The link's token is random and may hold any few digits.
+                words = body.replace(links[address], "")
                 for private in ("7946", "0018", "555", "0103", name.split()[-1]):
-                    assert private not in body and private not in str(sent.message["Subject"])
+                    assert private not in words and private not in str(sent.message["Subject"])
                 # 15:00 in Paris is 9:00 in New York in winter: said in the clinic's zone, by name.
                 assert "at 9:00 am New York time (EST), for 50 minutes" in body
                 for item in ("10–15 minutes before", "private spot", "headphones", "Charge your device",
