@@ -16,7 +16,6 @@ the clinic guide's checklist and an ``.ics`` entry. Nothing about anyone else in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import email.policy
 import enum
@@ -38,6 +37,7 @@ from telehealth.config import Config
 from telehealth.model import Person, RoomRecord
 from telehealth.store import Store
 from telehealth.tokens import PersonId
+from telehealth.waits import wait_at_most
 
 log = logging.getLogger("telehealth.mail")
 
@@ -419,13 +419,17 @@ class MailSender:
         self._wake.set()
 
     async def run(self) -> None:
+        this_task = asyncio.current_task()
         while True:
             try:
                 await self.send_due()
             except Exception:
                 log.exception("sending email failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            # aiosmtplib waits for replies with asyncio.wait_for, which on Python 3.11 eats a
+            # cancel that lands as a reply arrives: the server's shutdown then waited for ever.
+            if this_task is not None and this_task.cancelling():
+                raise asyncio.CancelledError
+            await wait_at_most(self._wake, self.poll_s)
             self._wake.clear()
 
     async def send_due(self) -> None:

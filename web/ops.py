@@ -28,7 +28,6 @@ Nothing here shows a name or a phone number: people are their role and opaque id
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import re
@@ -53,6 +52,7 @@ from telehealth.requestlog import REQUEST_ID
 from telehealth.store import Store
 from telehealth.tokens import PersonId, RoomId
 from telehealth.turn import turn_warning
+from telehealth.waits import wait_at_most
 from web.forms import StaffDoor, audit_path
 
 # How often the live stream sends a snapshot; the history samples once a second too.
@@ -263,8 +263,7 @@ async def live(request: web.Request) -> web.StreamResponse:
                 past_seen = state.live.saved
                 snapshot["past"] = past_rows(store, state.live)
             await response.write(b"data: " + msgspec.json.encode(snapshot) + b"\n\n")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(state.stopping.wait(), LIVE_INTERVAL_S)
+            await wait_at_most(state.stopping, LIVE_INTERVAL_S)
     except ConnectionError:
         pass  # the viewer went away
     return response
