@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 
-async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:
-    """Whether ``event`` was set within ``seconds``.
+async def wait_at_most(event: asyncio.Event, seconds: float) -> None:
+    """Return once ``event`` is set or ``seconds`` have passed, whichever comes first.
 
     Not ``asyncio.wait_for``: on Python 3.11, a cancel that lands as its timeout fires comes
     out as TimeoutError, so a loop that shrugs off timeouts ran on and the shutdown that
@@ -16,5 +16,4 @@ async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:
         async with asyncio.timeout(seconds):
             await event.wait()
     except TimeoutError:
-        return False
-    return True
+        pass
