@@ -87,10 +87,12 @@ class ScoringThresholds:
     # Packets growing in every sample for this long: a lost path is back.
     recover_from_lost_s: float = 1.0
     # A better level must hold this long before the link moves up to it. A fall within
-    # flap_window_s of the last rise doubles the hold, up to upgrade_hold_max_s.
+    # flap_window_s of the last rise doubles the hold, up to upgrade_hold_max_s, unless the
+    # link had settled: good and losing under bandwidth_loss_min for settled_s before it fell.
     upgrade_hold_s: float = 3.0
     upgrade_hold_max_s: float = 30.0
     flap_window_s: float = 30.0
+    settled_s: float = 10.0
     # A link (or a participant) with no sample or heartbeat for this long is not heard from.
     stale_after_s: float = 3.0
     # Audio: mean opinion score at or above these is good / fair; below fair is poor.
@@ -381,6 +383,10 @@ class _LinkTrack:
     rise_since: float | None = None
     hold: float = 0.0
     last_rise: float | None = None
+    # Since when the link has been good with its window losing next to nothing, and whether
+    # that has lasted settled_s since the last rise to good.
+    quiet_since: float | None = None
+    settled: bool = False
     rise_floor: Quality | None = None
     # The newest candidate type reported (samples without one leave it as it was).
     candidate: CandidateType | None = None
@@ -412,11 +418,11 @@ class _LinkTrack:
         self.samples.clear()
         self.rtts.clear()
         self.sums = WindowSums()
-        self.level = self.rise_since = self.rise_floor = self.packets = None
+        self.level = self.rise_since = self.rise_floor = self.packets = self.quiet_since = None
         self.flowed = False
         self.growth_run_since = self.media_since = self.rtt = None
         self.basis_since = -math.inf
-        self.busy = self.cpu = self.late = self.slow_decode = False
+        self.busy = self.cpu = self.late = self.slow_decode = self.settled = False
         self.busy_flip_since = None
 
     def add(self, sample: LinkSample, limits: ScoringThresholds,
@@ -526,6 +532,14 @@ class _LinkTrack:
             self.rise_since = self.rise_floor = None  # as _move does: no call for the usual case
         else:
             self._move(raw, t, limits)
+        if self.level is not Quality.GOOD:
+            self.quiet_since, self.settled = None, False
+        elif sums.n_loss and sums.loss >= limits.bandwidth_loss_min * sums.n_loss:
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since = t
+        elif t - self.quiet_since >= limits.settled_s:
+            self.settled = True
 
     def _device(self, sample: LinkSample, limits: ScoringThresholds,
                 other: _LinkTrack | None) -> None:
@@ -570,7 +584,10 @@ class _LinkTrack:
                 # A flap is good, weak, good again: only a fall from good soon after the rise
                 # to it grows the hold. Swings between weak levels within one bad spell do
                 # not, or a network that has settled would wait out holds its spell built up.
-                flapping = self.last_rise is not None and t - self.last_rise < limits.flap_window_s
+                # Nor does a new fault after a settled stretch: the link held, then something
+                # else went wrong, and that fault's end should not wait out the last one's.
+                flapping = (self.last_rise is not None and t - self.last_rise < limits.flap_window_s
+                            and not self.settled)
                 self.hold = min(self.hold * 2, limits.upgrade_hold_max_s) if flapping else 0.0
             self.level, self.rise_since, self.rise_floor = raw, None, None
             return

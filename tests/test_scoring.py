@@ -329,6 +329,42 @@ def test_after_flaps_fair_comes_after_the_usual_hold_and_good_after_the_long_one
     assert all(q == Quality.FAIR for t, q in seen.items() if fair <= t < good)
 
 
+def test_a_fault_after_a_settled_stretch_waits_only_the_usual_holds() -> None:
+    # Seen in the truth bench (Firefox partner): 2 % loss flapped the link (good, fair, good),
+    # the network was clean for 20 s, then 5 % loss came; its fall counted as a flap, and the
+    # link read fair for 12 s on the clean network after it.
+    monitor = QualityMonitor()
+    seen: dict[float, Quality | None] = {}
+    for i, t in enumerate(ticks(0, 110, 0.25)):
+        if 20 <= t < 44:
+            loss = 0.2 if (t - 20) % 12 >= 9 else 0.005  # 3 s bursts: rises to good, falls
+        elif 70 <= t < 90:
+            loss = 0.05
+        else:
+            loss = 0.0
+        monitor.ingest(T, A, sample(t, i + 1, loss=loss))
+        seen[t] = level(monitor, t)
+    assert seen[43.75] != Quality.GOOD and Quality.GOOD in [q for t, q in seen.items() if 32 <= t < 42]
+    assert seen[69.75] == Quality.GOOD and seen[89.75] != Quality.GOOD
+    good = min(t for t, q in seen.items() if t >= 90 and q == Quality.GOOD)
+    assert good <= 90 + LIMITS.window_s + 2 * LIMITS.upgrade_hold_s
+    assert all(q == Quality.GOOD for t, q in seen.items() if t >= good)
+
+
+@pytest.mark.parametrize("every", [8.0, 12.0, 20.0])
+def test_a_lossy_link_with_bursts_does_not_flap_even_when_the_bursts_are_far_apart(every: float) -> None:
+    # Its good stretches lose a little all the time: never settled, so each burst is a flap.
+    monitor = QualityMonitor()
+    rises, last = 0, Quality.GOOD
+    for i, t in enumerate(ticks(0, 240, 0.25)):
+        loss = 0.2 if t % every >= every - 2 else 0.015
+        monitor.ingest(T, A, sample(t, i + 1, loss=loss))
+        now = level(monitor, t)
+        rises += now == Quality.GOOD and last != Quality.GOOD
+        last = now
+    assert rises <= 3
+
+
 def test_a_poor_person_whose_links_already_read_better_is_rising_until_the_level_follows() -> None:
     # The flow defers a pause while the level only lags a link that has cleared.
     monitor = QualityMonitor()
