@@ -6,7 +6,7 @@ Partner B's browser (Chromium, or Firefox with ``--partner firefox``) inside a n
 namespace. Scripted phases, each ``--phase-seconds`` long: a clean call from its start, then
 network faults on Partner B's link (2 % and 5 % loss, 250 and 600 kbit/s, a 3 s cut), each
 followed by a clean stretch ("after-..."), then device states of Partner A on a clean link (a
-slow computer (its whole Chromium held to a fifth of a core), a background tab, a frozen
+slow computer (its whole Chromium held to a tenth of a core), a background tab, a frozen
 page (CDP), and a clean end.
 
 Once a second every page is read: the truth from its own getStats (loss, round trip, fps in

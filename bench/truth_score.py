@@ -31,6 +31,10 @@ The monitor's own verdicts never enter the truth.
   before its fault is in force. Records without those times fall back to the ticks.
 - device phases: seconds the device person's state was worded as their device (a tile's
   ``data-device``, or words such as "busy"/"locked") and seconds it was blamed on a network.
+  For a slow computer, also the seconds it was truly strained, by its own getStats: its
+  browser said its encoder was CPU-limited, or it sent video at under ``STRAINED_FPS_SHARE``
+  of its rate in the clean phase. A slow computer is judged worded only if it was strained:
+  a limit the browser shrugs off (a fast host) is no slow computer, and the run says so.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ ROLES = ("therapist", "a", "b")
 LOSS_CLEAN = 0.02
 RTT_CLEAN_MS = 300.0
 RECOVERY_GRACE_S = 10.0
+# A slow computer is strained while it sends video at under this share of its clean-phase rate.
+STRAINED_FPS_SHARE = 0.5
 # Video is back once the picture advances in this many readings in a row.
 BACK_SUSTAIN = 3
 ALARM_LEVELS = frozenset({"fair", "poor", "lost"})
@@ -308,6 +314,7 @@ class PhaseScore:
     device_worded_seconds: int | None = None
     network_blamed_seconds: int | None = None
     cpu_limited_seconds: int | None = None
+    strained_seconds: int | None = None
     examples: list[str] = field(default_factory=list)
 
 
@@ -355,6 +362,19 @@ def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[Secon
         if all(moving for _, moving in run):
             return s, sum(1 for _, moving in advancing[i:] if not moving)
     return None, 0
+
+
+def sent_fps(s: Second, who: str) -> float | None:
+    """The video frame rate ``who`` sent in ``s`` (mean over its connections), by its own getStats."""
+    rates = [x.fps_out for x in s.links if x.viewer == who and x.fps_out is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+def clean_rate(seconds: Sequence[Second], phases: Sequence[Phase], who: str) -> float | None:
+    """The median video frame rate ``who`` sent in the clean phases."""
+    clean = {p.name for p in phases if p.kind == "clean"}
+    rates = sorted(r for s in seconds if s.phase in clean and (r := sent_fps(s, who)) is not None)
+    return rates[len(rates) // 2] if rates else None
 
 
 def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str, str]) -> list[PhaseScore]:
@@ -417,6 +437,11 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
                 1 for s in mine if any(subject in c.target and c.viewer != subject for c in claims(s, names)))
             row.cpu_limited_seconds = sum(
                 1 for s in mine if any(x.viewer == subject and x.limitation == "cpu" for x in s.links))
+            usual = clean_rate(seconds, phases, subject)
+            row.strained_seconds = sum(
+                1 for s in mine
+                if any(x.viewer == subject and x.limitation == "cpu" for x in s.links)
+                or (usual and (r := sent_fps(s, subject)) is not None and r < STRAINED_FPS_SHARE * usual))
     return rows
 
 
@@ -445,7 +470,9 @@ def verdicts(rows: Sequence[PhaseScore], phases: Sequence[Phase]) -> dict[str, A
             stopped[r.phase] = sum((r.video_stopped_again_s or {}).values())
     back_ok = all(v is not None and v <= TARGETS["video_back_s_max"] for v in backs.values()) and not any(stopped.values())
     cpu = [r for r in rows if by_name[r.phase].device == "cpu"]
-    cpu_worded = bool(cpu) and all((r.device_worded_seconds or 0) > 0 and not r.network_blamed_seconds for r in cpu)
+    strained = sum(r.strained_seconds or 0 for r in cpu)
+    cpu_worded = bool(cpu) and strained > 0 and all(
+        (r.device_worded_seconds or 0) > 0 and not r.network_blamed_seconds for r in cpu)
     free = sum(r.fault_free_seconds for r in rows)
     free_alarms = sum(r.fault_free_alarm_seconds for r in rows)
     return {
@@ -457,7 +484,8 @@ def verdicts(rows: Sequence[PhaseScore], phases: Sequence[Phase]) -> dict[str, A
         "wrong_person": {"seconds": wrong, "met": wrong <= TARGETS["wrong_person_seconds_max"]},
         "warned_s": {"worst_per_phase": warns, "met": warn_ok},
         "video_back_s": {"worst_per_phase": backs, "stopped_again_seconds": stopped, "met": back_ok},
-        "cpu_worded_as_device": {"met": cpu_worded},
+        "cpu_worded_as_device": {"met": cpu_worded, "strained_seconds": strained,
+                                 "worded_seconds": sum(r.device_worded_seconds or 0 for r in cpu)},
     }
 
 
@@ -469,11 +497,11 @@ def table(rows: Sequence[PhaseScore]) -> str:
         return " ".join(f"{k[0]}:{'never' if v is None else v}" for k, v in values.items())
 
     head = f"{'phase':<14}{'kind':<8}{'secs':>5}{'clean':>6}{'false':>6}{'wrong':>6}{'impr':>5}  " \
-           f"{'nofault':>8}  {'warn s':<18}{'video back s':<18}{'stop':<12}{'device/net/cpu'}"
+           f"{'nofault':>8}  {'warn s':<18}{'video back s':<18}{'stop':<12}{'device/net/cpu/strained'}"
     lines = [head]
     for r in rows:
         device = "-" if r.device_worded_seconds is None else \
-            f"{r.device_worded_seconds}/{r.network_blamed_seconds}/{r.cpu_limited_seconds}"
+            f"{r.device_worded_seconds}/{r.network_blamed_seconds}/{r.cpu_limited_seconds}/{r.strained_seconds}"
         lines.append(f"{r.phase:<14}{r.kind:<8}{r.seconds:>5}{r.clean_seconds:>6}{r.false_alarm_seconds:>6}"
                      f"{r.wrong_person_seconds:>6}{r.impaired_seconds:>5}"
                      f"{f'{r.fault_free_alarm_seconds}/{r.fault_free_seconds}':>8}  {fmt(r.warn_s):<18}"

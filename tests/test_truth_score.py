@@ -21,14 +21,15 @@ ROLES = {v: k for k, v in NAMES.items()}
 
 def tile(name: str, *, t: int, level: str = "good", frames: int | None = None, lost: int = 0,
          packets: int | None = None, pc: int = 0, device: str | None = None, rtt: int = 5,
-         limitation: str = "none", kbps: int = 800, status: str | None = None) -> dict[str, Any]:
+         limitation: str = "none", kbps: int = 800, status: str | None = None,
+         encoded: int | None = None) -> dict[str, Any]:
     """A tile as tests/probe.js reads it, ``t`` seconds into a steady call."""
     got = packets if packets is not None else 100 * t
     return {"peer": f"id-{name}", "name": name, "level": level, "device": device, "status": status,
             "frames": 20 * t if frames is None else frames, "width": 640,
             "truth": {"pc": pc, "state": "connected", "packetsIn": got, "packetsLost": lost,
                       "bytesIn": kbps * 125 * t, "bytesOut": kbps * 125 * t, "framesDecoded": 20 * t,
-                      "framesEncoded": 20 * t, "fpsIn": 20, "fpsOut": 20, "rttMs": rtt,
+                      "framesEncoded": 20 * t if encoded is None else encoded, "fpsIn": 20, "fpsOut": 20, "rttMs": rtt,
                       "limitation": limitation, "videoOut": True, "videoIn": True}}
 
 
@@ -215,6 +216,33 @@ def test_a_cpu_bound_partner_worded_as_their_device_meets_the_target() -> None:
     assert (row.device_worded_seconds, row.network_blamed_seconds, row.cpu_limited_seconds) == (2, 0, 1)
     assert row.false_alarm_seconds == 0
     assert verdicts(list(rows.values()), [cpu])["cpu_worded_as_device"]["met"]
+
+
+SLOW_PARTNER = (Phase("clean", "clean", 3), Phase("cpu", "device", 3, subject="a", device="cpu"))
+
+
+def slow_partner_call(fps: int, **shown: Any) -> tuple[int | None, int | None, dict[str, Any]]:
+    """Partner A sends 20 fps in the clean phase (seconds 1-3), then ``fps`` in the cpu phase:
+    the cpu phase's strained and worded seconds, and the run's verdict on it."""
+    records = [record(t, "clean", clean_pages(t)) for t in (1, 2, 3)]
+    for t in (4, 5, 6):
+        sent = {"encoded": 60 + fps * (t - 3)}
+        records.append(record(t, "cpu", clean_pages(t, a_therapist=sent, a_b=sent, **shown), device=["a", "cpu"]))
+    rows = scored(*records, phases=SLOW_PARTNER)
+    verdict = verdicts(list(rows.values()), SLOW_PARTNER)["cpu_worded_as_device"]
+    return rows["cpu"].strained_seconds, rows["cpu"].device_worded_seconds, verdict
+
+
+def test_a_slow_computer_is_judged_only_while_its_own_stats_show_it_strained() -> None:
+    busy = {"device": "busy", "level": "good"}
+    # Sending 5 fps of its usual 20: strained, and worded as its device.
+    assert slow_partner_call(5, therapist_a=busy, b_a=busy) == (
+        3, 3, {"met": True, "strained_seconds": 3, "worded_seconds": 3})
+    # Strained and not worded: a miss.
+    assert slow_partner_call(5) == (3, 0, {"met": False, "strained_seconds": 3, "worded_seconds": 0})
+    # A limit its browser shrugged off (still 18 fps): no slow computer. The run shows that
+    # (0 strained seconds) rather than passing on silence.
+    assert slow_partner_call(18) == (0, 0, {"met": False, "strained_seconds": 0, "worded_seconds": 0})
 
 
 def test_the_cpu_bound_partner_shown_weak_is_blamed_on_the_network() -> None:
