@@ -36,8 +36,9 @@ def ws_url(link: str) -> tuple[str, str]:
     return base.replace("http", "ws", 1) + "/ws", token
 
 
-async def join_once(session: aiohttp.ClientSession, link: str) -> dict:
-    """Join with ``link`` over the real WebSocket and leave; the server audits each join."""
+async def join_once(session: aiohttp.ClientSession, link: str, *, limited_ok: bool = False) -> dict | None:
+    """Join with ``link`` over the real WebSocket and leave; the server audits each join.
+    ``limited_ok``: a refusal for joining too often (the link's limit) is None, not a failure."""
     url, token = ws_url(link)
     async with session.ws_connect(url) as ws:
         await ws.send_json({"type": "join", "v": 1, "token": token})
@@ -45,6 +46,8 @@ async def join_once(session: aiohttp.ClientSession, link: str) -> dict:
             data = json.loads(msg.data)
             if data["type"] == "welcome":
                 return data
+            if data["type"] == "error" and data.get("code") == "rate_limited" and limited_ok:
+                return None
             assert data["type"] != "error", data
     raise AssertionError("closed before welcome")
 
@@ -64,7 +67,9 @@ async def test_a_backup_taken_while_the_server_writes_is_whole_and_opens_with_th
     data, port = tmp_path / "data", free_port()
     served = await serve(data, port)
     assert served.serving
-    # Enough links that joining as fast as it can stays under each link's limit (20 a minute).
+    # Enough links that joining as fast as it can stays under each link's limit (20 a minute)
+    # for a few seconds. A backup that a busy machine holds up for longer may meet a refusal for
+    # joining too often (CI did): the server's limit, not the backup's fault; the writer goes on.
     rooms = [create_room(data, served.base_url) for _ in range(12)]
     copy = tmp_path / "backups" / "monday.sqlite3"
     copy.parent.mkdir()
@@ -74,11 +79,14 @@ async def test_a_backup_taken_while_the_server_writes_is_whole_and_opens_with_th
 
     async def keep_joining() -> None:
         # The server writes an audit entry per join, all through the backup.
+        attempts = 0
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                welcome = await join_once(session, rooms[len(joins) % len(rooms)]["therapist_link"])
-                assert welcome["you"]["name"] == "Dr Ada Lovelace"
-                joins.append(time.monotonic())
+                welcome = await join_once(session, rooms[attempts % len(rooms)]["therapist_link"], limited_ok=True)
+                attempts += 1
+                if welcome is not None:
+                    assert welcome["you"]["name"] == "Dr Ada Lovelace"
+                    joins.append(time.monotonic())
 
     writer = asyncio.create_task(keep_joining())
     while len(joins) < 5:  # writing before the backup starts
@@ -146,7 +154,7 @@ async def test_restore_brings_back_the_backup_and_keeps_the_replaced_database(
         async with session.get(room["partner_links"][0]) as r:
             assert r.status == 200
         welcome = await join_once(session, room["therapist_link"])
-        assert welcome["you"]["name"] == "Dr Ada Lovelace"
+        assert welcome is not None and welcome["you"]["name"] == "Dr Ada Lovelace"
 
 
 async def test_restore_is_refused_while_a_server_runs_on_the_folder(serve: Launcher, tmp_path: Path) -> None:
