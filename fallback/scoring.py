@@ -125,6 +125,11 @@ class ScoringThresholds:
     # with network loss under busy_loss_max, is busy (decoding late), not badly connected.
     busy_decode_share: float = 0.5
     busy_loss_max: float = 0.01
+    # Device: a sender whose video goes out at under this share of the highest frame rate it
+    # sent on this connection, with bandwidth not the limit and the network losing next to
+    # nothing, is starved of CPU: its delays are its own, not the network's. Not worded (a
+    # camera in a dim room also halves its rate); only its delays are not judged.
+    starved_send_share: float = 0.5
     # Device: a page heard from before and silent this long, its socket up and its media
     # still arriving, has stopped (a locked phone, a frozen tab). Longer than stale_after_s:
     # a page on a starved machine reports late, not never.
@@ -411,6 +416,10 @@ class _LinkTrack:
     cpu: bool = False
     late: bool = False
     slow_decode: bool = False
+    # The highest video frame rate the reporter has sent on this connection since it last
+    # changed what it sends, and whether it now sends far fewer (starved_send_share).
+    peak_send_fps: float = 0.0
+    starved_send: bool = False
     # Since when the signs have said otherwise than ``busy`` (None: they agree).
     busy_flip_since: float | None = None
 
@@ -422,7 +431,8 @@ class _LinkTrack:
         self.flowed = False
         self.growth_run_since = self.media_since = self.rtt = None
         self.basis_since = -math.inf
-        self.busy = self.cpu = self.late = self.slow_decode = self.settled = False
+        self.busy = self.cpu = self.late = self.slow_decode = self.settled = self.starved_send = False
+        self.peak_send_fps = 0.0
         self.busy_flip_since = None
 
     def add(self, sample: LinkSample, limits: ScoringThresholds,
@@ -441,7 +451,7 @@ class _LinkTrack:
                 self.basis_since = t
                 # What the link carries changed on purpose: its past falls were about
                 # another load, and say nothing of how this one will hold.
-                self.hold, self.last_rise = 0.0, None
+                self.hold, self.last_rise, self.peak_send_fps = 0.0, None, 0.0
         if sample.candidate is not None:
             self.candidate = sample.candidate
         count = sample.packets_in
@@ -502,8 +512,9 @@ class _LinkTrack:
         # still hears the other end; the link is then judged on loss (and bandwidth) alone.
         other_fresh = (other is not None and bool(other.samples)
                        and t - other.samples[-1].t < limits.stale_after_s)
-        strained = ((self.cpu or self.late or self.slow_decode or (other_fresh and other is not None
-                     and (other.cpu or other.late or other.slow_decode)))
+        strained = ((self.cpu or self.late or self.slow_decode or self.starved_send
+                     or (other_fresh and other is not None
+                         and (other.cpu or other.late or other.slow_decode or other.starved_send)))
                     and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
         raw: Quality | None
         if self.flowed and t - self.last_growth >= limits.lost_after_s:
@@ -544,7 +555,8 @@ class _LinkTrack:
     def _device(self, sample: LinkSample, limits: ScoringThresholds,
                 other: _LinkTrack | None) -> None:
         """Whether the reporter's device is busy. Each sign switches on over the window and
-        off only once the window is clear of it, so it does not flicker."""
+        off only once the window is clear of it, so it does not flicker. Also whether it
+        sends starved (``starved_send``: per sample, never worded, only for its delays)."""
         sums = self.sums
         n_cpu = sums.n_cpu
         # The encoder held back by CPU: as the browser says, or as slow as a starved one (a
@@ -571,6 +583,14 @@ class _LinkTrack:
                 slow = ((fps < share * sent or (self.slow_decode and fps < (share + 0.25) * sent))
                         and (sums.loss < limits.busy_loss_max * sums.n_loss or not sums.n_loss))
         self.slow_decode = slow
+        sent = sample.send_fps
+        if sent is None or not sample.video:
+            self.starved_send = False
+        else:
+            self.peak_send_fps = max(self.peak_send_fps, sent)
+            self.starved_send = (sent < limits.starved_send_share * self.peak_send_fps
+                                 and sample.send_limit != "bandwidth"
+                                 and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
         if (self.cpu or self.late or slow) == self.busy:
             self.busy_flip_since = None
         elif self.busy_flip_since is None:

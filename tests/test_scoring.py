@@ -31,8 +31,8 @@ PACKETS_PER_S = 50  # Opus at 20 ms: what an audio-only link delivers
 def sample(t: float, packets: int, *, loss: float = 0.0, rtt: float = 40.0,
            fps: float | None = 30.0, bitrate: float | None = 1_000_000, video: bool = True,
            pc: str = "pc1", limit: SendLimit | None = "none", cap: float | None = None,
-           send_fps: float | None = None, lag: float | None = None) -> LinkSample:
-    return LinkSample(t=t, rtt_ms=rtt, jitter_ms=5.0, loss=loss, packets_in=packets, fps=fps,
+           send_fps: float | None = None, lag: float | None = None, jitter: float = 5.0) -> LinkSample:
+    return LinkSample(t=t, rtt_ms=rtt, jitter_ms=jitter, loss=loss, packets_in=packets, fps=fps,
                       out_bitrate=bitrate, video=video, pc=pc, send_limit=limit, send_cap=cap,
                       send_fps=send_fps, lag_ms=lag)
 
@@ -363,6 +363,29 @@ def test_a_lossy_link_with_bursts_does_not_flap_even_when_the_bursts_are_far_apa
         rises += now == Quality.GOOD and last != Quality.GOOD
         last = now
     assert rises <= 3
+
+
+@pytest.mark.parametrize("starved", [True, False])
+def test_late_answers_from_a_sender_starved_of_cpu_are_not_the_network(starved: bool) -> None:
+    # Seen in the truth bench: Alex's browser on a tenth of a core sent 2-10 fps of its 20 and
+    # answered late, so both ends measured a 150-200 ms round trip and its video came in bursts
+    # (no packet lost); the pair read fair, "cannot see each other well", before its encoder
+    # and timers showed the busy signs. The same delays with the sender at full rate are the
+    # network's.
+    monitor = QualityMonitor()
+    seen: list[Quality | None] = []
+    for i, t in enumerate(ticks(0, 30, 0.5)):
+        late = t >= 10
+        sent = 4.0 if late and starved else 20.0
+        rtt, jitter = (190.0, 110.0) if late else (20.0, 5.0)
+        monitor.ingest(A, B, sample(t, i + 1, rtt=rtt, jitter=jitter, send_fps=sent))
+        monitor.ingest(B, A, sample(t, i + 1, rtt=rtt, jitter=jitter, send_fps=20.0))
+        seen.append(level(monitor, t, (B, A)))
+    after = seen[len(seen) // 3 + 2:]
+    if starved:
+        assert set(after) == {Quality.GOOD}
+    else:
+        assert Quality.FAIR in after or Quality.POOR in after
 
 
 def test_a_poor_person_whose_links_already_read_better_is_rising_until_the_level_follows() -> None:
