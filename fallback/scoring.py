@@ -510,11 +510,13 @@ class _LinkTrack:
         # the network losing next to nothing: its delays and pauses are the device's. Its
         # round trip and jitter read late processing, and its media may pause while it
         # still hears the other end; the link is then judged on loss (and bandwidth) alone.
-        other_fresh = (other is not None and bool(other.samples)
-                       and t - other.samples[-1].t < limits.stale_after_s)
-        strained = ((self.cpu or self.late or self.slow_decode or self.starved_send
-                     or (other_fresh and other is not None
-                         and (other.cpu or other.late or other.slow_decode or other.starved_send)))
+        other_quiet = t - other.samples[-1].t if other is not None and other.samples else math.inf
+        other_fresh = other_quiet < limits.stale_after_s
+        # A straining end reports late (seconds apart, on a starved machine): its signs stand
+        # until it has been quiet long enough to count as asleep.
+        other_strains = (other is not None and other_quiet < limits.asleep_after_s
+                         and (other.cpu or other.late or other.slow_decode or other.starved_send))
+        strained = ((self.cpu or self.late or self.slow_decode or self.starved_send or other_strains)
                     and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
         raw: Quality | None
         if self.flowed and t - self.last_growth >= limits.lost_after_s:

@@ -388,6 +388,23 @@ def test_late_answers_from_a_sender_starved_of_cpu_are_not_the_network(starved: 
         assert Quality.FAIR in after or Quality.POOR in after
 
 
+def test_a_starved_end_that_reports_seconds_apart_still_explains_its_late_answers() -> None:
+    # Seen in the truth bench on a loaded machine: Sam's starved page reported every 3 s, so
+    # its signs were stale by the time the therapist's reports of its late answers came, and
+    # Sam's tile read fair beside "Sam's computer is busy".
+    monitor = QualityMonitor()
+    seen: list[Quality | None] = []
+    for i, t in enumerate(ticks(0, 40, 0.5)):
+        late = t >= 10
+        if not late or t % 4 == 0:
+            monitor.ingest(A, T, sample(t, i + 1, send_fps=4.0 if late else 20.0,
+                                        rtt=190.0 if late else 20.0))
+        monitor.ingest(T, A, sample(t, i + 1, rtt=190.0 if late else 20.0, jitter=110.0 if late else 5.0,
+                                    send_fps=20.0))
+        seen.append(level(monitor, t, (T, A)))
+    assert set(seen[len(seen) // 4 + 2:]) == {Quality.GOOD}
+
+
 def test_a_poor_person_whose_links_already_read_better_is_rising_until_the_level_follows() -> None:
     # The flow defers a pause while the level only lags a link that has cleared.
     monitor = QualityMonitor()
