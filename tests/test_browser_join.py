@@ -11,12 +11,13 @@ while the page still loads (early.js), once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
-from tests.browser import browser, open_person  # noqa: F401  (browser is a fixture)
+from tests.browser import browser, new_person_context, open_person  # noqa: F401  (browser is a fixture)
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.browser
@@ -115,6 +116,32 @@ async def test_a_partner_whose_camera_is_slow_is_let_in_and_sees_the_others_mean
     await partner.wait_for_function(SEES, arg="Dr Test")
     assert await partner.evaluate(HIDDEN_HOLDERS) == []
     assert await therapist.evaluate(HIDDEN_HOLDERS) == []
+
+
+async def test_an_early_camera_request_that_comes_after_the_page_opened_asks_nothing(
+    server: RunningServer, browser: Browser, contexts: list[BrowserContext],  # noqa: F811
+) -> None:
+    # early.js is an async module: on a busy machine it may run after the page's own modules
+    # have opened the camera. CI saw the camera asked for twice; the second stream was never
+    # taken or stopped. Here early.js is held back until the page shows its own camera.
+    room = server.create_room(partners=1)
+    context = await new_person_context(browser)
+    contexts.append(context)
+    await context.add_init_script(COUNT_ASKS)
+    page_opened = asyncio.Event()
+
+    async def late_early_js(route: Route) -> None:
+        response = await route.fetch()
+        await page_opened.wait()
+        await route.fulfill(response=response, body=await response.text() + "\nwindow.__earlyRan = true;\n")
+
+    await context.route("**/early*.js", late_early_js)
+    page = await context.new_page()
+    await page.goto(room.partner_links[0], wait_until="domcontentloaded")  # "load" waits for early.js
+    await page.wait_for_function(SHOWS_CAMERA, arg="preview")
+    page_opened.set()
+    await page.wait_for_function("() => window.__earlyRan === true")
+    assert await page.evaluate("() => window.__asks") == 1
 
 
 async def test_the_waiting_room_alone_shows_the_camera_while_the_partner_waits(

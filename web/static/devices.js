@@ -55,6 +55,8 @@ export async function openTrack(kind, deviceId = '') {
 
 /** Devices asked for while the page was still loading (early.js), for the first open() to take. */
 let early = null;
+/** Whether the page has opened its devices itself: then early.js came too late to help. */
+let pageOpened = false;
 
 /** The remembered choices, as openMedia takes them. */
 function remembered(prefs, cameraOff) {
@@ -66,7 +68,9 @@ function remembered(prefs, cameraOff) {
  * to: getUserMedia takes a few hundred ms, and so does getting the page ready to ask.
  */
 export function openEarly() {
-  if (!early) early = openMedia(remembered(loadPreferences(), false));
+  // An async module may run after the page's own (a busy machine, a slow fetch): asking then
+  // would open the camera a second time, and nothing would take or stop it (CI saw 2 asks).
+  if (!early && !pageOpened) early = openMedia(remembered(loadPreferences(), false));
 }
 
 /**
@@ -288,6 +292,7 @@ export class LocalMedia {
   async open() {
     this.stop();
     this.starting = true;
+    pageOpened = true;
     const started = early;
     early = null;
     let opened;
