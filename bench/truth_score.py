@@ -364,6 +364,11 @@ def video_back(seconds: Sequence[Second], viewer: str, peer: str) -> tuple[Secon
     return None, 0
 
 
+def cpu_limited(s: Second, who: str) -> bool:
+    """Whether ``who``'s browser said its video encoder was CPU-limited in ``s``."""
+    return any(x.viewer == who and x.limitation == "cpu" for x in s.links)
+
+
 def sent_fps(s: Second, who: str) -> float | None:
     """The video frame rate ``who`` sent in ``s`` (mean over its connections), by its own getStats."""
     rates = [x.fps_out for x in s.links if x.viewer == who and x.fps_out is not None]
@@ -435,13 +440,11 @@ def score(seconds: Sequence[Second], phases: Sequence[Phase], names: Mapping[str
             row.device_worded_seconds = sum(1 for s in mine if device_worded(s, subject, names))
             row.network_blamed_seconds = sum(
                 1 for s in mine if any(subject in c.target and c.viewer != subject for c in claims(s, names)))
-            row.cpu_limited_seconds = sum(
-                1 for s in mine if any(x.viewer == subject and x.limitation == "cpu" for x in s.links))
+            row.cpu_limited_seconds = sum(1 for s in mine if cpu_limited(s, subject))
             usual = clean_rate(seconds, phases, subject)
             row.strained_seconds = sum(
                 1 for s in mine
-                if any(x.viewer == subject and x.limitation == "cpu" for x in s.links)
-                or (usual and (r := sent_fps(s, subject)) is not None and r < STRAINED_FPS_SHARE * usual))
+                if cpu_limited(s, subject) or (usual and (r := sent_fps(s, subject)) is not None and r < STRAINED_FPS_SHARE * usual))
     return rows
 
 

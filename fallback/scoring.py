@@ -489,7 +489,9 @@ class _LinkTrack:
             self.rtt = rtts[mid] if n % 2 else (rtts[mid - 1] + rtts[mid]) / 2
         else:
             self.rtt = None
-        self._device(sample, limits, other)
+        # The network loses next to nothing: a strain then is the device's (once per sample).
+        calm = not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss
+        self._device(sample, limits, other, calm)
 
         if count is not None:
             previous = self.packets
@@ -517,7 +519,7 @@ class _LinkTrack:
         other_strains = (other is not None and other_quiet < limits.asleep_after_s
                          and (other.cpu or other.late or other.slow_decode or other.starved_send))
         strained = ((self.cpu or self.late or self.slow_decode or self.starved_send or other_strains)
-                    and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
+                    and calm)
         raw: Quality | None
         if self.flowed and t - self.last_growth >= limits.lost_after_s:
             if (strained and other is not None and other_fresh
@@ -555,7 +557,7 @@ class _LinkTrack:
             self.settled = True
 
     def _device(self, sample: LinkSample, limits: ScoringThresholds,
-                other: _LinkTrack | None) -> None:
+                other: _LinkTrack | None, calm: bool) -> None:
         """Whether the reporter's device is busy. Each sign switches on over the window and
         off only once the window is clear of it, so it does not flicker. Also whether it
         sends starved (``starved_send``: per sample, never worded, only for its delays)."""
@@ -583,7 +585,7 @@ class _LinkTrack:
                 fps = sums.fps / sums.n_fps
                 share = limits.busy_decode_share
                 slow = ((fps < share * sent or (self.slow_decode and fps < (share + 0.25) * sent))
-                        and (sums.loss < limits.busy_loss_max * sums.n_loss or not sums.n_loss))
+                        and calm)
         self.slow_decode = slow
         sent = sample.send_fps
         if sent is None or not sample.video:
@@ -592,7 +594,7 @@ class _LinkTrack:
             self.peak_send_fps = max(self.peak_send_fps, sent)
             self.starved_send = (sent < limits.starved_send_share * self.peak_send_fps
                                  and sample.send_limit != "bandwidth"
-                                 and (not sums.n_loss or sums.loss < limits.busy_loss_max * sums.n_loss))
+                                 and calm)
         if (self.cpu or self.late or slow) == self.busy:
             self.busy_flip_since = None
         elif self.busy_flip_since is None:
