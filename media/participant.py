@@ -34,6 +34,7 @@ from aiortc.contrib.media import MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
+from media import jitter
 from media.tracks import TestPatternTrack, ToneTrack
 
 log = logging.getLogger("telehealth.synthetic")
@@ -338,6 +339,8 @@ class SyntheticParticipant:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
+            if track.kind == "video":
+                jitter.install(next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track))
             link.tasks.append(asyncio.create_task(self._count(link, pc, track)))
 
         @pc.on("connectionstatechange")

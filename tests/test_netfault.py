@@ -86,7 +86,11 @@ async def cut_and_restore(ns: Namespace, watches: dict[str, CounterWatch], other
     assert others.growths_between(cut.at + 1.0, restored.began) > 20
 
     # Flowing again, not a stray frame: five more samples with growth from everyone.
-    await eventually(lambda: all(w.growths_between(restored.began, math.inf) >= 5 for w in watches.values()), 10)
+    try:
+        await eventually(lambda: all(w.growths_between(restored.began, math.inf) >= 5 for w in watches.values()), 10)
+    except TimeoutError:
+        counts = {name: w.growths_between(restored.began, math.inf) for name, w in watches.items()}
+        raise AssertionError(f"media not back 10 s after restore (growths since: {counts})") from None
     back = {name: w.first_growth_after(restored.began) or 0.0 for name, w in watches.items()}
     return f"cut applied in {(cut.at - cut.began) * 1000:.0f} ms; " + "; ".join(
         f"{name}: last frame {stopped[name]:+.3f} s after the cut, first {back[name] - restored.began:.3f} s "
