@@ -30,6 +30,7 @@ class ResendAwareJitterBuffer(JitterBuffer):
             if uint16_add(newest, -hole) < RTP_HISTORY_SIZE:
                 break  # it may still be resent
             # Drop through the hole, then the rest of the frame the drop ends in.
+            assert self._origin is not None  # a hole was found from it
             self.smart_remove(uint16_add(hole, -self._origin) + 1)
             pli_flag = True
             frame = self._remove_frame(newest)

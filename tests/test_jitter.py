@@ -30,7 +30,7 @@ def feed(buffer: JitterBuffer, seqs: range | list[int]) -> tuple[list[int], bool
 def test_a_hole_nobody_will_resend_is_skipped_and_a_fresh_picture_asked_for() -> None:
     # 200 packets lost in a cut: more than the 128 a sender keeps to resend.
     for buffer, frozen in ((JitterBuffer(capacity=512, is_video=True), True), (ResendAwareJitterBuffer(), False)):
-        before, _ = feed(buffer, range(0, 10))
+        before, _ = feed(buffer, range(10))
         assert before == [0, 2, 4, 6]
         after, pli = feed(buffer, range(210, 240))
         if frozen:
@@ -41,7 +41,7 @@ def test_a_hole_nobody_will_resend_is_skipped_and_a_fresh_picture_asked_for() ->
 
 def test_a_hole_that_can_still_be_resent_is_waited_for() -> None:
     buffer = ResendAwareJitterBuffer()
-    feed(buffer, range(0, 10))
+    feed(buffer, range(10))
     waiting, pli = feed(buffer, range(60, 80))
     assert waiting == [] and not pli
     resent, _ = feed(buffer, range(8, 60))
