@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import io
 import json
 import logging
+import os
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -176,6 +180,37 @@ async def eventually(check: Callable[[], bool], timeout: float, interval: float 
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# A test (set-up and teardown included) still running after this long has its event loop's tasks printed (where each waits),
+# once, to the stream pytest's own faulthandler writes to: the one place an xdist worker's words
+# reach the run's log even if pytest-timeout later ends the worker (it printed nothing there).
+HANG_REPORT_S = 300.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+    fd = item.config.stash.get(fault_handler_stderr_fd_key, 2)
+    timer = threading.Timer(HANG_REPORT_S, report_hang, (item.nodeid, fd))
+    timer.daemon = True
+    timer.start()
+    try:
+        return (yield)
+    finally:
+        timer.cancel()
+
+
+def report_hang(nodeid: str, fd: int) -> None:
+    out = io.StringIO()
+    out.write(f"\n+++ {nodeid} still running after {HANG_REPORT_S:.0f} s; its tasks:\n")
+    # Read from another thread while the loop runs: good enough for a report, never for logic.
+    for task in list(asyncio.tasks._all_tasks):  # type: ignore[attr-defined]
+        if not task.done():
+            task.print_stack(limit=8, file=out)
+    os.write(fd, out.getvalue().encode(errors="replace"))
+    faulthandler.dump_traceback(fd, all_threads=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -47,9 +47,10 @@ def check_available() -> None:
 class FirefoxPartner:
     """One Firefox page at a partner's link. States: started (page loaded) -> closed."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, version: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, version: str, firefox_pid: int | None) -> None:
         self.proc = proc
         self.version = version
+        self.firefox_pid = firefox_pid
         self._next = 0
         self._lock = asyncio.Lock()
 
@@ -73,7 +74,7 @@ class FirefoxPartner:
         except BaseException:
             await _kill(proc)
             raise
-        return cls(proc, str(ready["version"]))
+        return cls(proc, str(ready["version"]), ready.get("pid"))
 
     async def command(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -108,13 +109,16 @@ class FirefoxPartner:
             try:
                 await asyncio.wait_for(self.proc.wait(), 15)
             except TimeoutError:
-                await _kill(self.proc)
+                await _kill(self.proc, self.firefox_pid)
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """The script and the Firefox it started (its own process group, by its pid)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+async def _kill(proc: asyncio.subprocess.Process, firefox_pid: int | None = None) -> None:
+    """The script's process group and Firefox's (puppeteer starts it detached, in a group of
+    its own, so killing the script alone would leave a browser running its call)."""
+    for group in (proc.pid, firefox_pid):
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
     await proc.wait()
 
 

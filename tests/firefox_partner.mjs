@@ -3,7 +3,8 @@
 // (inside a network namespace when asked) and talks to it over stdin/stdout, one JSON object
 // per line:
 //
-//   out: {"ready": true, "version": "..."} once the page at URL has loaded
+//   out: {"ready": true, "version": "...", "pid": N} once the page at URL has loaded (N: Firefox's,
+//        which puppeteer starts in a process group of its own)
 //   in:  {"id": 1, "cmd": "sample"}                 -> tests/probe.js's reading of the page
 //   in:  {"id": 2, "cmd": "click", "name": "Join session"}   a button, by its accessible name
 //   in:  {"id": 3, "cmd": "eval", "js": "() => document.title"}  any expression, evaluated
@@ -49,7 +50,7 @@ const page = await browser.newPage();
 await page.setViewport({ width: 1280, height: 800 });
 await page.evaluateOnNewDocument(readFileSync(join(here, 'probe.js'), 'utf8'));
 await page.goto(url);
-send({ ready: true, version: await browser.version() });
+send({ ready: true, version: await browser.version(), pid: browser.process()?.pid ?? null });
 
 async function run(message) {
   switch (message.cmd) {
