@@ -239,3 +239,4 @@ async def serve() -> AsyncIterator[Launcher]:
         if outcome.proc.returncode is None:
             outcome.proc.kill()
             await outcome.proc.wait()
+        outcome.err_file.close()

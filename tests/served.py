@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 
@@ -29,8 +31,17 @@ class Outcome:
 
     proc: asyncio.subprocess.Process
     base_url: str
+    # Its stderr goes to a file, not a pipe: a pipe nobody reads while it serves fills up (64
+    # KiB), then its logging blocks the server's event loop, and in Python 3.11 `proc.wait()`
+    # never returns after a kill either (asyncio waits for a paused pipe's end). Both seen: a
+    # backup test's server under a flood of refused joins hung, and so did its teardown.
+    err_file: IO[bytes]
     code: int | None = None
     stderr: str = ""
+
+    def read_stderr(self) -> str:
+        self.err_file.seek(0)
+        return self.err_file.read().decode(errors="replace")
 
     @property
     def serving(self) -> bool:
@@ -40,7 +51,7 @@ class Outcome:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         await asyncio.wait_for(self.proc.wait(), 30)
-        self.stderr = (await self.proc.stderr.read()).decode()  # type: ignore[union-attr]
+        self.stderr = self.read_stderr()
         self.code = self.proc.returncode
         return self.code or 0, self.stderr
 
@@ -48,12 +59,13 @@ class Outcome:
 async def launch(data_dir: Path, port: int, *extra: str,
                  preexec_fn: Callable[[], object] | None = None) -> Outcome:
     """Start `telehealth serve`; return once it exits or /readyz says ready, whichever first."""
+    err_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the serve fixture, after the process
     proc = await asyncio.create_subprocess_exec(
         *TELEHEALTH, "serve", "--data-dir", str(data_dir), "--port", str(port), *extra,
-        env={**os.environ}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ}, stdout=asyncio.subprocess.DEVNULL, stderr=err_file,
         preexec_fn=preexec_fn,
     )
-    outcome = Outcome(proc, f"http://127.0.0.1:{port}")
+    outcome = Outcome(proc, f"http://127.0.0.1:{port}", err_file)
     exited = asyncio.ensure_future(proc.wait())
     deadline = asyncio.get_running_loop().time() + START_TIMEOUT
     async with aiohttp.ClientSession() as session:
@@ -70,7 +82,7 @@ async def launch(data_dir: Path, port: int, *extra: str,
                 raise TimeoutError("telehealth serve neither refused nor became ready")
             await asyncio.wait([exited], timeout=0.05)
     outcome.code = proc.returncode
-    outcome.stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+    outcome.stderr = outcome.read_stderr()
     return outcome
 
 

@@ -9,8 +9,10 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import pytest
@@ -87,16 +89,22 @@ def test_ending_an_unknown_or_ended_room_is_a_clear_error(tmp_path: Path) -> Non
 
 
 class Served:
-    def __init__(self, proc: asyncio.subprocess.Process, base_url: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, base_url: str, err_file: IO[bytes]) -> None:
         self.proc = proc
         self.base_url = base_url
+        self.err_file = err_file  # a file, not a pipe: see tests/served.py
+
+    def stderr(self) -> str:
+        self.err_file.seek(0)
+        return self.err_file.read().decode(errors="replace")
 
 
 async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "http") -> Served:
     env = {**os.environ, "TELEHEALTH_PORT": str(port)}  # configured through the environment
+    err_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop_serve
     proc = await asyncio.create_subprocess_exec(
         *TELEHEALTH, "serve", "--data-dir", str(data_dir), *extra, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=err_file,
     )
     base_url = f"{scheme}://127.0.0.1:{port}"
     ctx = ssl.create_default_context()
@@ -108,10 +116,10 @@ async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "htt
             try:
                 async with session.get(base_url + "/", ssl=ctx if scheme == "https" else True) as r:
                     if r.status == 200:
-                        return Served(proc, base_url)
+                        return Served(proc, base_url, err_file)
             except aiohttp.ClientError:
                 if proc.returncode is not None:
-                    raise RuntimeError((await proc.stderr.read()).decode())  # type: ignore[union-attr]
+                    raise RuntimeError(Served(proc, base_url, err_file).stderr())
                 await asyncio.sleep(0.05)
     raise TimeoutError("server did not start")
 
@@ -119,7 +127,8 @@ async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "htt
 async def stop_serve(served: Served) -> tuple[int, str]:
     served.proc.send_signal(signal.SIGINT)  # Ctrl-C
     await asyncio.wait_for(served.proc.wait(), 10)
-    err = (await served.proc.stderr.read()).decode()  # type: ignore[union-attr]
+    err = served.stderr()
+    served.err_file.close()
     return served.proc.returncode or 0, err
 
 
