@@ -183,7 +183,7 @@ def start_coturn(
     ``options`` add or override config lines (``None`` for a flag)."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(udp=True)
+    port = free_port()
     lines = {**base_lines(tmp_dir, port, secret), "no-tls": None, **(options or {})}
     return launch_coturn(tmp_dir, config_text(lines), port=port, secret=secret)
 

@@ -261,7 +261,7 @@ def start_coturn_for_namespace(tmp_dir: Path, ns: Namespace) -> tuple[CoturnServ
     self-signed certificate) on a port of its own; yields the server and its TLS port."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed(tmp_dir / "tls", ns.host_ip)
-    port, tls_port = free_port(udp=True), free_port(udp=True)
+    port, tls_port = free_port(), free_port()
     lines = {
         **base_lines(tmp_dir, port, SECRET),
         "tls-listening-port": str(tls_port),

@@ -320,7 +320,7 @@ def coturn_with_printed_config(
     """Run coturn on exactly what ``telehealth turn config`` prints, on free ports; yields the
     server and its TLS port. For the test, logs go to a file instead of syslog."""
     cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
-    port, tls_port = free_port(udp=True), free_port(udp=True)
+    port, tls_port = free_port(), free_port()
     min_relay, max_relay = relay_port_window()
     text = render_coturn_config(
         "turn.clinic.example",
