@@ -182,9 +182,10 @@ async def eventually(check: Callable[[], bool], timeout: float, interval: float 
         await asyncio.sleep(interval)
 
 
-# A test (set-up and teardown included) still running after this long has its event loop's tasks printed (where each waits),
-# once, to the stream pytest's own faulthandler writes to: the one place an xdist worker's words
-# reach the run's log even if pytest-timeout later ends the worker (it printed nothing there).
+# A test (set-up and teardown included) still running after this long has its event loop's
+# tasks printed (where each waits), once, to the stream pytest's own faulthandler writes to: the
+# one place an xdist worker's words reach the run's log even if pytest-timeout later ends the
+# worker (pytest-timeout's own dump never reached it).
 HANG_REPORT_S = 300.0
 
 

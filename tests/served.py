@@ -31,17 +31,16 @@ class Outcome:
 
     proc: asyncio.subprocess.Process
     base_url: str
-    # Its stderr goes to a file, not a pipe: a pipe nobody reads while it serves fills up (64
-    # KiB), then its logging blocks the server's event loop, and in Python 3.11 `proc.wait()`
-    # never returns after a kill either (asyncio waits for a paused pipe's end). Both seen: a
-    # backup test's server under a flood of refused joins hung, and so did its teardown.
+    # Its stderr goes to a file, not a pipe: a pipe nobody reads while it serves fills up, then
+    # its logging blocks the server's event loop, and in Python 3.11 `proc.wait()` never returns
+    # after a kill either (asyncio waits for a paused pipe's end). Both seen: the backup test's
+    # server wrote 0.9 MB of request logs, hung, and so did the test's teardown.
     err_file: IO[bytes]
     code: int | None = None
     stderr: str = ""
 
     def read_stderr(self) -> str:
-        self.err_file.seek(0)
-        return self.err_file.read().decode(errors="replace")
+        return read_from_start(self.err_file)
 
     @property
     def serving(self) -> bool:
@@ -84,6 +83,12 @@ async def launch(data_dir: Path, port: int, *extra: str,
     outcome.code = proc.returncode
     outcome.stderr = outcome.read_stderr()
     return outcome
+
+
+def read_from_start(file: IO[bytes]) -> str:
+    """All a process has written to ``file`` (its stderr) so far."""
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 def assert_refused(outcome: Outcome, *words: str) -> str:

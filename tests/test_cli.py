@@ -19,7 +19,7 @@ import pytest
 
 from media.participant import SyntheticParticipant
 from tests.conftest import free_port
-from tests.served import START_TIMEOUT
+from tests.served import START_TIMEOUT, read_from_start
 
 TELEHEALTH = [sys.executable, "-m", "telehealth.cli"]
 
@@ -95,8 +95,7 @@ class Served:
         self.err_file = err_file  # a file, not a pipe: see tests/served.py
 
     def stderr(self) -> str:
-        self.err_file.seek(0)
-        return self.err_file.read().decode(errors="replace")
+        return read_from_start(self.err_file)
 
 
 async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "http") -> Served:
@@ -119,7 +118,7 @@ async def start_serve(data_dir: Path, port: int, *extra: str, scheme: str = "htt
                         return Served(proc, base_url, err_file)
             except aiohttp.ClientError:
                 if proc.returncode is not None:
-                    raise RuntimeError(Served(proc, base_url, err_file).stderr())
+                    raise RuntimeError(read_from_start(err_file))
                 await asyncio.sleep(0.05)
     raise TimeoutError("server did not start")
 
