@@ -26,9 +26,7 @@ class ResendAwareJitterBuffer(JitterBuffer):
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli_flag, frame = super().add(packet)
         newest = packet.sequence_number
-        while frame is None and (hole := self._first_hole(newest)) is not None:
-            if uint16_add(newest, -hole) < RTP_HISTORY_SIZE:
-                break  # it may still be resent
+        while frame is None and (hole := self._lost_for_good(newest)) is not None:
             # Drop through the hole, then the rest of the frame the drop ends in.
             assert self._origin is not None  # a hole was found from it
             self.smart_remove(uint16_add(hole, -self._origin) + 1)
@@ -36,12 +34,16 @@ class ResendAwareJitterBuffer(JitterBuffer):
             frame = self._remove_frame(newest)
         return pli_flag, frame
 
-    def _first_hole(self, newest: int) -> int | None:
-        """The oldest missing packet between the buffer's start and ``newest``."""
+    def _lost_for_good(self, newest: int) -> int | None:
+        """The oldest missing packet too far behind ``newest`` to be resent, if any. Only those
+        slots are looked at: usually none, as the buffer's start is within reach of a resend."""
         origin = self._origin
         if origin is None:
             return None
-        for offset in range(uint16_add(newest, -origin)):
+        ahead = uint16_add(newest, -origin)
+        if ahead >= self.capacity:
+            return None  # ``newest`` is behind the start: a late or repeated packet, ignored
+        for offset in range(ahead - RTP_HISTORY_SIZE + 1):
             if self._packets[(origin + offset) % self.capacity] is None:
                 return uint16_add(origin, offset)
         return None

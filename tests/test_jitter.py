@@ -65,3 +65,13 @@ def test_a_key_frame_longer_than_what_can_be_resent_is_kept_whole() -> None:
         if frame is not None:
             frames.append(frame)
     assert [len(f.data) for f in frames] == [300]
+
+
+def test_a_late_packet_from_before_the_start_drops_nothing() -> None:
+    buffer = ResendAwareJitterBuffer()
+    feed(buffer, range(10))
+    feed(buffer, range(11, 30))  # packet 10 missing: waited for
+    late, pli = feed(buffer, [3])  # a repeat of one already given out
+    assert late == [] and not pli
+    resent, _ = feed(buffer, [10])
+    assert resent == [8]
